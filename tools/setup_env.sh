@@ -48,7 +48,8 @@ else echo "cached"; fi
 step "3/6 mmcv with ops (from sdist, C++20)"
 mmcv_ver=$(sed -n 's/^mmcv==//p' "$pins")
 torch_ver=$(sed -n 's/^torch==//p' "$pins")
-mmcv_dir="$wheels/mmcv-$mmcv_ver-torch$torch_ver-py$pyver"
+mmcv_flavor=$([ "${FORCE_CUDA:-0}" = 1 ] && echo cuda || echo cpu)
+mmcv_dir="$wheels/mmcv-$mmcv_ver-torch$torch_ver-py$pyver-$mmcv_flavor"
 if ! stamp mmcv; then
   if ! ls "$mmcv_dir"/mmcv-*.whl >/dev/null 2>&1; then
     rm -rf "$mmcv_dir.tmp"

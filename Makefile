@@ -1,0 +1,24 @@
+# The two commands of the README: `make demo` and `make test`.
+# Both run `make setup` first; set-up caches everything it builds, so a
+# second run only checks the caches.
+PY := .venv/bin/python
+DEMO_CONFIG ?= configs/_demo_/dino_surgeryclip-tiny_deformneck_toy.py
+DEMO_WORK_DIR ?= work_dirs/demo
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test toy-data clean-work
+
+setup:
+	@bash tools/setup_env.sh
+
+toy-data: setup
+	@test -f data/toy/annotations/instances_train.json || $(PY) tools/make_toy_dataset.py --out data/toy
+
+demo: setup toy-data
+	@bash tools/run_demo.sh "$(DEMO_CONFIG)" "$(DEMO_WORK_DIR)"
+
+test: setup
+	@bash tools/run_tests.sh $(PYTEST_ARGS)
+
+clean-work:
+	rm -rf work_dirs
