@@ -22,6 +22,10 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 echo "[mmcv] fetching sdist mmcv==$version"
+# torch 2.14 itself needs setuptools>=77, so the old setuptools lives in an
+# overlay on PYTHONPATH for this build only; the venv keeps its own.
+"$PY" -m pip install --quiet --no-deps --target "$work/overlay" "setuptools<70"
+export PYTHONPATH="$work/overlay${PYTHONPATH:+:$PYTHONPATH}"
 # --no-build-isolation: computing the sdist metadata imports torch and pkg_resources.
 "$PY" -m pip download --quiet --no-deps --no-binary :all: --no-build-isolation "mmcv==$version" -d "$work"
 tar -xzf "$work"/mmcv-"$version".tar.gz -C "$work"

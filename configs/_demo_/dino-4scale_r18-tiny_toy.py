@@ -1,0 +1,28 @@
+# Stock mmdet DINO with a small random-init ResNet-18 on the toy data: the
+# plain-mmdet reference point for the CLIP-backbone demos (and the fast
+# config the resume tests train).
+_base_ = [
+    '../_base_/models/dino_tiny.py',
+    '../_base_/datasets/toy_detection.py',
+    '../_base_/schedules/toy_iters.py',
+    '../_base_/default_runtime.py',
+]
+model = dict(
+    backbone=dict(
+        type='ResNet',
+        depth=18,
+        num_stages=4,
+        out_indices=(1, 2, 3),
+        frozen_stages=-1,
+        norm_cfg=dict(type='BN', requires_grad=True),
+        norm_eval=False,
+        style='pytorch',
+        init_cfg=None),
+    neck=dict(
+        type='ChannelMapper',
+        in_channels=[128, 256, 512],
+        kernel_size=1,
+        out_channels=64,
+        act_cfg=None,
+        norm_cfg=dict(type='GN', num_groups=16),
+        num_outs=4))
