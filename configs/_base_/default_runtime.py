@@ -22,6 +22,9 @@ visualizer = dict(
     type='DetLocalVisualizer', vis_backends=vis_backends, name='visualizer')
 log_processor = dict(type='LogProcessor', window_size=50, by_epoch=True)
 
+# Checkpoints carry torch's RNG state so --resume continues bit-exactly.
+custom_hooks = [dict(type='RNGStateHook')]
+
 log_level = 'INFO'
 load_from = None
 resume = False
