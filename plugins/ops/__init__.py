@@ -1,0 +1,11 @@
+"""Compiled ops of ``plugins`` (floor 1: imports torch only).
+
+``ms_deform_attn`` is the multi-scale deformable attention of
+Deformable-DETR with our own CPU and CUDA kernels; nothing is compiled or
+loaded on import, only when the op first runs.  ``python -m plugins.ops.info``
+shows which backend is active, ``python -m plugins.ops.build`` compiles it
+ahead of time.
+"""
+from .ms_deform_attn import ms_deform_attn, ms_deform_attn_reference
+
+__all__ = ['ms_deform_attn', 'ms_deform_attn_reference']

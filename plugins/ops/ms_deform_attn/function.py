@@ -1,0 +1,105 @@
+"""The public ``ms_deform_attn`` function: checks, then the best backend."""
+import os
+
+import torch
+
+from . import loader
+from .reference import ms_deform_attn_reference
+
+#: ``PLUGINS_MSDA_BACKEND=reference`` forces the PyTorch reference
+#: (debugging, benchmarking); the default ``auto`` uses the compiled kernel.
+BACKEND_ENV = 'PLUGINS_MSDA_BACKEND'
+
+
+@torch.compiler.disable
+def _load_outside_graph(kind: str) -> bool:
+    return loader.load(kind)
+
+
+def _kernel_available(kind: str) -> bool:
+    # Once loaded this is a dict lookup that torch.compile traces without a
+    # graph break; only the very first call leaves the graph to load.
+    state = loader._state.get(kind)
+    if state is None:
+        return _load_outside_graph(kind)
+    return state['source'] != 'none'
+
+
+def _check_shapes(value, spatial_shapes, level_start_index,
+                  sampling_locations, attention_weights) -> None:
+    if value.dim() != 4:
+        raise ValueError(f'value must be (N, S, M, D), got shape '
+                         f'{tuple(value.shape)}')
+    N, _, M, _ = value.shape
+    if sampling_locations.dim() != 6 or sampling_locations.shape[-1] != 2:
+        raise ValueError(f'sampling_locations must be (N, Lq, M, L, P, 2), '
+                         f'got shape {tuple(sampling_locations.shape)}')
+    _, Lq, _, L, P, _ = sampling_locations.shape
+    if tuple(sampling_locations.shape[:3]) != (N, Lq, M):
+        raise ValueError(f'sampling_locations {tuple(sampling_locations.shape)} '
+                         f'does not match value (N={N}, M={M})')
+    if tuple(attention_weights.shape) != (N, Lq, M, L, P):
+        raise ValueError(f'attention_weights must be (N, Lq, M, L, P) = '
+                         f'{(N, Lq, M, L, P)}, got '
+                         f'{tuple(attention_weights.shape)}')
+    if tuple(spatial_shapes.shape) != (L, 2):
+        raise ValueError(f'spatial_shapes must be (L, 2) = ({L}, 2), got '
+                         f'{tuple(spatial_shapes.shape)}')
+    if tuple(level_start_index.shape) != (L,):
+        raise ValueError(f'level_start_index must be (L,) = ({L},), got '
+                         f'{tuple(level_start_index.shape)}')
+
+
+def ms_deform_attn(value: torch.Tensor,
+                   spatial_shapes: torch.Tensor,
+                   level_start_index: torch.Tensor,
+                   sampling_locations: torch.Tensor,
+                   attention_weights: torch.Tensor) -> torch.Tensor:
+    """Multi-scale deformable attention (Deformable-DETR / mmcv contract).
+
+    For every query ``q`` and head ``m`` the output is
+    ``sum_{l,p} attention_weights[n,q,m,l,p] * bilinear(value_l[n,:,m,:],
+    sampling_locations[n,q,m,l,p])`` where level ``l`` is sampled at pixel
+    ``loc * (W_l, H_l) - 0.5`` with zeros outside the map (``grid_sample``
+    with ``align_corners=False``).
+
+    Runs the compiled kernel of the input's device (CPU: float32/float64,
+    half/bfloat16 with float32 accumulation; CUDA: float32/half/bfloat16),
+    and the PyTorch reference where none is available.  Differentiable in
+    ``value``, ``sampling_locations`` and ``attention_weights``; works under
+    ``torch.compile``.  If the three differ in dtype, all are promoted to
+    the widest one.
+
+    Args:
+        value (Tensor): ``(N, S, M, D)``, ``S = sum_l H_l * W_l``, levels
+            flattened row-major (``h * W_l + w``) and concatenated.
+        spatial_shapes (Tensor): ``(L, 2)`` int64 rows ``(H_l, W_l)``.
+        level_start_index (Tensor): ``(L,)`` int64 offset of each level in S.
+        sampling_locations (Tensor): ``(N, Lq, M, L, P, 2)`` normalised
+            ``(x, y)``, ``(0, 0)`` the top-left corner, ``(1, 1)`` the
+            bottom-right one; values outside ``[0, 1]`` are allowed.
+        attention_weights (Tensor): ``(N, Lq, M, L, P)``.
+
+    Returns:
+        Tensor: ``(N, Lq, M * D)`` in the (promoted) input dtype.
+    """
+    _check_shapes(value, spatial_shapes, level_start_index,
+                  sampling_locations, attention_weights)
+    dtype = torch.promote_types(
+        torch.promote_types(value.dtype, sampling_locations.dtype),
+        attention_weights.dtype)
+    value = value.to(dtype)
+    sampling_locations = sampling_locations.to(dtype)
+    attention_weights = attention_weights.to(dtype)
+    spatial_shapes = spatial_shapes.long()
+    level_start_index = level_start_index.long()
+    device = value.device.type
+    kind = 'cpu' if device == 'meta' else device
+    if kind in loader.KINDS and os.environ.get(BACKEND_ENV, 'auto') != 'reference':
+        if _kernel_available(kind):
+            return torch.ops.plugins.ms_deform_attn(
+                value, spatial_shapes, level_start_index, sampling_locations,
+                attention_weights)
+        loader.warn_fallback(kind)
+    return ms_deform_attn_reference(value, spatial_shapes, level_start_index,
+                                    sampling_locations, attention_weights)

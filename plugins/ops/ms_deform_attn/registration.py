@@ -1,0 +1,42 @@
+"""Fake (meta) kernels and autograd of the compiled ``plugins::`` ops.
+
+The op schemas are defined in C++ (``csrc/cpu/ops.cpp``, which names this
+module with ``m.set_python_module``); this module adds what ``torch.compile``
+and autograd need.  The loader imports it right after loading ``_C_cpu``.
+"""
+import torch
+
+FORWARD = 'plugins::ms_deform_attn'
+BACKWARD = 'plugins::ms_deform_attn_backward'
+
+
+@torch.library.register_fake(FORWARD)
+def _forward_fake(value, spatial_shapes, level_start_index,
+                  sampling_locations, attention_weights):
+    N, _, M, D = value.shape
+    Lq = sampling_locations.shape[1]
+    return value.new_empty((N, Lq, M * D))
+
+
+@torch.library.register_fake(BACKWARD)
+def _backward_fake(grad_output, value, spatial_shapes, level_start_index,
+                   sampling_locations, attention_weights):
+    return (torch.empty_like(value), torch.empty_like(sampling_locations),
+            torch.empty_like(attention_weights))
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _backward(ctx, grad_output):
+    value, spatial_shapes, level_start_index, locations, weights = ctx.saved_tensors
+    grad_value, grad_locations, grad_weights = (
+        torch.ops.plugins.ms_deform_attn_backward(
+            grad_output.contiguous(), value, spatial_shapes,
+            level_start_index, locations, weights))
+    return grad_value, None, None, grad_locations, grad_weights
+
+
+torch.library.register_autograd(FORWARD, _backward,
+                                setup_context=_setup_context)
