@@ -1,0 +1,375 @@
+"""DeepSpeed training loop for the LLaVA-Phi segmentation model.
+
+``tools/train_llava.py`` parses PSALM's argument names and calls
+:func:`train`. Runs under the ``deepspeed`` launcher, ``torchrun`` or plain
+``python`` (a single process then sets up its own one-rank process group);
+on a machine without CUDA, DeepSpeed's CPU accelerator and the ``gloo``
+backend are used.
+"""
+import json
+import logging
+import math
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Sampler
+
+from .config import LlavaSegConfig
+from .data import ToyReferringSegDataset, collate_referring
+from .ds_config import resolve_ds_config
+from .model import LlavaPhiSegModel, load_pretrained_phi
+from .projector_summary import describe_projector
+from .tokenizer import add_llava_tokens, build_toy_tokenizer
+
+logger = logging.getLogger('plugins.llava.train')
+
+LOSS_NAMES = ('loss', 'loss_llm', 'loss_mask', 'loss_dice')
+
+
+# -- process group -----------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def init_distributed() -> Tuple[int, int]:
+    """Initialise DeepSpeed's process group; return ``(rank, world_size)``.
+
+    A plain ``python`` run gets the environment of a one-process group.
+    Without CUDA the backend is ``gloo`` (DeepSpeed's CPU accelerator asks
+    for oneCCL, which is only there with Intel's extension).
+    """
+    if 'RANK' not in os.environ:
+        os.environ.update(RANK='0', LOCAL_RANK='0', WORLD_SIZE='1',
+                          MASTER_ADDR='127.0.0.1',
+                          MASTER_PORT=str(_free_port()))
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    backend = get_accelerator().communication_backend_name()
+    if not torch.cuda.is_available() and backend == 'ccl':
+        try:
+            import oneccl_bindings_for_pytorch  # noqa: F401
+        except ImportError:
+            backend = 'gloo'
+    deepspeed.init_distributed(dist_backend=backend)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def setup_logging(rank: int, output_dir: Path) -> None:
+    """INFO to stdout (rank 0) and to ``output_dir/train.log``."""
+    fmt = logging.Formatter('%(asctime)s %(name)s %(levelname)s: %(message)s',
+                            datefmt='%H:%M:%S')
+    root = logging.getLogger('plugins')
+    root.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    root.propagate = False
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    stream = logging.StreamHandler()
+    stream.setFormatter(fmt)
+    root.addHandler(stream)
+    if rank == 0:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        file_handler = logging.FileHandler(output_dir / 'train.log')
+        file_handler.setFormatter(fmt)
+        root.addHandler(file_handler)
+
+
+# -- data --------------------------------------------------------------------
+class _EpochSampler(Sampler):
+    """This rank's shard of a seeded per-epoch permutation, from an offset.
+
+    Resuming mid-epoch skips the indices already consumed without loading
+    them.
+    """
+
+    def __init__(self, size: int, rank: int, world_size: int, seed: int):
+        self.size, self.rank, self.world = size, rank, world_size
+        self.seed, self.epoch, self.start = seed, 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def _indices(self) -> List[int]:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.size, generator=g).tolist()
+        per_rank = self.size // self.world  # drop the ragged tail
+        return order[self.rank * per_rank:(self.rank + 1) * per_rank]
+
+    def __iter__(self):
+        return iter(self._indices()[self.start:])
+
+    def __len__(self) -> int:
+        return self.size // self.world - self.start
+
+
+# -- model -------------------------------------------------------------------
+def compute_dtype(args) -> torch.dtype:
+    if args.bf16:
+        return torch.bfloat16
+    if args.fp16:
+        return torch.float16
+    return torch.float32
+
+
+def build_tokenizer(args):
+    """The toy word-level tokenizer, or a local tokenizer (e.g. Phi-1.5's)
+    from ``--model_name_or_path`` with ``<image>``/``[SEG]`` added."""
+    if not args.model_name_or_path:
+        return build_toy_tokenizer()
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(
+        args.model_name_or_path, local_files_only=True)
+    add_llava_tokens(tokenizer)
+    return tokenizer
+
+
+def build_model(args, tokenizer) -> Tuple[LlavaPhiSegModel, LlavaSegConfig]:
+    """Build the model from ``--model_config`` plus the projector arguments;
+    with ``--model_name_or_path``, the LLM's config and weights come from
+    that local folder."""
+    overrides = dict(
+        mm_projector_type=args.mm_projector_type,
+        mm_hidden_dim=args.mm_hidden_dim, mm_n_heads=args.mm_n_heads,
+        mm_n_points=args.mm_n_points, projector_outdim=args.projector_outdim,
+        swin_type=args.swin_type, image_size=args.image_size,
+        mm_num_tokens=args.mm_num_tokens)
+    config = LlavaSegConfig.from_file(args.model_config, **overrides)
+    config.image_token_id = tokenizer.convert_tokens_to_ids('<image>')
+    config.seg_token_id = tokenizer.convert_tokens_to_ids('[SEG]')
+    if args.model_name_or_path:
+        from transformers import PhiConfig
+        config.llm = PhiConfig.from_pretrained(
+            args.model_name_or_path, local_files_only=True).to_dict()
+    config.llm['vocab_size'] = max(int(config.llm['vocab_size']),
+                                   len(tokenizer))
+    config.llm['use_cache'] = False
+    llm = None
+    if args.model_name_or_path:
+        llm = load_pretrained_phi(args.model_name_or_path,
+                                  config.llm['vocab_size'])
+    model = LlavaPhiSegModel(config, vision_dtype=compute_dtype(args), llm=llm)
+    return model, config
+
+
+def load_adapter(model: LlavaPhiSegModel, path: str) -> None:
+    """``--pretrain_mm_mlp_adapter``: load with every key checked (PSALM's
+    ``strict=False`` silently loads nothing on a name mismatch)."""
+    from .projector_weights import load_projector_weights
+    result = load_projector_weights(model.mm_projector, path, strict=True)
+    logger.info('pretrain_mm_mlp_adapter %s loaded into mm_projector: %s',
+                path, result)
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> List[dict]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or name.endswith('.bias') else decay).append(p)
+    return [dict(params=decay, weight_decay=weight_decay),
+            dict(params=no_decay, weight_decay=0.0)]
+
+
+def _lr_lambda(total_steps: int, warmup_steps: int):
+    def fn(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return fn
+
+
+# -- checkpoints ---------------------------------------------------------------
+def _resume_location(arg: str, output_dir: Path) -> Tuple[Path, Optional[str]]:
+    """``auto``/``latest``/``true`` -> newest tag in ``output_dir``; a
+    ``checkpoint-N`` folder -> (its parent, its name)."""
+    if arg.lower() in ('auto', 'latest', 'true'):
+        return output_dir, None
+    path = Path(arg)
+    if (path / 'latest').is_file():
+        return path, None
+    return path.parent, path.name
+
+
+def export_weights(engine, out_dir: Path, zero_stage: int) -> None:
+    """Write ``model.safetensors`` (every weight, for inference) and PSALM's
+    ``mm_projector.bin`` (keys ``model.mm_projector.*``, the file
+    ``--pretrain_mm_mlp_adapter`` and the adapter tool read)."""
+    from safetensors.torch import save_file
+    module = engine.module
+    params = list(module.parameters())
+    if zero_stage == 3:
+        import deepspeed
+        ctx = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+    else:
+        import contextlib
+        ctx = contextlib.nullcontext()
+    with ctx:
+        if dist.get_rank() != 0:
+            return
+        state = {k: v.detach().float().cpu().contiguous().clone()
+                 for k, v in module.state_dict().items()}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(out_dir / 'model.safetensors'))
+    projector = {f'model.{k}': v for k, v in state.items()
+                 if k.startswith('mm_projector.')}
+    torch.save(projector, out_dir / 'mm_projector.bin')
+
+
+def save_checkpoint(engine, output_dir: Path, step: int,
+                    zero_stage: int) -> Path:
+    tag = f'checkpoint-{step}'
+    engine.save_checkpoint(str(output_dir), tag=tag,
+                           client_state=dict(global_step=step))
+    export_weights(engine, output_dir / tag, zero_stage)
+    logger.info('saved %s', output_dir / tag)
+    return output_dir / tag
+
+
+# -- loop ----------------------------------------------------------------------
+def _to_device(batch: dict, device) -> dict:
+    return {k: v.to(device) if torch.is_tensor(v) else v
+            for k, v in batch.items()}
+
+
+def _mean_over_ranks(values: Dict[str, float], world: int) -> Dict[str, float]:
+    if world == 1:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    dist.all_reduce(t)
+    return {k: float(v) / world for k, v in zip(keys, t)}
+
+
+def train(args) -> dict:
+    """Train; return a summary with the first and last logged losses."""
+    rank, world = init_distributed()
+    output_dir = Path(args.output_dir)
+    setup_logging(rank, output_dir)
+    torch.manual_seed(args.seed)
+
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+    device = torch.device(get_accelerator().device_name(
+        int(os.environ.get('LOCAL_RANK', 0))))
+
+    tokenizer = build_tokenizer(args)
+    model, config = build_model(args, tokenizer)
+    logger.info('mm_projector type: %s', type(model.mm_projector).__name__)
+    logger.info(describe_projector(model.mm_projector, config))
+    if args.pretrain_mm_mlp_adapter:
+        load_adapter(model, args.pretrain_mm_mlp_adapter)
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    logger.info('trainable parameters: %s (vision tower frozen: %s, %s)',
+                f'{model.trainable_parameter_count():,}',
+                config.freeze_vision_tower, model.vision_tower.dtype)
+
+    dataset = ToyReferringSegDataset(
+        args.data_root, tokenizer, split='train',
+        image_size=config.image_size, ann_file=args.ann_file)
+    sampler = _EpochSampler(len(dataset), rank, world, args.seed)
+    micro_bs, accum = args.per_device_train_batch_size, args.gradient_accumulation_steps
+    loader = DataLoader(
+        dataset, batch_size=micro_bs, sampler=sampler, drop_last=True,
+        num_workers=args.dataloader_num_workers,
+        collate_fn=lambda b: collate_referring(b, tokenizer.pad_token_id))
+    micro_per_epoch = (len(dataset) // world) // micro_bs
+    if micro_per_epoch == 0:
+        raise ValueError(f'{len(dataset)} samples on {world} ranks give no '
+                         f'batch of {micro_bs}')
+    total_steps = args.max_steps if args.max_steps > 0 else math.ceil(
+        args.num_train_epochs * micro_per_epoch / accum)
+    warmup = int(args.warmup_ratio * total_steps)
+
+    optimizer = torch.optim.AdamW(_param_groups(model, args.weight_decay),
+                                  lr=args.learning_rate)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_lambda(total_steps, warmup))
+    ds_config = resolve_ds_config(
+        args.deepspeed, micro_batch_size=micro_bs, grad_accum_steps=accum,
+        world_size=world, bf16=args.bf16, fp16=args.fp16,
+        hidden_size=config.hidden_size, max_grad_norm=args.max_grad_norm)
+    zero_stage = ds_config.get('zero_optimization', {}).get('stage', 0)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler,
+        config=ds_config)
+
+    if rank == 0:
+        config.save(output_dir / 'config.json')
+        tokenizer.save_pretrained(str(output_dir / 'tokenizer'))
+        with open(output_dir / 'ds_config.json', 'w') as f:
+            json.dump(ds_config, f, indent=2)
+
+    step = 0
+    if args.resume_from_checkpoint:
+        load_dir, tag = _resume_location(args.resume_from_checkpoint,
+                                         output_dir)
+        path, client = engine.load_checkpoint(str(load_dir), tag=tag)
+        if path is None:
+            raise FileNotFoundError(f'no DeepSpeed checkpoint in {load_dir} '
+                                    f'(tag {tag or "latest"})')
+        step = int(client['global_step'])
+        logger.info('resumed from %s at step %d', path, step)
+
+    logger.info('training %d steps (%d samples, micro batch %d x accum %d x '
+                '%d ranks, ZeRO-%d, %s) on %s', total_steps, len(dataset),
+                micro_bs, accum, world, zero_stage, compute_dtype(args),
+                device)
+    metrics_path = output_dir / 'metrics.jsonl'
+    history: List[dict] = []
+    consumed = step * accum  # micro-batches already trained on
+    epoch, offset = divmod(consumed, micro_per_epoch)
+    running: Dict[str, float] = {}
+    tic = time.time()
+    engine.train()
+    while step < total_steps:
+        sampler.set_epoch(epoch, start=offset * micro_bs)
+        for batch in loader:
+            batch = _to_device(batch, device)
+            out = engine(images=batch['pixel_values'],
+                         input_ids=batch['input_ids'],
+                         attention_mask=batch['attention_mask'],
+                         labels=batch['labels'], masks=batch['masks'])
+            engine.backward(out.loss)
+            engine.step()
+            running['loss'] = running.get('loss', 0.0) + float(out.loss) / accum
+            for k, v in out.losses.items():
+                running[k] = running.get(k, 0.0) + float(v) / accum
+            consumed += 1
+            if consumed % accum:
+                continue
+            step += 1
+            record = _mean_over_ranks(running, world)
+            running = {}
+            record.update(step=step, lr=scheduler.get_last_lr()[0],
+                          sec_per_step=(time.time() - tic))
+            tic = time.time()
+            history.append(record)
+            if step % args.logging_steps == 0 or step in (1, total_steps):
+                logger.info('step %d/%d | %s | lr %.2e | %.2f s/step', step,
+                            total_steps, ' | '.join(
+                                f'{k} {record[k]:.4f}' for k in LOSS_NAMES
+                                if k in record), record['lr'],
+                            record['sec_per_step'])
+            if rank == 0:
+                with open(metrics_path, 'a') as f:
+                    f.write(json.dumps(record) + '\n')
+            if args.save_steps > 0 and step % args.save_steps == 0 \
+                    and step < total_steps:
+                save_checkpoint(engine, output_dir, step, zero_stage)
+            if step >= total_steps:
+                break
+        epoch, offset = epoch + 1, 0
+    final = save_checkpoint(engine, output_dir, step, zero_stage)
+    summary = dict(steps=step, checkpoint=str(final))
+    if history:
+        summary.update(first=history[0], last=history[-1])
+    return summary
