@@ -105,6 +105,8 @@ def _can_compile(kind: str):
         import importlib.util
         if importlib.util.find_spec('ninja') is None:
             return 'ninja is not installed'
+    if kind == 'cuda' and not build_config.cuda_sources():
+        return 'no CUDA sources in this copy of the package'
     if kind == 'cuda' and not build_config.want_cuda():
         if not torch.version.cuda:
             return 'torch is not a CUDA build'
@@ -166,7 +168,7 @@ def _load_file(path: str) -> None:
     torch.ops.load_library(path)
 
 
-def _try_load(kind: str) -> dict:
+def _try_load(kind: str, compile: bool) -> dict:
     errors = []
     path = installed_library(kind)
     if path:
@@ -182,7 +184,7 @@ def _try_load(kind: str) -> dict:
             return dict(source='cache', path=path)
         except Exception as e:
             errors.append(f'cached {path}: {e}')
-    reason = _can_compile(kind)
+    reason = _can_compile(kind) if compile else 'not built yet'
     if reason is not None:
         errors.append(reason)
         return dict(source='none', reason='; '.join(errors))
@@ -205,22 +207,23 @@ def _try_load(kind: str) -> dict:
         return dict(source='none', reason='; '.join(errors))
 
 
-def load(kind: str) -> bool:
+def load(kind: str, compile: bool = True) -> bool:
     """Load the ``kind`` (``'cpu'`` or ``'cuda'``) library; True on success.
 
-    ``'cuda'`` needs ``'cpu'`` (which defines the op schemas).  The outcome
-    is remembered, so this is cheap after the first call.
+    ``'cuda'`` needs ``'cpu'`` (which defines the op schemas).  With
+    ``compile=False`` only an installed or cached build is loaded.  The
+    outcome is remembered, so this is cheap after the first call.
     """
     if kind in _state:
         return _state[kind]['source'] != 'none'
     with _lock:
         if kind in _state:
             return _state[kind]['source'] != 'none'
-        if kind == 'cuda' and not load('cpu'):
+        if kind == 'cuda' and not load('cpu', compile):
             _state[kind] = dict(source='none', reason='the CPU library (op '
                                 'schemas) is not available')
             return False
-        state = _try_load(kind)
+        state = _try_load(kind, compile)
         if kind == 'cpu' and state['source'] != 'none':
             from . import registration  # noqa: F401  (fake + autograd)
         _state[kind] = state
@@ -238,7 +241,7 @@ def warn_fallback(kind: str) -> None:
         f'plugins.ops.ms_deform_attn: no compiled {kind} kernel ({reason}); '
         f'falling back to the PyTorch reference, which is slower and uses '
         f'more memory. Run `python -m plugins.ops.build` to compile it.',
-        RuntimeWarning, stacklevel=4)
+        RuntimeWarning, stacklevel=3)
 
 
 def status(kind: str) -> dict:
