@@ -1,0 +1,31 @@
+"""Host-free model builders (open_clip, timm, transformers; no mmdet).
+
+Importing this package registers the shipped model configs
+(``model_configs/*.json``) with open_clip.
+"""
+from .biomedclip import (BIOMEDCLIP_MODEL_NAME, BIOMEDCLIP_TINY_MODEL_NAME,
+                         build_biomedclip)
+from .open_clip_factory import (HF_CONFIG_DIR, MODEL_CONFIG_DIR,
+                                build_open_clip, build_preprocess,
+                                build_tokenizer, create_model,
+                                get_model_config, list_shipped_models,
+                                register_model_configs)
+from .tokenizer import LocalBertTokenizer
+from .weights import (OPENAI_METADATA_KEYS, WEIGHT_FILE_NAMES,
+                      convert_to_open_clip, find_weights_file,
+                      is_openai_state_dict, load_open_clip_weights)
+
+register_model_configs()
+
+#: Tiny OpenCLIP-style ViT (width 64, 4 blocks, patch 16) for tests/demos.
+OPEN_CLIP_TINY_MODEL_NAME = 'ViT-Tiny-16-test'
+
+__all__ = [
+    'BIOMEDCLIP_MODEL_NAME', 'BIOMEDCLIP_TINY_MODEL_NAME',
+    'OPEN_CLIP_TINY_MODEL_NAME', 'build_biomedclip', 'HF_CONFIG_DIR',
+    'MODEL_CONFIG_DIR', 'build_open_clip', 'build_preprocess',
+    'build_tokenizer', 'create_model', 'get_model_config',
+    'list_shipped_models', 'register_model_configs', 'LocalBertTokenizer',
+    'OPENAI_METADATA_KEYS', 'WEIGHT_FILE_NAMES', 'convert_to_open_clip',
+    'find_weights_file', 'is_openai_state_dict', 'load_open_clip_weights'
+]

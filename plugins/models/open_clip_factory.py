@@ -1,0 +1,199 @@
+"""open_clip models built offline from configs shipped with this package.
+
+``plugins/models/model_configs/*.json`` are open_clip model configs (the
+same format as open_clip's own ``model_configs``); they are registered with
+``open_clip.add_model_config`` when :mod:`plugins.models` is imported, so
+``open_clip.create_model(name)`` knows them too.  Text towers built by
+transformers (``hf_model_name``) name a folder under ``model_configs/hf/``
+holding a ``config.json``; it is resolved to that local path, so nothing is
+fetched from a hub.  Weights only ever come from local files.
+"""
+import difflib
+import logging
+import os
+from copy import deepcopy
+from pathlib import Path
+from typing import Callable, List, Optional, Tuple, Union
+
+import open_clip
+import torch.nn as nn
+from open_clip.transform import PreprocessCfg, image_transform_v2
+
+from .tokenizer import LocalBertTokenizer
+from .weights import load_open_clip_weights
+
+logger = logging.getLogger(__name__)
+
+MODEL_CONFIG_DIR = Path(__file__).resolve().parent / 'model_configs'
+HF_CONFIG_DIR = MODEL_CONFIG_DIR / 'hf'
+
+_registered = False
+
+
+def register_model_configs() -> None:
+    """Add the shipped configs to open_clip's registry (idempotent)."""
+    global _registered
+    if not _registered:
+        open_clip.add_model_config(MODEL_CONFIG_DIR)
+        _registered = True
+
+
+def list_shipped_models() -> List[str]:
+    """Names of the model configs this package ships."""
+    return sorted(p.stem for p in MODEL_CONFIG_DIR.glob('*.json'))
+
+
+def resolve_hf_model_name(name: str) -> str:
+    """Local folder for a text tower's ``hf_model_name``.
+
+    A folder name under ``model_configs/hf/`` or an existing folder path.
+
+    Raises:
+        FileNotFoundError: the name is neither (it would need a hub).
+    """
+    shipped = HF_CONFIG_DIR / name
+    if shipped.is_dir():
+        return str(shipped)
+    if Path(name).is_dir():
+        return str(Path(name).resolve())
+    raise FileNotFoundError(
+        f"text tower config '{name}' is not a local folder; models are built "
+        'offline, so hf_model_name must name a folder in '
+        f'{HF_CONFIG_DIR} ({sorted(p.name for p in HF_CONFIG_DIR.iterdir())})'
+        ' or a path to a folder with a config.json')
+
+
+def get_model_config(model_name: str) -> dict:
+    """The open_clip config of ``model_name`` (a copy), text tower resolved.
+
+    Raises:
+        KeyError: unknown name (the message suggests close names).
+    """
+    register_model_configs()
+    cfg = open_clip.get_model_config(model_name)
+    if cfg is None:
+        names = open_clip.list_models()
+        close = difflib.get_close_matches(model_name, names, n=5)
+        raise KeyError(f"unknown open_clip model '{model_name}'; close "
+                       f'names: {close}; shipped here: {list_shipped_models()}')
+    cfg = deepcopy(cfg)
+    text_cfg = cfg.get('text_cfg', {})
+    if text_cfg.get('hf_model_name'):
+        text_cfg['hf_model_name'] = resolve_hf_model_name(
+            text_cfg['hf_model_name'])
+        text_cfg['hf_model_pretrained'] = False
+    return cfg
+
+
+def create_model(model_name: str,
+                 image_size: Optional[Union[int, Tuple[int, int]]] = None,
+                 precision: str = 'fp32',
+                 device: str = 'cpu',
+                 **model_kwargs) -> nn.Module:
+    """Build an open_clip model with random weights, offline.
+
+    Args:
+        model_name (str): a shipped or open_clip built-in config name.
+        image_size (int | tuple, optional): override the config's size.
+        precision (str): open_clip precision. Default: ``'fp32'``.
+        device (str): Default: ``'cpu'``.
+        **model_kwargs: config overrides passed to the model class.
+
+    Returns:
+        open_clip ``CLIP`` / ``CustomTextCLIP`` (``model.visual.
+        preprocess_cfg`` holds size/mean/std).
+    """
+    cfg = get_model_config(model_name)
+    if 'hf_model_name' in cfg['text_cfg'] and 'text_cfg' not in model_kwargs:
+        # the resolved local folder replaces the name in the config
+        model_kwargs['text_cfg'] = cfg['text_cfg']
+    return open_clip.create_model(
+        model_name, pretrained=None, precision=precision, device=device,
+        force_image_size=image_size, pretrained_image=False,
+        pretrained_text=False, **model_kwargs)
+
+
+def build_tokenizer(model_name: str,
+                    source: Optional[Union[str, os.PathLike]] = None,
+                    context_length: Optional[int] = None
+                    ) -> Optional[Callable]:
+    """The text tokenizer of ``model_name``, from local files only.
+
+    Args:
+        model_name (str): model config name.
+        source (str, optional): for BERT text towers, a ``vocab.txt`` or a
+            folder containing one (default: the shipped text-tower folder
+            when it has a vocabulary).  Ignored for CLIP BPE towers, whose
+            vocabulary ships with open_clip.
+        context_length (int, optional): default: the config's.
+
+    Returns:
+        A callable ``texts -> LongTensor (N, context_length)``, or None
+        (with a warning) when no local vocabulary is available.
+    """
+    text_cfg = get_model_config(model_name)['text_cfg']
+    context_length = context_length or text_cfg.get('context_length', 77)
+    if text_cfg.get('hf_model_name'):
+        source = source or text_cfg['hf_model_name']
+        try:
+            return LocalBertTokenizer(source, context_length=context_length)
+        except FileNotFoundError as err:
+            logger.warning(f'{model_name}: no tokenizer ({err})')
+            return None
+    try:
+        return open_clip.get_tokenizer(model_name,
+                                       context_length=context_length)
+    except Exception as err:  # e.g. SigLIP tokenizers live on the hub
+        logger.warning(f'{model_name}: no offline tokenizer ({err})')
+        return None
+
+
+def build_preprocess(model: nn.Module) -> Callable:
+    """open_clip's evaluation transform (PIL image -> normalised tensor)."""
+    cfg = getattr(model.visual, 'preprocess_cfg', None) or {}
+    return image_transform_v2(PreprocessCfg(**cfg), is_train=False)
+
+
+def build_open_clip(model_name: str,
+                    pretrained: Optional[Union[str, os.PathLike]] = None,
+                    *,
+                    tokenizer: Optional[Union[str, os.PathLike]] = None,
+                    image_size: Optional[Union[int, Tuple[int, int]]] = None,
+                    precision: str = 'fp32',
+                    device: str = 'cpu',
+                    strict: bool = True) -> Tuple[nn.Module, Callable,
+                                                  Optional[Callable]]:
+    """Build an open_clip model offline and load local weights.
+
+    Args:
+        model_name (str): e.g. ``'ViT-B-32'``, ``'ViT-B-16-quickgelu'``
+            (OpenAI weights), ``'BiomedCLIP-PubMedBERT_256-vit_base_patch16_224'``,
+            ``'ViT-Tiny-16-test'``.
+        pretrained (str, optional): ``open_clip_model.safetensors``,
+            ``open_clip_pytorch_model.bin``, an OpenAI ``.pt`` archive, or a
+            folder holding one of them. None: random weights.
+        tokenizer (str, optional): vocabulary source for BERT text towers
+            (see :func:`build_tokenizer`); default: the folder of
+            ``pretrained`` when it has a ``vocab.txt``.
+        image_size (int | tuple, optional): override the input size.
+        precision (str): Default: ``'fp32'``.
+        device (str): Default: ``'cpu'``.
+        strict (bool): every key must match. Default: True.
+
+    Returns:
+        tuple: ``(model, preprocess, tokenizer)``; the model is in eval
+        mode; ``tokenizer`` may be None (see :func:`build_tokenizer`).
+    """
+    model = create_model(model_name, image_size=image_size,
+                         precision=precision, device=device)
+    if pretrained is not None:
+        load_open_clip_weights(model, pretrained, strict=strict,
+                               target=model_name)
+        if tokenizer is None:
+            folder = Path(pretrained)
+            folder = folder if folder.is_dir() else folder.parent
+            if (folder / 'vocab.txt').is_file():
+                tokenizer = folder
+    model.eval()
+    return model, build_preprocess(model), build_tokenizer(model_name,
+                                                           tokenizer)

@@ -1,0 +1,145 @@
+"""Weight-format readers: any supported CLIP file -> open_clip's key layout.
+
+Supported inputs (all read by :func:`plugins.utils.safe_load`, no code is
+executed):
+
+* open_clip ``open_clip_model.safetensors`` / ``open_clip_pytorch_model.bin``
+  (also training checkpoints ``{'state_dict': ...}``, DDP ``module.``);
+* OpenAI CLIP TorchScript archives (``ViT-B-32.pt`` ...) and OpenAI state
+  dicts: same key names as open_clip's ``CLIP`` plus three metadata entries;
+  converted with open_clip's own helpers for models with a custom text tower;
+* older open_clip text-tower layouts, and checkpoints from transformers
+  releases that still saved ``position_ids``.
+
+:func:`load_open_clip_weights` then checks every key strictly.
+"""
+import logging
+import os
+from pathlib import Path
+from typing import Dict, Mapping, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+from open_clip.convert import convert_state_dict
+from open_clip.model import convert_to_custom_text_state_dict
+from open_clip.transformer import QuickGELU
+
+from plugins.utils import check_state_dict, safe_load
+
+logger = logging.getLogger(__name__)
+
+StateDict = Dict[str, torch.Tensor]
+
+#: 0-dim entries OpenAI's archives carry next to the weights.
+OPENAI_METADATA_KEYS = ('input_resolution', 'context_length', 'vocab_size')
+
+#: File names looked for in a model folder, best first (open_clip's order).
+WEIGHT_FILE_NAMES = ('open_clip_model.safetensors',
+                     'open_clip_pytorch_model.safetensors',
+                     'open_clip_pytorch_model.bin',
+                     'open_clip_pytorch_model.pth', 'model.safetensors',
+                     'pytorch_model.bin', 'model.pt')
+
+
+def find_weights_file(path: Union[str, os.PathLike],
+                      names: Sequence[str] = WEIGHT_FILE_NAMES) -> Path:
+    """``path`` if it is a file, else the best-named weights file inside.
+
+    Raises:
+        FileNotFoundError: naming the path and the file names looked for.
+    """
+    path = Path(path)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        for name in names:
+            if (path / name).is_file():
+                return path / name
+        raise FileNotFoundError(
+            f'no weights file in {path} (looked for {list(names)})')
+    raise FileNotFoundError(f'weights file or folder not found: {path}')
+
+
+def is_openai_state_dict(state: Mapping[str, torch.Tensor]) -> bool:
+    """True for the layout of OpenAI's CLIP archives."""
+    return any(k in state for k in OPENAI_METADATA_KEYS) and \
+        'visual.conv1.weight' in state
+
+
+def uses_quick_gelu(model: nn.Module) -> bool:
+    return any(isinstance(m, QuickGELU) for m in model.modules())
+
+
+def convert_to_open_clip(state: Mapping[str, torch.Tensor],
+                         model: nn.Module) -> StateDict:
+    """Map a loaded CLIP checkpoint onto ``model``'s state-dict keys.
+
+    Uses open_clip's own converters (``convert_state_dict`` for third-party
+    layouts, ``convert_to_custom_text_state_dict`` for the old text-tower
+    layout) and adjusts the small known differences; keys it does not know
+    are left for the strict check to report.
+
+    Args:
+        state: flat state dict (see :func:`plugins.utils.safe_load`).
+        model: an open_clip ``CLIP`` / ``CustomTextCLIP``.
+    """
+    state = dict(state)
+    if is_openai_state_dict(state):
+        for key in OPENAI_METADATA_KEYS:
+            state.pop(key, None)
+        if not uses_quick_gelu(model):
+            logger.warning(
+                'OpenAI CLIP weights were trained with QuickGELU but the '
+                'model uses GELU; use the "-quickgelu" variant of the model '
+                'name (e.g. ViT-B-16-quickgelu) for faithful features')
+    state = convert_state_dict(model, state)
+    if 'positional_embedding' in state and not hasattr(
+            model, 'positional_embedding'):
+        state = convert_to_custom_text_state_dict(state)
+    expected = model.state_dict()
+    for key in ('logit_scale', 'logit_bias'):
+        if key in state and key in expected and \
+                state[key].shape != expected[key].shape and \
+                state[key].numel() == expected[key].numel():
+            state[key] = state[key].reshape(expected[key].shape)
+    # transformers < 4.31 saved BERT's position_ids; newer models keep them
+    # as a non-persistent buffer.  An HF pooler the model does not build is
+    # unused by design (cls_last_hidden_state_pooler).
+    for key in [k for k in state if k not in expected]:
+        if key.endswith('embeddings.position_ids') or \
+                '.transformer.pooler.' in key:
+            del state[key]
+    return state
+
+
+def load_open_clip_weights(model: nn.Module,
+                           source: Union[str, os.PathLike, Mapping],
+                           strict: bool = True,
+                           target: Optional[str] = None) -> StateDict:
+    """Load weights into an open_clip model, checking every key.
+
+    Args:
+        model: open_clip ``CLIP`` / ``CustomTextCLIP``.
+        source: a weights file, a model folder (see
+            :func:`find_weights_file`) or an already loaded state dict.
+        strict (bool): raise :class:`plugins.utils.StateDictMismatchError`
+            (listing missing/unexpected keys and shape mismatches) unless
+            the converted checkpoint matches exactly. Default: True.
+        target (str, optional): model name for error messages.
+
+    Returns:
+        dict: the converted state dict that was loaded.
+    """
+    name: Optional[str] = None
+    if isinstance(source, Mapping):
+        state = dict(source)
+    else:
+        path = find_weights_file(source)
+        name = str(path)
+        state = safe_load(path)
+    state = convert_to_open_clip(state, model)
+    if strict:
+        check_state_dict(model.state_dict(), state, source=name,
+                         target=target or type(model).__name__)
+    model.load_state_dict(state, strict=strict)
+    return state

@@ -1,0 +1,229 @@
+"""The one way this package reads a weights file: :func:`safe_load`.
+
+Loading a checkpoint must never run code from it.  Three formats are read:
+
+* ``.safetensors`` (and any file starting with a safetensors header): read by
+  ``safetensors``, which has no code path at all.
+* torch pickles (``.bin``, ``.pth``, ``.pt``, zip or legacy format): read by
+  ``torch.load(weights_only=True)``, torch's restricted unpickler, with the
+  explicit allow-list :data:`SAFE_GLOBALS` of harmless value types on top of
+  torch's own tensor types.  A pickle naming any other global (a function
+  that ``__reduce__`` would call, say ``os.system``) is refused with
+  :class:`UnsafeCheckpointError` naming that global.
+* TorchScript archives (OpenAI CLIP ``.pt``): only the tensors are read, see
+  :mod:`plugins.utils.torchscript_archive`.
+"""
+import argparse
+import os
+import pickle
+import re
+import zipfile
+from pathlib import Path
+from typing import Any, Dict, Iterable, Optional, Union
+
+import torch
+
+from .pickle_scan import pickle_global_names
+from .state_dict import unwrap_state_dict
+from .torchscript_archive import (is_torchscript_archive,
+                                  load_torchscript_tensors)
+
+PathLike = Union[str, os.PathLike]
+
+
+class CheckpointError(RuntimeError):
+    """A weights file could not be read (missing, truncated, corrupt)."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A pickle would import a global outside the allow-list (run code).
+
+    Attributes:
+        global_name (str): the refused global, e.g. ``'posix.system'``.
+    """
+
+    def __init__(self, message: str, global_name: Optional[str] = None):
+        super().__init__(message)
+        self.global_name = global_name
+
+
+def _numpy_globals() -> list:
+    try:
+        import numpy as np
+    except ImportError:  # numpy is optional for reading weights
+        return []
+    try:  # numpy >= 2
+        from numpy._core.multiarray import _reconstruct, scalar
+    except ImportError:
+        from numpy.core.multiarray import _reconstruct, scalar
+    dtypes = [type(np.dtype(n)) for n in (
+        'float64', 'float32', 'float16', 'int64', 'int32', 'int16', 'int8',
+        'uint8', 'bool')]
+    return [np.ndarray, np.dtype, _reconstruct, scalar, *dtypes]
+
+
+#: Globals a weights pickle may name besides torch's tensor/storage types.
+#: Plain value types only: numpy arrays and scalars (some checkpoints store
+#: metrics as numpy values) and ``argparse.Namespace`` (training arguments
+#: stored next to the weights; a bag of attributes).  Nothing callable with
+#: side effects.
+SAFE_GLOBALS = [argparse.Namespace, *_numpy_globals()]
+
+_SAFETENSORS_EXT = ('.safetensors',)
+_REFUSED_GLOBAL = re.compile(r'GLOBAL ([\w.]+)|Unsupported global: ([\w.]+)'
+                             r'|([\w.]+) was not an allowed global')
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise FileNotFoundError(f'checkpoint file not found: {path}')
+    if path.is_dir():
+        files = sorted(p.name for p in path.iterdir()
+                       if p.suffix in ('.safetensors', '.bin', '.pt', '.pth'))
+        raise IsADirectoryError(
+            f'{path} is a directory; pass one weights file inside it '
+            f'(found: {files or "no .safetensors/.bin/.pt/.pth files"})')
+    if path.stat().st_size == 0:
+        raise CheckpointError(f'checkpoint file is empty (0 bytes): {path}')
+
+
+def _is_safetensors(path: Path) -> bool:
+    if path.suffix in _SAFETENSORS_EXT:
+        return True
+    # safetensors: 8-byte little-endian header length, then a JSON header.
+    with open(path, 'rb') as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b'{'
+
+
+def _corrupt(path: Path, err: BaseException) -> CheckpointError:
+    size = path.stat().st_size
+    detail = str(err)
+    # torch's weights_only message is long and advises weights_only=False;
+    # keep only the reason.
+    if 'WeightsUnpickler error:' in detail:
+        detail = detail.split('WeightsUnpickler error:')[-1].strip()
+        detail = detail.split('\n\n')[0].strip()
+    detail = detail.split('. This is an internal miniz error')[0]
+    return CheckpointError(
+        f'could not read checkpoint {path} ({size} bytes): the file is '
+        'truncated, corrupt or not a weights file '
+        f'({type(err).__name__}: {detail})')
+
+
+def _load_safetensors(path: Path, map_location) -> Dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+    device = 'cpu' if map_location is None else str(map_location)
+    try:
+        return load_file(str(path), device=device)
+    except Exception as err:  # SafetensorError is not importable by name
+        raise _corrupt(path, err) from err
+
+
+def _refused_global(message: str) -> Optional[str]:
+    match = _REFUSED_GLOBAL.search(message)
+    if match is None:
+        return None
+    return next(g for g in match.groups() if g)
+
+
+def _allowed_names(allowed: Iterable) -> set:
+    names = set(torch._weights_only_unpickler._get_allowed_globals())
+    for obj in allowed:
+        if isinstance(obj, tuple):
+            names.add(obj[1])
+        else:
+            names.add(f'{obj.__module__}.{obj.__qualname__}')
+    return names
+
+
+def _first_unsafe_global(path: Path, allowed: Iterable) -> Optional[str]:
+    with open(path, 'rb') as f:
+        head = f.read(1 << 20)  # the object pickle precedes the tensor bytes
+    ok = _allowed_names(allowed)
+    return next((n for n in pickle_global_names(head) if n not in ok), None)
+
+
+def _load_pickle(path: Path, map_location,
+                 extra_globals: Iterable) -> Any:
+    if zipfile.is_zipfile(path):
+        try:
+            with torch.serialization._open_zipfile_reader(str(path)) as zf:
+                if is_torchscript_archive(zf):
+                    return load_torchscript_tensors(zf, map_location)
+        except (RuntimeError, zipfile.BadZipFile) as err:
+            raise _corrupt(path, err) from err
+    allowed = SAFE_GLOBALS + list(extra_globals)
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(str(path), map_location=map_location,
+                              weights_only=True)
+    except pickle.UnpicklingError as err:
+        # torch names the refused global; for pickles it cannot even parse
+        # (a plain pickle of protocol 4+), find it by scanning the opcodes.
+        name = _refused_global(str(err)) or _first_unsafe_global(path, allowed)
+        if name is None:
+            raise _corrupt(path, err) from err
+        raise UnsafeCheckpointError(
+            f"refusing to load {path}: its pickle imports '{name}', which is "
+            'not on the allow-list of safe types (unpickling it could run '
+            'code). Only tensors, containers and plain values are accepted; '
+            'if you trust the file, re-save its state dict as .safetensors '
+            'in a trusted environment.', name) from None
+    except (RuntimeError, EOFError, ValueError, OSError) as err:
+        raise _corrupt(path, err) from err
+
+
+def safe_load_object(path: PathLike, map_location='cpu', *,
+                     extra_globals: Iterable = ()) -> Any:
+    """Read a weights file without running code; return it as stored.
+
+    Like :func:`safe_load` but without unwrapping, for callers that need
+    the container (e.g. an epoch counter next to the weights).
+
+    Args:
+        path: file to read.
+        map_location: device for the tensors. Default: ``'cpu'``.
+        extra_globals: more classes to allow-list for this call only (e.g.
+            a trusted project's dataclass); see
+            ``torch.serialization.add_safe_globals``.
+    """
+    path = Path(path)
+    _check_file(path)
+    if _is_safetensors(path):
+        return _load_safetensors(path, map_location)
+    return _load_pickle(path, map_location, extra_globals)
+
+
+def safe_load(path: PathLike, map_location='cpu', *, key: Optional[str] = None,
+              extra_globals: Iterable = ()) -> Dict[str, torch.Tensor]:
+    """Load a state dict from a file without executing code from it.
+
+    Reads ``.safetensors``, torch pickles (``weights_only=True`` with
+    :data:`SAFE_GLOBALS`) and TorchScript archives (OpenAI CLIP ``.pt``,
+    tensors only), then unwraps common containers (``state_dict``,
+    ``model``, ...) and a DDP ``module.`` prefix.
+
+    Args:
+        path: the weights file.
+        map_location: device for the tensors. Default: ``'cpu'``.
+        key (str, optional): container entry holding the weights, when not
+            one of the usual names (e.g. ``'state_dict_ema'``).
+        extra_globals: classes to allow-list for this call only.
+
+    Returns:
+        dict[str, Tensor]: the state dict (tensors only).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        IsADirectoryError: ``path`` is a folder (the message lists its
+            weights files).
+        CheckpointError: the file is empty, truncated or corrupt.
+        UnsafeCheckpointError: the pickle names a global outside the
+            allow-list.
+    """
+    obj = safe_load_object(path, map_location, extra_globals=extra_globals)
+    try:
+        return unwrap_state_dict(obj, key=key)
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f'{path}: {err}') from err

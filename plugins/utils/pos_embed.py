@@ -1,0 +1,72 @@
+"""Resampling of absolute position embeddings to a new patch grid.
+
+Every CLIP-family backbone in this package (open_clip ViTs, timm trunks,
+SigLIP-style towers) runs at input sizes other than the one it was trained
+at, so the learned position embedding of the training grid is resized with
+bicubic interpolation.  This is the one implementation all of them use.
+"""
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+
+
+def resample_pos_embed(pos_embed: torch.Tensor,
+                       new_grid: Tuple[int, int],
+                       old_grid: Tuple[int, int],
+                       num_prefix_tokens: int = 1,
+                       interpolation: str = 'bicubic',
+                       antialias: bool = True) -> torch.Tensor:
+    """Resize an absolute position embedding from one patch grid to another.
+
+    The prefix tokens' embeddings (class/register tokens) are kept as they
+    are; the spatial part is reshaped to its grid, interpolated, and
+    flattened back.  Interpolation runs in float32 (bicubic in half
+    precision is inaccurate and unsupported on some devices) and the result
+    has the input's dtype.
+
+    Args:
+        pos_embed (Tensor): ``(num_prefix_tokens + gh * gw, C)`` (open_clip)
+            or ``(1, num_prefix_tokens + gh * gw, C)`` (timm).
+        new_grid (tuple[int, int]): target ``(h, w)`` in patches.
+        old_grid (tuple[int, int]): ``(gh, gw)`` the embedding was made for.
+        num_prefix_tokens (int): leading non-spatial tokens. Default: 1.
+        interpolation (str): ``F.interpolate`` mode. Default: ``'bicubic'``.
+        antialias (bool): anti-alias when shrinking. Default: True.
+
+    Returns:
+        Tensor: same rank as ``pos_embed``, with ``num_prefix_tokens + h * w``
+        tokens.
+    """
+    new_grid = tuple(int(s) for s in new_grid)
+    old_grid = tuple(int(s) for s in old_grid)
+    squeeze = pos_embed.dim() == 2
+    if squeeze:
+        pos_embed = pos_embed.unsqueeze(0)
+    if pos_embed.dim() != 3:
+        raise ValueError('pos_embed must have shape (N, C) or (1, N, C), '
+                         f'got {tuple(pos_embed.shape)}')
+    num_spatial = pos_embed.shape[1] - num_prefix_tokens
+    if num_spatial != old_grid[0] * old_grid[1]:
+        raise ValueError(
+            f'pos_embed has {num_spatial} spatial tokens '
+            f'({pos_embed.shape[1]} - {num_prefix_tokens} prefix) but the '
+            f'source grid {old_grid[0]}x{old_grid[1]} needs '
+            f'{old_grid[0] * old_grid[1]}')
+    if new_grid == old_grid:
+        return pos_embed.squeeze(0) if squeeze else pos_embed
+
+    prefix = pos_embed[:, :num_prefix_tokens]
+    spatial = pos_embed[:, num_prefix_tokens:]
+    dim = spatial.shape[-1]
+    orig_dtype = spatial.dtype
+    spatial = spatial.reshape(1, old_grid[0], old_grid[1], dim)
+    spatial = spatial.permute(0, 3, 1, 2).float()
+    # antialias only matters (and is only supported) for bilinear/bicubic
+    # downsampling; F.interpolate ignores it when enlarging.
+    use_aa = antialias and interpolation in ('bilinear', 'bicubic')
+    spatial = F.interpolate(spatial, size=new_grid, mode=interpolation,
+                            align_corners=False, antialias=use_aa)
+    spatial = spatial.permute(0, 2, 3, 1).reshape(1, -1, dim).to(orig_dtype)
+    out = torch.cat([prefix, spatial], dim=1)
+    return out.squeeze(0) if squeeze else out
