@@ -1,7 +1,7 @@
 """Floor 1 helpers (torch and safetensors only): safe checkpoint loading,
 state-dict key mapping and position-embedding resampling."""
 from .checkpoint import (SAFE_GLOBALS, CheckpointError, UnsafeCheckpointError,
-                         safe_load, safe_load_object)
+                         safe_load, safe_load_object, save_safetensors)
 from .pos_embed import resample_pos_embed
 from .state_dict import (CONVERTER_HINT, StateDictMismatchError, add_prefix,
                          check_state_dict, key_mismatch, rename_keys,
@@ -9,7 +9,7 @@ from .state_dict import (CONVERTER_HINT, StateDictMismatchError, add_prefix,
 
 __all__ = [
     'SAFE_GLOBALS', 'CheckpointError', 'UnsafeCheckpointError', 'safe_load',
-    'safe_load_object', 'resample_pos_embed', 'CONVERTER_HINT',
+    'safe_load_object', 'save_safetensors', 'resample_pos_embed', 'CONVERTER_HINT',
     'StateDictMismatchError', 'add_prefix', 'check_state_dict',
     'key_mismatch', 'rename_keys', 'select_prefix', 'strip_prefix',
     'unwrap_state_dict'

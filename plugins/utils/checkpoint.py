@@ -144,33 +144,35 @@ def _first_unsafe_global(path: Path, allowed: Iterable) -> Optional[str]:
     return next((n for n in pickle_global_names(head) if n not in ok), None)
 
 
+def _refusal(path: Path, err: pickle.UnpicklingError,
+             allowed: Iterable) -> CheckpointError:
+    # torch names the refused global; for pickles it cannot even parse
+    # (a plain pickle of protocol 4+), find it by scanning the opcodes.
+    name = _refused_global(str(err)) or _first_unsafe_global(path, allowed)
+    if name is None:
+        return _corrupt(path, err)
+    return UnsafeCheckpointError(
+        f"refusing to load {path}: its pickle imports '{name}', which is "
+        'not on the allow-list of safe types (unpickling it could run '
+        'code). Only tensors, containers and plain values are accepted; '
+        'if you trust the file, re-save its state dict as .safetensors '
+        'in a trusted environment.', name)
+
+
 def _load_pickle(path: Path, map_location,
                  extra_globals: Iterable) -> Any:
-    if zipfile.is_zipfile(path):
-        try:
+    allowed = SAFE_GLOBALS + list(extra_globals)
+    try:
+        if zipfile.is_zipfile(path):
             with torch.serialization._open_zipfile_reader(str(path)) as zf:
                 if is_torchscript_archive(zf):
                     return load_torchscript_tensors(zf, map_location)
-        except (RuntimeError, zipfile.BadZipFile) as err:
-            raise _corrupt(path, err) from err
-    allowed = SAFE_GLOBALS + list(extra_globals)
-    try:
         with torch.serialization.safe_globals(allowed):
             return torch.load(str(path), map_location=map_location,
                               weights_only=True)
     except pickle.UnpicklingError as err:
-        # torch names the refused global; for pickles it cannot even parse
-        # (a plain pickle of protocol 4+), find it by scanning the opcodes.
-        name = _refused_global(str(err)) or _first_unsafe_global(path, allowed)
-        if name is None:
-            raise _corrupt(path, err) from err
-        raise UnsafeCheckpointError(
-            f"refusing to load {path}: its pickle imports '{name}', which is "
-            'not on the allow-list of safe types (unpickling it could run '
-            'code). Only tensors, containers and plain values are accepted; '
-            'if you trust the file, re-save its state dict as .safetensors '
-            'in a trusted environment.', name) from None
-    except (RuntimeError, EOFError, ValueError, OSError) as err:
+        raise _refusal(path, err, allowed) from None
+    except Exception as err:  # torch raises many types on garbage input
         raise _corrupt(path, err) from err
 
 
@@ -227,3 +229,28 @@ def safe_load(path: PathLike, map_location='cpu', *, key: Optional[str] = None,
         return unwrap_state_dict(obj, key=key)
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f'{path}: {err}') from err
+
+
+def save_safetensors(state: Dict[str, torch.Tensor], path: PathLike,
+                     metadata: Optional[Dict[str, str]] = None) -> Path:
+    """Write a state dict as ``.safetensors`` (atomically).
+
+    Tensors are made contiguous and storage-sharing tensors are copied
+    (safetensors refuses aliases).  The file is written next to its final
+    name and renamed, so an interrupted save leaves no partial file.
+    """
+    from safetensors.torch import save_file
+    path = Path(path)
+    seen = set()
+    out = {}
+    for key, value in state.items():
+        value = value.detach().contiguous()
+        ptr = (value.untyped_storage().data_ptr(), value.device)
+        if value.numel() and ptr in seen:
+            value = value.clone()
+        seen.add(ptr)
+        out[key] = value.cpu()
+    tmp = path.with_name(path.name + '.tmp')
+    save_file(out, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+    return path

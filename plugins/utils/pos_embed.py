@@ -40,6 +40,7 @@ def resample_pos_embed(pos_embed: torch.Tensor,
     """
     new_grid = tuple(int(s) for s in new_grid)
     old_grid = tuple(int(s) for s in old_grid)
+    original = pos_embed
     squeeze = pos_embed.dim() == 2
     if squeeze:
         pos_embed = pos_embed.unsqueeze(0)
@@ -54,7 +55,7 @@ def resample_pos_embed(pos_embed: torch.Tensor,
             f'source grid {old_grid[0]}x{old_grid[1]} needs '
             f'{old_grid[0] * old_grid[1]}')
     if new_grid == old_grid:
-        return pos_embed.squeeze(0) if squeeze else pos_embed
+        return original
 
     prefix = pos_embed[:, :num_prefix_tokens]
     spatial = pos_embed[:, num_prefix_tokens:]
