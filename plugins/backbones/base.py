@@ -258,7 +258,11 @@ class CLIPBackboneBase(BaseModule, metaclass=ABCMeta):
         if prefix:
             state = select_prefix(state, prefix)
         state = self.convert_pretrained(state)
-        check_state_dict(self.state_dict(), state, source=str(path),
+        # buffers the module rebuilds itself (non-persistent) are not loaded
+        expected = self.state_dict()
+        derived = {n for n, _ in self.named_buffers()} - set(expected)
+        state = {k: v for k, v in state.items() if k not in derived}
+        check_state_dict(expected, state, source=str(path),
                          target=type(self).__name__)
         self.load_state_dict(state, strict=True)
         self._pos_embed_cache.clear()

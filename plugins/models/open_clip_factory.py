@@ -11,11 +11,13 @@ fetched from a hub.  Weights only ever come from local files.
 import difflib
 import logging
 import os
+from contextlib import nullcontext
 from copy import deepcopy
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple, Union
 
 import open_clip
+import torch
 import torch.nn as nn
 from open_clip.transform import PreprocessCfg, image_transform_v2
 
@@ -96,7 +98,9 @@ def create_model(model_name: str,
         model_name (str): a shipped or open_clip built-in config name.
         image_size (int | tuple, optional): override the config's size.
         precision (str): open_clip precision. Default: ``'fp32'``.
-        device (str): Default: ``'cpu'``.
+        device (str): Default: ``'cpu'``. ``'meta'`` builds without
+            allocating or initialising weights (fast; for inspecting
+            architectures and key layouts).
         **model_kwargs: config overrides passed to the model class.
 
     Returns:
@@ -107,10 +111,11 @@ def create_model(model_name: str,
     if 'hf_model_name' in cfg['text_cfg'] and 'text_cfg' not in model_kwargs:
         # the resolved local folder replaces the name in the config
         model_kwargs['text_cfg'] = cfg['text_cfg']
-    return open_clip.create_model(
-        model_name, pretrained=None, precision=precision, device=device,
-        force_image_size=image_size, pretrained_image=False,
-        pretrained_text=False, **model_kwargs)
+    with torch.device('meta') if str(device) == 'meta' else nullcontext():
+        return open_clip.create_model(
+            model_name, pretrained=None, precision=precision, device=device,
+            force_image_size=image_size, pretrained_image=False,
+            pretrained_text=False, **model_kwargs)
 
 
 def build_tokenizer(model_name: str,

@@ -6,6 +6,7 @@ models.
 """
 import copy
 import os
+import warnings
 from pathlib import Path
 from typing import Union
 
@@ -47,10 +48,14 @@ def write_openai_archive(model: nn.Module, path: Union[str, os.PathLike],
         m.register_buffer(key, torch.tensor(value))
     convert_weights_to_fp16(m)
     image = torch.zeros(1, 3, image_size, image_size, dtype=torch.float16)
-    traced = torch.jit.trace_module(m, {'encode_image': (image, )},
-                                    check_trace=False)
     path = Path(path)
-    torch.jit.save(traced, str(path))
+    with warnings.catch_warnings():
+        # torch.jit is deprecated and the trace warns about Python control
+        # flow; neither matters for a file that is only ever read as data.
+        warnings.simplefilter('ignore')
+        traced = torch.jit.trace_module(m, {'encode_image': (image, )},
+                                        check_trace=False)
+        torch.jit.save(traced, str(path))
     return path
 
 

@@ -102,11 +102,13 @@ def convert_to_open_clip(state: Mapping[str, torch.Tensor],
                 state[key].shape != expected[key].shape and \
                 state[key].numel() == expected[key].numel():
             state[key] = state[key].reshape(expected[key].shape)
-    # transformers < 4.31 saved BERT's position_ids; newer models keep them
-    # as a non-persistent buffer.  An HF pooler the model does not build is
-    # unused by design (cls_last_hidden_state_pooler).
+    # Derived buffers the model does not persist (attention masks, BERT's
+    # position_ids) appear in TorchScript archives and in files from older
+    # transformers releases; the model rebuilds them.  An HF pooler the
+    # model does not build is unused by design (CLS-token pooling).
+    derived = {n for n, _ in model.named_buffers()} - set(expected)
     for key in [k for k in state if k not in expected]:
-        if key.endswith('embeddings.position_ids') or \
+        if key in derived or key.endswith('embeddings.position_ids') or \
                 '.transformer.pooler.' in key:
             del state[key]
     return state

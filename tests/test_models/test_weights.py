@@ -1,0 +1,88 @@
+"""Weight formats -> open_clip layout, with a strict key check."""
+import logging
+
+import pytest
+import torch
+
+from plugins.models import (create_model, find_weights_file,
+                            is_openai_state_dict, load_open_clip_weights)
+from plugins.models.testing import save_clip_checkpoint
+from plugins.utils import StateDictMismatchError, safe_load
+
+TINY = 'ViT-Tiny-16-test'
+
+
+@pytest.fixture(scope='module')
+def saved(tmp_path_factory):
+    torch.manual_seed(0)
+    model = create_model(TINY).eval()
+    root = tmp_path_factory.mktemp('w')
+    files = {fmt: save_clip_checkpoint(model, root, fmt)
+             for fmt in ('safetensors', 'bin', 'openai')}
+    return model, files
+
+
+@pytest.mark.parametrize('fmt', ['safetensors', 'bin', 'openai'])
+def test_every_format_loads_with_all_keys(saved, fmt):
+    model, files = saved
+    target = create_model(TINY)
+    state = load_open_clip_weights(target, files[fmt])
+    assert set(state) == set(target.state_dict())
+    for key, value in model.state_dict().items():
+        got = target.state_dict()[key]
+        if fmt == 'openai' and value.dtype == torch.float32 and \
+                key != 'logit_scale' and value.dim() >= 2:
+            value = value.half().float()  # OpenAI archives are fp16
+        torch.testing.assert_close(got, value, rtol=0, atol=1e-3
+                                   if fmt == 'openai' else 0)
+
+
+def test_openai_archive_layout(saved):
+    _, files = saved
+    state = safe_load(files['openai'])
+    assert is_openai_state_dict(state)
+    assert state['visual.proj'].dtype == torch.float16
+    assert int(state['input_resolution']) == 224
+
+
+def test_openai_weights_into_gelu_model_warn(saved, caplog):
+    _, files = saved
+    with caplog.at_level(logging.WARNING):
+        load_open_clip_weights(create_model(TINY), files['openai'])
+    assert 'QuickGELU' in caplog.text
+
+
+def test_wrong_layout_lists_keys_and_suggests_converter(tmp_path, saved):
+    model, _ = saved
+    state = {k.replace('visual.', 'image_encoder.'): v
+             for k, v in model.state_dict().items()}
+    torch.save(state, tmp_path / 'wrong.bin')
+    with pytest.raises(StateDictMismatchError) as info:
+        load_open_clip_weights(create_model(TINY), tmp_path / 'wrong.bin')
+    msg = str(info.value)
+    assert 'missing keys: [visual.' in msg
+    assert 'unexpected keys: [image_encoder.' in msg
+    assert 'convert_clip_checkpoint.py' in msg and 'wrong.bin' in msg
+
+
+def test_other_architecture_reports_shapes(saved):
+    model, _ = saved
+    state = dict(model.state_dict())
+    state['visual.proj'] = torch.zeros(64, 16)
+    with pytest.raises(StateDictMismatchError, match='visual.proj: checkpoint'):
+        load_open_clip_weights(create_model(TINY), state)
+
+
+def test_legacy_bert_position_ids_are_dropped():
+    model = create_model('BiomedCLIP-Tiny-test')
+    state = dict(model.state_dict())
+    state['text.transformer.embeddings.position_ids'] = torch.arange(256)[None]
+    load_open_clip_weights(create_model('BiomedCLIP-Tiny-test'), state)
+
+
+def test_find_weights_file_prefers_safetensors(tmp_path):
+    for name in ('open_clip_pytorch_model.bin', 'open_clip_model.safetensors'):
+        (tmp_path / name).write_bytes(b'x')
+    assert find_weights_file(tmp_path).name == 'open_clip_model.safetensors'
+    with pytest.raises(FileNotFoundError, match='not found'):
+        find_weights_file(tmp_path / 'missing')
