@@ -5,7 +5,6 @@ _base_ = [
     '../_base_/models/dino_tiny.py',
     '../_base_/datasets/toy_detection.py',
     '../_base_/schedules/toy_iters.py',
-    '../_base_/default_runtime.py',
 ]
 model = dict(
     backbone=dict(
@@ -22,7 +21,7 @@ model = dict(
         type='ChannelMapper',
         in_channels=[128, 256, 512],
         kernel_size=1,
-        out_channels=64,
+        out_channels=256,
         act_cfg=None,
-        norm_cfg=dict(type='GN', num_groups=16),
+        norm_cfg=dict(type='GN', num_groups=32),
         num_outs=4))

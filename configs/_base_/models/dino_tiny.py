@@ -1,7 +1,9 @@
-# A narrow, shallow DINO (mmdet's classes, small numbers) for CPU demos and
-# tests.  Full-size DINO settings live in configs/dino/.  Backbone and neck
+# A shallow DINO (mmdet's classes, small numbers) for CPU demos and tests.
+# embed_dims stays 256: mmdet 3.3's DINO decoder hard-codes a 128-feature
+# sine encoding of the reference points (coordinate_to_encoding), so its
+# ref_point_head only fits embed_dims=256.  Full-size DINO settings live in configs/dino/.  Backbone and neck
 # are set by the configs that inherit this file.
-embed_dims = 64
+embed_dims = 256
 num_levels = 4
 model = dict(
     type='DINO',
@@ -19,18 +21,18 @@ model = dict(
         num_layers=2,
         layer_cfg=dict(
             self_attn_cfg=dict(embed_dims=embed_dims, num_levels=num_levels,
-                               num_heads=4, dropout=0.0),
-            ffn_cfg=dict(embed_dims=embed_dims, feedforward_channels=128,
+                               num_heads=8, dropout=0.0),
+            ffn_cfg=dict(embed_dims=embed_dims, feedforward_channels=512,
                          ffn_drop=0.0))),
     decoder=dict(
         num_layers=2,
         return_intermediate=True,
         layer_cfg=dict(
-            self_attn_cfg=dict(embed_dims=embed_dims, num_heads=4,
+            self_attn_cfg=dict(embed_dims=embed_dims, num_heads=8,
                                dropout=0.0),
             cross_attn_cfg=dict(embed_dims=embed_dims, num_levels=num_levels,
-                                num_heads=4, dropout=0.0),
-            ffn_cfg=dict(embed_dims=embed_dims, feedforward_channels=128,
+                                num_heads=8, dropout=0.0),
+            ffn_cfg=dict(embed_dims=embed_dims, feedforward_channels=512,
                          ffn_drop=0.0)),
         post_norm_cfg=None),
     positional_encoding=dict(num_feats=embed_dims // 2, normalize=True,
@@ -38,6 +40,7 @@ model = dict(
     bbox_head=dict(
         type='DINOHead',
         num_classes=3,
+        embed_dims=embed_dims,
         sync_cls_avg_factor=True,
         loss_cls=dict(type='FocalLoss', use_sigmoid=True, gamma=2.0,
                       alpha=0.25, loss_weight=1.0),

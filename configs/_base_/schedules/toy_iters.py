@@ -1,5 +1,7 @@
-# A short iteration-based schedule for CPU demos and tests.  Iterations (not
-# epochs) make `--resume` checkpoints land at exact, comparable points.
+# A short iteration-based schedule (and its runtime) for CPU demos and tests.
+# Iterations (not epochs) make `--resume` checkpoints land at exact, comparable points.
+_base_ = ['../default_runtime.py']
+
 max_iters = 300
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters,
                  val_interval=max_iters)
