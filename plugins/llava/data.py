@@ -130,14 +130,14 @@ class ToyReferringSegDataset(Dataset):
         scale = size / image.width
         if image.size != (size, size):
             image = image.resize((size, size), Image.BILINEAR)
-        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)
+        pixels = torch.from_numpy(np.array(image, dtype=np.float32) / 255.0)
         pixels = (pixels.permute(2, 0, 1) - self._norm[0]) / self._norm[1]
         mask = rasterize_polygons(sample['polygons'], size, size, scale)
         item = tokenize_example(self.tokenizer,
                                 referring_prompt(sample['expression']),
                                 referring_answer())
         item.update(pixel_values=pixels,
-                    masks=torch.from_numpy(mask).float()[None],
+                    masks=torch.from_numpy(mask.copy()).float()[None],
                     expression=sample['expression'], image_id=info['id'])
         return item
 

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from .config import LlavaSegConfig
 from .data import ToyReferringSegDataset, collate_referring
+from .ds_checkpoint import use_safe_loading
 from .ds_config import resolve_ds_config
 from .model import LlavaPhiSegModel, load_pretrained_phi
 from .projector_summary import describe_projector
@@ -53,11 +54,18 @@ def init_distributed() -> Tuple[int, int]:
     from deepspeed.accelerator import get_accelerator
 
     backend = get_accelerator().communication_backend_name()
-    if not torch.cuda.is_available() and backend == 'ccl':
-        try:
-            import oneccl_bindings_for_pytorch  # noqa: F401
-        except ImportError:
-            backend = 'gloo'
+    if not torch.cuda.is_available():
+        if backend == 'ccl':
+            try:
+                import oneccl_bindings_for_pytorch  # noqa: F401
+            except ImportError:
+                backend = 'gloo'
+        if os.environ['WORLD_SIZE'] == '1':
+            # DeepSpeed JIT-compiles a shared-memory all-reduce op for its
+            # CPU accelerator (about 2 minutes on 2 cores, again for every
+            # new interpreter path); a single process has nothing to reduce.
+            import deepspeed.ops
+            deepspeed.ops.__compatible_ops__['deepspeed_shm_comm'] = False
     deepspeed.init_distributed(dist_backend=backend)
     return dist.get_rank(), dist.get_world_size()
 
@@ -202,7 +210,7 @@ def export_weights(engine, out_dir: Path, zero_stage: int) -> None:
     """Write ``model.safetensors`` (every weight, for inference) and PSALM's
     ``mm_projector.bin`` (keys ``model.mm_projector.*``, the file
     ``--pretrain_mm_mlp_adapter`` and the adapter tool read)."""
-    from safetensors.torch import save_file
+    from plugins.utils import save_safetensors
     module = engine.module
     params = list(module.parameters())
     if zero_stage == 3:
@@ -217,7 +225,7 @@ def export_weights(engine, out_dir: Path, zero_stage: int) -> None:
         state = {k: v.detach().float().cpu().contiguous().clone()
                  for k, v in module.state_dict().items()}
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(out_dir / 'model.safetensors'))
+    save_safetensors(state, out_dir / 'model.safetensors')
     projector = {f'model.{k}': v for k, v in state.items()
                  if k.startswith('mm_projector.')}
     torch.save(projector, out_dir / 'mm_projector.bin')
@@ -257,8 +265,13 @@ def train(args) -> dict:
 
     import deepspeed
     from deepspeed.accelerator import get_accelerator
-    device = torch.device(get_accelerator().device_name(
+    accelerator = get_accelerator()
+    device = torch.device(accelerator.device_name(
         int(os.environ.get('LOCAL_RANK', 0))))
+    if args.fp16 and not accelerator.is_fp16_supported():
+        raise ValueError(f'--fp16 is not supported by DeepSpeed\'s '
+                         f'{accelerator.device_name()} accelerator; use --bf16 '
+                         '(fp16 needs a GPU)')
 
     tokenizer = build_tokenizer(args)
     model, config = build_model(args, tokenizer)
@@ -312,6 +325,7 @@ def train(args) -> dict:
     if args.resume_from_checkpoint:
         load_dir, tag = _resume_location(args.resume_from_checkpoint,
                                          output_dir)
+        use_safe_loading(engine)
         path, client = engine.load_checkpoint(str(load_dir), tag=tag)
         if path is None:
             raise FileNotFoundError(f'no DeepSpeed checkpoint in {load_dir} '
@@ -340,7 +354,8 @@ def train(args) -> dict:
                          labels=batch['labels'], masks=batch['masks'])
             engine.backward(out.loss)
             engine.step()
-            running['loss'] = running.get('loss', 0.0) + float(out.loss) / accum
+            running['loss'] = (running.get('loss', 0.0)
+                               + float(out.loss.detach()) / accum)
             for k, v in out.losses.items():
                 running[k] = running.get(k, 0.0) + float(v) / accum
             consumed += 1

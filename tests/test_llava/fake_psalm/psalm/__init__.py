@@ -1,0 +1,1 @@
+"""Fake PSALM package for the drop-in tests."""

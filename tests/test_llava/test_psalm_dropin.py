@@ -1,0 +1,186 @@
+"""The PSALM drop-in (third_party/psalm) against a fake PSALM package."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+HERE = Path(__file__).resolve().parent
+FAKE_ROOT = HERE / 'fake_psalm'
+REPO = HERE.parents[1]
+DROPIN = REPO / 'third_party' / 'psalm'
+
+
+def _load_dropin():
+    spec = importlib.util.spec_from_file_location(
+        'psalm_deformable', DROPIN / 'psalm_deformable.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _forget_psalm():
+    for name in [n for n in sys.modules if n == 'psalm'
+                 or n.startswith('psalm.')]:
+        del sys.modules[name]
+
+
+@pytest.fixture
+def dropin():
+    return _load_dropin()
+
+
+@pytest.fixture
+def fake_psalm():
+    """Import the fake PSALM fresh (patches must not leak between tests)."""
+    _forget_psalm()
+    sys.path.insert(0, str(FAKE_ROOT))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(FAKE_ROOT))
+        _forget_psalm()
+
+
+def _model_args(**kw):
+    base = dict(mm_projector_type='deformable', swin_type='base',
+                projector_outdim=64, pretrain_mm_mlp_adapter=None,
+                mm_hidden_dim=64, mm_n_heads=8, mm_n_points=4,
+                mm_num_tokens=16)
+    base.update(kw)
+    return SimpleNamespace(**base)
+
+
+def _psalm_model(hidden=64):
+    from psalm.model.language_model.llava_phi import PSALM
+    return PSALM(SimpleNamespace(hidden_size=hidden))
+
+
+def test_imports_without_psalm(dropin):
+    _forget_psalm()
+    assert 'psalm' not in sys.modules
+    with pytest.raises(ImportError, match='PYTHONPATH'):
+        dropin.apply()
+
+
+def test_apply_reports_every_patch(dropin, fake_psalm):
+    report = dropin.apply()
+    assert set(report['builder']) == {
+        'psalm.model.multimodal_projector.builder', 'psalm.model.llava_arch',
+        'psalm.model.language_model.llava_phi'}
+    assert set(report['encode_images']) == {'LlavaMetaForCausalLM', 'PSALM'}
+    assert report['initialize_vision_modules'] == ['PSALMModel']
+    assert report['model_arguments']
+    # Idempotent: nothing is wrapped twice.
+    again = dropin.apply()
+    assert again['encode_images'] == [] and again['model_arguments'] == []
+    from psalm.model.language_model import llava_phi
+    assert llava_phi.build_vision_projector.psalm_original.__module__ == \
+        'psalm.model.multimodal_projector.builder'
+
+
+def test_builder_routes_deformable_and_keeps_psalm_types(dropin, fake_psalm):
+    dropin.apply()
+    from psalm.model.language_model import llava_phi
+    cfg = SimpleNamespace(mm_projector_type='deformable', swin_type='base',
+                          projector_outdim=64, mm_hidden_dim=64, mm_n_heads=8,
+                          mm_n_points=4, mm_num_tokens=16)
+    projector = llava_phi.build_vision_projector(cfg)
+    assert type(projector).__name__ == \
+        'MultiScaleDeformableCrossAttentionAlignment'
+    psalm_type = llava_phi.build_vision_projector(SimpleNamespace(
+        mm_projector_type='swin_conv', mm_input_embeds=1024,
+        projector_outdim=64))
+    assert type(psalm_type).__name__ == 'SwinConvStandIn'
+    with pytest.raises(ValueError, match='Unknown projector type'):
+        llava_phi.build_vision_projector(
+            SimpleNamespace(mm_projector_type='nope'))
+
+
+def _record_inputs(module):
+    seen = []
+    module.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    return seen
+
+
+def test_encode_images_passes_all_four_maps(dropin, fake_psalm):
+    dropin.apply()
+    model = _psalm_model()
+    model.get_model().initialize_vision_modules(_model_args())
+    # The projector arguments reached the config the builder read.
+    assert model.config.mm_n_points == 4 and model.config.mm_hidden_dim == 64
+    seen = _record_inputs(model.get_model().mm_projector)
+    tokens = model.encode_images(torch.randn(2, 3, 128, 128))
+    assert isinstance(seen[0], list) and len(seen[0]) == 4
+    assert [m.shape[1] for m in seen[0]] == [128, 256, 512, 1024]
+    assert tokens.shape == (2, 16, 64)
+
+
+def test_encode_images_keeps_last_map_for_psalm_types(dropin, fake_psalm):
+    dropin.apply()
+    model = _psalm_model()
+    model.get_model().initialize_vision_modules(
+        _model_args(mm_projector_type='swin_conv'))
+    seen = _record_inputs(model.get_model().mm_projector)
+    tokens = model.encode_images(torch.randn(1, 3, 128, 128))
+    assert torch.is_tensor(seen[0]) and seen[0].shape == (1, 1024, 4, 4)
+    assert tokens.shape == (1, 4, 64)
+
+
+def test_adapter_loads_strictly(dropin, fake_psalm, tmp_path):
+    dropin.apply()
+    source = _psalm_model()
+    source.get_model().initialize_vision_modules(_model_args())
+    state = {f'model.mm_projector.{k}': v.clone() for k, v in
+             source.get_model().mm_projector.state_dict().items()}
+    good = tmp_path / 'mm_projector.bin'
+    torch.save(state, good)
+    model = _psalm_model()
+    model.get_model().initialize_vision_modules(
+        _model_args(pretrain_mm_mlp_adapter=str(good)))
+    loaded = model.get_model().mm_projector.state_dict()
+    for key, value in state.items():
+        assert torch.equal(loaded[key[len('model.mm_projector.'):]], value)
+    # A file whose names do not match fails loudly (PSALM: silent no-op).
+    bad = tmp_path / 'bad.bin'
+    torch.save({f'model.mm_projector.renamed.{k}': v
+                for k, v in source.get_model().mm_projector.state_dict()
+                .items()}, bad)
+    with pytest.raises(Exception, match=r'(?i)key|match|load'):
+        _psalm_model().get_model().initialize_vision_modules(
+            _model_args(pretrain_mm_mlp_adapter=str(bad)))
+
+
+def test_model_arguments_gain_projector_fields(dropin, fake_psalm):
+    dropin.apply()
+    import dataclasses
+
+    from psalm.train import train as psalm_train
+    names = {f.name for f in dataclasses.fields(psalm_train.ModelArguments)}
+    assert {'mm_hidden_dim', 'mm_n_heads', 'mm_n_points',
+            'mm_num_tokens'} <= names
+    assert psalm_train.ModelArguments().mm_n_heads == 8
+
+
+def test_run_psalm_train_entry(tmp_path):
+    """``run_psalm.py train`` parses the new arguments through PSALM's own
+    HfArgumentParser (as under the deepspeed launcher)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(REPO), os.environ.get('PYTHONPATH', '')]))
+    proc = subprocess.run(
+        [sys.executable, str(DROPIN / 'run_psalm.py'), 'train',
+         '--mm_projector_type', 'deformable', '--mm_n_points', '8',
+         '--mm_hidden_dim', '512', '--local_rank=0'],
+        cwd=FAKE_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = next(l for l in proc.stdout.splitlines()
+                if l.startswith('MODEL_ARGS '))
+    args = json.loads(line[len('MODEL_ARGS '):])
+    assert args['mm_projector_type'] == 'deformable'
+    assert args['mm_n_points'] == 8 and args['mm_hidden_dim'] == 512
+    assert args['mm_n_heads'] == 8
