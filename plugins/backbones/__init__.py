@@ -2,11 +2,12 @@
 import importlib
 import importlib.util
 
-from .base import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, CLIPBackboneBase
+from .base import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, CLIPBackboneBase,
+                   clip_data_preprocessor)
 from .biomed_clip import BiomedCLIPBackbone
 from .open_clip import OpenCLIPBackbone
 
-__all__ = ['CLIPBackboneBase', 'OPENAI_CLIP_MEAN', 'OPENAI_CLIP_STD',
+__all__ = ['CLIPBackboneBase', 'clip_data_preprocessor', 'OPENAI_CLIP_MEAN', 'OPENAI_CLIP_STD',
            'OpenCLIPBackbone', 'BiomedCLIPBackbone']
 
 # Backbones built on the base by their own modules; imported when present so

@@ -40,8 +40,9 @@ class CLIPBackboneBase(BaseModule, metaclass=ABCMeta):
     ``with_proj=True``), prefix (class) tokens dropped.
 
     Normalisation: images must be normalised with :attr:`mean` / :attr:`std`
-    (RGB, ``[0, 1]`` scale, class attributes).  :meth:`data_preprocessor_cfg`
-    gives a matching mmdet ``DetDataPreprocessor`` config (0-255 scale).
+    (RGB, ``[0, 1]`` scale; class attributes, overridden per instance where
+    the model's statistics differ).  :meth:`data_preprocessor_cfg` gives a
+    matching mmdet ``DetDataPreprocessor`` config (0-255 scale).
 
     Subclass contract (see ``/docs/backbones.md``): call
     ``super().__init__(**common_args)`` first, build the tower, then call
@@ -325,23 +326,16 @@ class CLIPBackboneBase(BaseModule, metaclass=ABCMeta):
         """Stride of every output map (the patch size)."""
         return self.patch_size
 
-    @classmethod
-    def data_preprocessor_cfg(cls, patch_size: Optional[int] = None,
-                              **kwargs) -> dict:
-        """An mmdet ``DetDataPreprocessor`` config matching this tower.
+    def data_preprocessor_cfg(self, **kwargs) -> dict:
+        """An mmdet ``DetDataPreprocessor`` config matching this tower:
+        its mean/std (0-255 scale), BGR->RGB, padding to the patch size.
 
         Args:
-            patch_size (int, optional): pad batches to this multiple.
-            **kwargs: more ``DetDataPreprocessor`` arguments.
+            **kwargs: more/overriding ``DetDataPreprocessor`` arguments.
         """
-        cfg = dict(type='DetDataPreprocessor',
-                   mean=[round(m * 255, 4) for m in cls.mean],
-                   std=[round(s * 255, 4) for s in cls.std],
-                   bgr_to_rgb=True)
-        if patch_size:
-            cfg['pad_size_divisor'] = int(patch_size)
-        cfg.update(kwargs)
-        return cfg
+        return clip_data_preprocessor(self.mean, self.std,
+                                      pad_size_divisor=self.patch_size,
+                                      **kwargs)
 
     def get_pos_embed(self, grid: Grid) -> Optional[torch.Tensor]:
         """Position embedding for a ``(gh, gw)`` grid, in the source layout.
@@ -369,7 +363,8 @@ class CLIPBackboneBase(BaseModule, metaclass=ABCMeta):
                 return hit[1]
         out = resample_pos_embed(pos, grid, src_grid, num_prefix)
         if not needs_graph:
-            self._pos_embed_cache[key] = (stamp, out.detach())
+            out = out.detach()
+            self._pos_embed_cache[key] = (stamp, out)
         return out
 
     def prepare_input(self, x: torch.Tensor) -> Tuple[torch.Tensor, Grid]:
@@ -461,6 +456,25 @@ class CLIPBackboneBase(BaseModule, metaclass=ABCMeta):
         tokens = self.embed_tokens(x, grid)
         outs = self.forward_blocks(tokens, grid)
         return tuple(self.tokens_to_map(t, grid) for t in outs)
+
+
+def clip_data_preprocessor(mean: Sequence[float] = OPENAI_CLIP_MEAN,
+                           std: Sequence[float] = OPENAI_CLIP_STD,
+                           pad_size_divisor: Optional[int] = None,
+                           **kwargs) -> dict:
+    """``DetDataPreprocessor`` config for CLIP statistics given in [0, 1].
+
+    mmdet normalises 0-255 pixels, so the statistics are scaled by 255;
+    images are loaded BGR by mmcv, CLIP expects RGB.
+    """
+    cfg = dict(type='DetDataPreprocessor',
+               mean=[round(m * 255, 4) for m in mean],
+               std=[round(s * 255, 4) for s in std],
+               bgr_to_rgb=True)
+    if pad_size_divisor:
+        cfg['pad_size_divisor'] = int(pad_size_divisor)
+    cfg.update(kwargs)
+    return cfg
 
 
 def _set_requires_grad(items: Iterable[Union[nn.Module, nn.Parameter]],

@@ -10,7 +10,7 @@ from open_clip.transformer import VisionTransformer
 from plugins.models import create_model
 from plugins.models.weights import (OPENAI_METADATA_KEYS,
                                     is_openai_state_dict, uses_quick_gelu)
-from plugins.utils import add_prefix, select_prefix
+from plugins.utils import add_prefix
 
 from .base import CLIPBackboneBase, Grid
 
@@ -22,20 +22,31 @@ def preprocess_stats(model: nn.Module) -> Tuple[tuple, tuple]:
             tuple(cfg.get('std', CLIPBackboneBase.std)))
 
 
+#: Top-level keys of CLIP-family checkpoints that are not the image tower:
+#: open_clip/OpenAI ``CLIP`` text tower, ``CustomTextCLIP`` (``text.``), CoCa
+#: decoder, and the contrastive temperature/bias.
+NON_VISUAL_PREFIXES = ('text.', 'transformer.', 'token_embedding.',
+                       'positional_embedding', 'ln_final.',
+                       'text_projection', 'logit_scale', 'logit_bias',
+                       'attn_mask', 'text_decoder.')
+
+
 def visual_state_dict(state: Dict[str, torch.Tensor],
                       prefix: str = 'visual.') -> Dict[str, torch.Tensor]:
     """The image-tower part of a CLIP checkpoint, keys under ``prefix``.
 
     A full CLIP checkpoint (open_clip or OpenAI layout) keeps its
-    ``visual.*`` entries (the text tower is not this backbone's business);
-    a checkpoint with no ``visual.*`` key is taken as a bare image-tower
-    state dict and prefixed, so the strict check reports what does not fit.
+    ``visual.*`` entries and drops the known non-visual ones
+    (:data:`NON_VISUAL_PREFIXES`); any other key is kept so the strict
+    check reports it.  A checkpoint with no ``visual.*`` key is taken as a
+    bare image-tower state dict and prefixed.
     """
     if is_openai_state_dict(state):
         state = {k: v for k, v in state.items()
                  if k not in OPENAI_METADATA_KEYS}
     if any(k.startswith(prefix) for k in state):
-        return add_prefix(select_prefix(state, prefix), prefix)
+        return {k: v for k, v in state.items()
+                if not k.startswith(NON_VISUAL_PREFIXES)}
     return add_prefix(state, prefix)
 
 
