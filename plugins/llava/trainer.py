@@ -256,135 +256,186 @@ def _mean_over_ranks(values: Dict[str, float], world: int) -> Dict[str, float]:
     return {k: float(v) / world for k, v in zip(keys, t)}
 
 
-def train(args) -> dict:
-    """Train; return a summary with the first and last logged losses."""
-    rank, world = init_distributed()
-    output_dir = Path(args.output_dir)
-    setup_logging(rank, output_dir)
-    torch.manual_seed(args.seed)
+def _log_step(record: dict, total_steps: int) -> None:
+    losses = ' | '.join(f'{k} {record[k]:.4f}' for k in LOSS_NAMES
+                        if k in record)
+    logger.info('step %d/%d | %s | lr %.2e | %.2f s/step', record['step'],
+                total_steps, losses, record['lr'], record['sec_per_step'])
 
-    import deepspeed
-    from deepspeed.accelerator import get_accelerator
-    accelerator = get_accelerator()
-    device = torch.device(accelerator.device_name(
-        int(os.environ.get('LOCAL_RANK', 0))))
-    if args.fp16 and not accelerator.is_fp16_supported():
-        raise ValueError(f'--fp16 is not supported by DeepSpeed\'s '
-                         f'{accelerator.device_name()} accelerator; use --bf16 '
-                         '(fp16 needs a GPU)')
 
-    tokenizer = build_tokenizer(args)
-    model, config = build_model(args, tokenizer)
-    logger.info('mm_projector type: %s', type(model.mm_projector).__name__)
-    logger.info(describe_projector(model.mm_projector, config))
-    if args.pretrain_mm_mlp_adapter:
-        load_adapter(model, args.pretrain_mm_mlp_adapter)
-    if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    logger.info('trainable parameters: %s (vision tower frozen: %s, %s)',
-                f'{model.trainable_parameter_count():,}',
-                config.freeze_vision_tower, model.vision_tower.dtype)
+class LlavaTrainer:
+    """Builds model, data and DeepSpeed engine from the parsed arguments of
+    ``tools/train_llava.py``; :meth:`train` runs the loop.
 
-    dataset = ToyReferringSegDataset(
-        args.data_root, tokenizer, split='train',
-        image_size=config.image_size, ann_file=args.ann_file)
-    sampler = _EpochSampler(len(dataset), rank, world, args.seed)
-    micro_bs, accum = args.per_device_train_batch_size, args.gradient_accumulation_steps
-    loader = DataLoader(
-        dataset, batch_size=micro_bs, sampler=sampler, drop_last=True,
-        num_workers=args.dataloader_num_workers,
-        collate_fn=lambda b: collate_referring(b, tokenizer.pad_token_id))
-    micro_per_epoch = (len(dataset) // world) // micro_bs
-    if micro_per_epoch == 0:
-        raise ValueError(f'{len(dataset)} samples on {world} ranks give no '
-                         f'batch of {micro_bs}')
-    total_steps = args.max_steps if args.max_steps > 0 else math.ceil(
-        args.num_train_epochs * micro_per_epoch / accum)
-    warmup = int(args.warmup_ratio * total_steps)
+    One optimizer step = ``gradient_accumulation_steps`` micro-batches of
+    ``per_device_train_batch_size`` on every rank. ``metrics.jsonl`` in the
+    output folder gets one record per step (losses averaged over the step's
+    micro-batches and the ranks).
+    """
 
-    optimizer = torch.optim.AdamW(_param_groups(model, args.weight_decay),
-                                  lr=args.learning_rate)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _lr_lambda(total_steps, warmup))
-    ds_config = resolve_ds_config(
-        args.deepspeed, micro_batch_size=micro_bs, grad_accum_steps=accum,
-        world_size=world, bf16=args.bf16, fp16=args.fp16,
-        hidden_size=config.hidden_size, max_grad_norm=args.max_grad_norm)
-    zero_stage = ds_config.get('zero_optimization', {}).get('stage', 0)
-    engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler,
-        config=ds_config)
+    def __init__(self, args):
+        self.args = args
+        self.rank, self.world = init_distributed()
+        self.output_dir = Path(args.output_dir)
+        setup_logging(self.rank, self.output_dir)
+        torch.manual_seed(args.seed)
+        self.device = self._device()
 
-    if rank == 0:
-        config.save(output_dir / 'config.json')
-        tokenizer.save_pretrained(str(output_dir / 'tokenizer'))
-        with open(output_dir / 'ds_config.json', 'w') as f:
-            json.dump(ds_config, f, indent=2)
+        self.tokenizer = build_tokenizer(args)
+        model, self.config = build_model(args, self.tokenizer)
+        logger.info('mm_projector type: %s', type(model.mm_projector).__name__)
+        logger.info(describe_projector(model.mm_projector, self.config))
+        if args.pretrain_mm_mlp_adapter:
+            load_adapter(model, args.pretrain_mm_mlp_adapter)
+        if args.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        logger.info('trainable parameters: %s (vision tower frozen: %s, %s)',
+                    f'{model.trainable_parameter_count():,}',
+                    self.config.freeze_vision_tower, model.vision_tower.dtype)
 
-    step = 0
-    if args.resume_from_checkpoint:
-        load_dir, tag = _resume_location(args.resume_from_checkpoint,
-                                         output_dir)
-        use_safe_loading(engine)
-        path, client = engine.load_checkpoint(str(load_dir), tag=tag)
+        self._build_data()
+        self._build_engine(model)
+        if self.rank == 0:
+            self.config.save(self.output_dir / 'config.json')
+            self.tokenizer.save_pretrained(str(self.output_dir / 'tokenizer'))
+            with open(self.output_dir / 'ds_config.json', 'w') as f:
+                json.dump(self.ds_config, f, indent=2)
+
+    def _device(self) -> torch.device:
+        from deepspeed.accelerator import get_accelerator
+        accelerator = get_accelerator()
+        if self.args.fp16 and not accelerator.is_fp16_supported():
+            raise ValueError(f'--fp16 is not supported by DeepSpeed\'s '
+                             f'{accelerator.device_name()} accelerator; use '
+                             '--bf16 (fp16 needs a GPU)')
+        return torch.device(accelerator.device_name(
+            int(os.environ.get('LOCAL_RANK', 0))))
+
+    def _build_data(self) -> None:
+        args = self.args
+        self.dataset = ToyReferringSegDataset(
+            args.data_root, self.tokenizer, split='train',
+            image_size=self.config.image_size, ann_file=args.ann_file)
+        self.sampler = _EpochSampler(len(self.dataset), self.rank, self.world,
+                                     args.seed)
+        self.micro_bs = args.per_device_train_batch_size
+        self.accum = args.gradient_accumulation_steps
+        pad_id = self.tokenizer.pad_token_id
+        self.loader = DataLoader(
+            self.dataset, batch_size=self.micro_bs, sampler=self.sampler,
+            drop_last=True, num_workers=args.dataloader_num_workers,
+            collate_fn=lambda b: collate_referring(b, pad_id))
+        self.micro_per_epoch = (len(self.dataset) // self.world) // self.micro_bs
+        if self.micro_per_epoch == 0:
+            raise ValueError(f'{len(self.dataset)} samples on {self.world} '
+                             f'ranks give no batch of {self.micro_bs}')
+        self.total_steps = args.max_steps if args.max_steps > 0 else math.ceil(
+            args.num_train_epochs * self.micro_per_epoch / self.accum)
+
+    def _build_engine(self, model: LlavaPhiSegModel) -> None:
+        import deepspeed
+        args = self.args
+        optimizer = torch.optim.AdamW(_param_groups(model, args.weight_decay),
+                                      lr=args.learning_rate)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, _lr_lambda(self.total_steps,
+                                  int(args.warmup_ratio * self.total_steps)))
+        self.ds_config = resolve_ds_config(
+            args.deepspeed, micro_batch_size=self.micro_bs,
+            grad_accum_steps=self.accum, world_size=self.world,
+            bf16=args.bf16, fp16=args.fp16,
+            hidden_size=self.config.hidden_size,
+            max_grad_norm=args.max_grad_norm)
+        self.zero_stage = self.ds_config.get('zero_optimization',
+                                             {}).get('stage', 0)
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=self.scheduler,
+            config=self.ds_config)
+
+    def resume(self, location: str) -> int:
+        """Load a DeepSpeed checkpoint (safely); return its step."""
+        load_dir, tag = _resume_location(location, self.output_dir)
+        use_safe_loading(self.engine)
+        path, client = self.engine.load_checkpoint(str(load_dir), tag=tag)
         if path is None:
             raise FileNotFoundError(f'no DeepSpeed checkpoint in {load_dir} '
                                     f'(tag {tag or "latest"})')
         step = int(client['global_step'])
         logger.info('resumed from %s at step %d', path, step)
+        return step
 
-    logger.info('training %d steps (%d samples, micro batch %d x accum %d x '
-                '%d ranks, ZeRO-%d, %s) on %s', total_steps, len(dataset),
-                micro_bs, accum, world, zero_stage, compute_dtype(args),
-                device)
-    metrics_path = output_dir / 'metrics.jsonl'
-    history: List[dict] = []
-    consumed = step * accum  # micro-batches already trained on
-    epoch, offset = divmod(consumed, micro_per_epoch)
-    running: Dict[str, float] = {}
-    tic = time.time()
-    engine.train()
-    while step < total_steps:
-        sampler.set_epoch(epoch, start=offset * micro_bs)
-        for batch in loader:
-            batch = _to_device(batch, device)
-            out = engine(images=batch['pixel_values'],
-                         input_ids=batch['input_ids'],
-                         attention_mask=batch['attention_mask'],
-                         labels=batch['labels'], masks=batch['masks'])
-            engine.backward(out.loss)
-            engine.step()
-            running['loss'] = (running.get('loss', 0.0)
-                               + float(out.loss.detach()) / accum)
-            for k, v in out.losses.items():
-                running[k] = running.get(k, 0.0) + float(v) / accum
-            consumed += 1
-            if consumed % accum:
-                continue
-            step += 1
-            record = _mean_over_ranks(running, world)
-            running = {}
-            record.update(step=step, lr=scheduler.get_last_lr()[0],
-                          sec_per_step=(time.time() - tic))
-            tic = time.time()
-            history.append(record)
-            if step % args.logging_steps == 0 or step in (1, total_steps):
-                logger.info('step %d/%d | %s | lr %.2e | %.2f s/step', step,
-                            total_steps, ' | '.join(
-                                f'{k} {record[k]:.4f}' for k in LOSS_NAMES
-                                if k in record), record['lr'],
-                            record['sec_per_step'])
-            if rank == 0:
-                with open(metrics_path, 'a') as f:
-                    f.write(json.dumps(record) + '\n')
-            if args.save_steps > 0 and step % args.save_steps == 0 \
-                    and step < total_steps:
-                save_checkpoint(engine, output_dir, step, zero_stage)
-            if step >= total_steps:
-                break
-        epoch, offset = epoch + 1, 0
-    final = save_checkpoint(engine, output_dir, step, zero_stage)
-    summary = dict(steps=step, checkpoint=str(final))
-    if history:
-        summary.update(first=history[0], last=history[-1])
-    return summary
+    def _forward_backward(self, batch: dict) -> Dict[str, float]:
+        batch = _to_device(batch, self.device)
+        out = self.engine(images=batch['pixel_values'],
+                          input_ids=batch['input_ids'],
+                          attention_mask=batch['attention_mask'],
+                          labels=batch['labels'], masks=batch['masks'])
+        self.engine.backward(out.loss)
+        self.engine.step()
+        values = {k: float(v) for k, v in out.losses.items()}
+        values['loss'] = float(out.loss.detach())
+        return values
+
+    def train(self) -> dict:
+        """Run to ``total_steps``; return the first/last step records."""
+        args, step = self.args, 0
+        if args.resume_from_checkpoint:
+            step = self.resume(args.resume_from_checkpoint)
+        logger.info('training %d steps (%d samples, micro batch %d x accum %d '
+                    'x %d ranks, ZeRO-%d, %s) on %s', self.total_steps,
+                    len(self.dataset), self.micro_bs, self.accum, self.world,
+                    self.zero_stage, compute_dtype(args), self.device)
+        history: List[dict] = []
+        consumed = step * self.accum  # micro-batches already trained on
+        epoch, offset = divmod(consumed, self.micro_per_epoch)
+        running: Dict[str, float] = {}
+        tic = time.time()
+        self.engine.train()
+        while step < self.total_steps:
+            self.sampler.set_epoch(epoch, start=offset * self.micro_bs)
+            for batch in self.loader:
+                for k, v in self._forward_backward(batch).items():
+                    running[k] = running.get(k, 0.0) + v / self.accum
+                consumed += 1
+                if consumed % self.accum:
+                    continue
+                step += 1
+                record = _mean_over_ranks(running, self.world)
+                running = {}
+                record.update(step=step, lr=self.scheduler.get_last_lr()[0],
+                              sec_per_step=time.time() - tic)
+                tic = time.time()
+                history.append(record)
+                self._record(record)
+                if args.save_steps > 0 and step % args.save_steps == 0 \
+                        and step < self.total_steps:
+                    save_checkpoint(self.engine, self.output_dir, step,
+                                    self.zero_stage)
+                if step >= self.total_steps:
+                    break
+            epoch, offset = epoch + 1, 0
+        if history:
+            final = save_checkpoint(self.engine, self.output_dir, step,
+                                    self.zero_stage)
+        else:  # resumed at or past the last step: nothing new to save
+            final = self.output_dir / f'checkpoint-{step}'
+            logger.info('nothing to train: already at step %d of %d', step,
+                        self.total_steps)
+        summary = dict(steps=step, checkpoint=str(final))
+        if history:
+            summary.update(first=history[0], last=history[-1])
+        return summary
+
+    def _record(self, record: dict) -> None:
+        step = record['step']
+        if step % self.args.logging_steps == 0 or step in (1, self.total_steps):
+            _log_step(record, self.total_steps)
+        if self.rank == 0:
+            with open(self.output_dir / 'metrics.jsonl', 'a') as f:
+                f.write(json.dumps(record) + '\n')
+
+
+def train(args) -> dict:
+    """Train with the parsed ``tools/train_llava.py`` arguments; return a
+    summary (``steps``, ``checkpoint``, ``first``/``last`` step records)."""
+    return LlavaTrainer(args).train()
