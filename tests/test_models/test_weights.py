@@ -86,3 +86,41 @@ def test_find_weights_file_prefers_safetensors(tmp_path):
     assert find_weights_file(tmp_path).name == 'open_clip_model.safetensors'
     with pytest.raises(FileNotFoundError, match='not found'):
         find_weights_file(tmp_path / 'missing')
+
+
+def _convert(*argv):
+    from tools.convert_clip_checkpoint import main  # repo root on sys.path
+    return main([str(a) for a in argv])
+
+
+@pytest.mark.parametrize('fmt', ['bin', 'openai'])
+def test_converter_writes_loadable_safetensors(saved, tmp_path, fmt):
+    model, files = saved
+    out = tmp_path / 'out.safetensors'
+    assert _convert(files[fmt], out, '--model-name', TINY,
+                    '--dtype', 'float32') == 0
+    state = safe_load(out)
+    assert all(v.dtype != torch.float16 for v in state.values())
+    target = create_model(TINY)
+    load_open_clip_weights(target, out)
+    torch.testing.assert_close(target.visual.proj, model.visual.proj,
+                               rtol=0, atol=1e-3 if fmt == 'openai' else 0)
+
+
+def test_converter_fixes_a_layout_with_rename(saved, tmp_path, capsys):
+    model, _ = saved
+    wrong = {'module.' + k.replace('visual.', 'image_encoder.'): v
+             for k, v in model.state_dict().items()}
+    torch.save({'model': wrong}, tmp_path / 'wrong.pth')
+    out = tmp_path / 'fixed.safetensors'
+    assert _convert(tmp_path / 'wrong.pth', out, '--model-name', TINY) == 1
+    assert 'unexpected keys: [image_encoder.' in capsys.readouterr().err
+    assert _convert(tmp_path / 'wrong.pth', out, '--model-name', TINY,
+                    '--rename', r'^image_encoder\.=visual.') == 0
+    load_open_clip_weights(create_model(TINY), out)
+
+
+def test_converter_refuses_unsafe_and_missing(tmp_path, capsys):
+    assert _convert(tmp_path / 'none.bin', tmp_path / 'o.safetensors') == 1
+    assert 'none.bin' in capsys.readouterr().err
+    assert _convert(tmp_path / 'none.bin', tmp_path / 'o.bin') == 2
