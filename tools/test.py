@@ -10,24 +10,23 @@ mmdet 3.x's command line::
 labels drawn by mmdet's visualizer (``work_dir/<timestamp>/<show-dir>``).
 """
 import argparse
-import os
 import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from mmengine.config import Config, DictAction  # noqa: E402
-from mmengine.registry import RUNNERS  # noqa: E402
-from mmengine.runner import Runner  # noqa: E402
+from mmengine.config import Config  # noqa: E402
 
 import plugins  # noqa: E402,F401  (registers every plugin)
+from plugins.engine.cli import (add_common_args, build_runner,  # noqa: E402
+                                load_config)
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Test (and eval) a model')
     parser.add_argument('config', help='test config file path')
     parser.add_argument('checkpoint', help='checkpoint file')
-    parser.add_argument('--work-dir', help='the dir to save evaluation results')
+    add_common_args(parser)
     parser.add_argument(
         '--out', type=str,
         help='dump predictions to a pickle file for offline evaluation')
@@ -40,15 +39,7 @@ def parse_args(argv=None):
         '--wait-time', type=float, default=2, help='the interval of show (s)')
     parser.add_argument('--tta', action='store_true',
                         help='test-time augmentation (config key tta_model)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings')
-    parser.add_argument(
-        '--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-        default='none', help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    return parser.parse_args(argv)
 
 
 def enable_visualization(cfg: Config, args) -> None:
@@ -67,15 +58,9 @@ def enable_visualization(cfg: Config, args) -> None:
 
 
 def build_config(args) -> Config:
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs',
-                                osp.splitext(osp.basename(args.config))[0])
+    cfg = load_config(args)
+    if not osp.isfile(args.checkpoint):
+        raise FileNotFoundError(f'checkpoint not found: {args.checkpoint}')
     cfg.load_from = args.checkpoint
     if args.show or args.show_dir:
         enable_visualization(cfg, args)
@@ -101,9 +86,7 @@ def _with_dump(evaluator, out):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    cfg = build_config(args)
-    runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
-    runner.test()
+    build_runner(build_config(args)).test()
 
 
 if __name__ == '__main__':

@@ -11,7 +11,6 @@ Importing ``plugins`` registers every plugin; configs may also say
 ``tools/train.py`` unchanged.
 """
 import argparse
-import os
 import os.path as osp
 import sys
 
@@ -19,17 +18,17 @@ import sys
 # an uninstalled checkout still finds `plugins` this way.
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from mmengine.config import Config, DictAction  # noqa: E402
-from mmengine.registry import RUNNERS  # noqa: E402
-from mmengine.runner import Runner  # noqa: E402
+from mmengine.config import Config  # noqa: E402
 
 import plugins  # noqa: E402,F401  (registers every plugin)
+from plugins.engine.cli import (add_common_args, build_runner,  # noqa: E402
+                                load_config)
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Train a model')
     parser.add_argument('config', help='train config file path')
-    parser.add_argument('--work-dir', help='the dir to save logs and models')
+    add_common_args(parser)
     parser.add_argument(
         '--amp', action='store_true',
         help='enable automatic-mixed-precision training')
@@ -41,30 +40,12 @@ def parse_args(argv=None):
         '--resume', nargs='?', type=str, const='auto',
         help='resume from PATH, or from the latest checkpoint in the work '
         'dir when given without a value (or with "auto")')
-    parser.add_argument(
-        '--cfg-options', nargs='+', action=DictAction,
-        help='override config settings, e.g. train_cfg.max_iters=8')
-    parser.add_argument(
-        '--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-        default='none', help='job launcher')
-    # torch.distributed.launch passes --local-rank; torchrun sets LOCAL_RANK.
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    return parser.parse_args(argv)
 
 
 def build_config(args) -> Config:
     """Merge the command line into the config, as mmdet's train.py does."""
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs',
-                                osp.splitext(osp.basename(args.config))[0])
+    cfg = load_config(args)
     if args.amp:
         _enable_amp(cfg)
     if args.auto_scale_lr:
@@ -93,12 +74,7 @@ def _enable_amp(cfg: Config) -> None:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    cfg = build_config(args)
-    if 'runner_type' in cfg:
-        runner = RUNNERS.build(cfg)
-    else:
-        runner = Runner.from_cfg(cfg)
-    runner.train()
+    build_runner(build_config(args)).train()
 
 
 if __name__ == '__main__':

@@ -23,3 +23,5 @@ default_hooks = dict(
 log_processor = dict(by_epoch=False)
 randomness = dict(seed=0, deterministic=False)
 auto_scale_lr = dict(base_batch_size=4)
+# CPU demos: gloo works with and without GPUs (tools/dist_train.sh CONFIG 2).
+env_cfg = dict(dist_cfg=dict(backend='gloo'))
