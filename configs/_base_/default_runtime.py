@@ -2,6 +2,9 @@
 # the config also runs under mmdet's own tools/train.py and tools/test.py.
 default_scope = 'mmdet'
 custom_imports = dict(imports=['plugins'], allow_failed_imports=False)
+# Checkpoints are written to a temporary file and renamed: a kill during a
+# save never leaves a truncated checkpoint behind.
+runner_type = 'AtomicCheckpointRunner'
 
 default_hooks = dict(
     timer=dict(type='IterTimerHook'),

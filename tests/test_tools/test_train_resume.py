@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import plugins  # noqa: F401  (allow-lists mmengine's checkpoint classes)
+
 CONFIG = 'configs/_demo_/dino-4scale_r18-tiny_toy.py'
 
 
