@@ -14,7 +14,7 @@
 #if defined(__CUDACC__)
 #define MSDA_HOST_DEVICE __host__ __device__ __forceinline__
 #else
-#define MSDA_HOST_DEVICE inline
+#define MSDA_HOST_DEVICE inline __attribute__((always_inline))
 #endif
 
 namespace plugins::msda {
