@@ -111,7 +111,7 @@ def main(argv=None) -> int:
     from plugins.llava.trainer import train
     summary = train(args)
     first, last = summary.get('first'), summary.get('last')
-    if first and last:
+    if first and last and os.environ.get('RANK', '0') == '0':
         print('[train_llava] steps {} | loss {:.4f} -> {:.4f} | loss_dice '
               '{:.4f} -> {:.4f} | checkpoint {}'.format(
                   summary['steps'], first['loss'], last['loss'],
