@@ -43,9 +43,11 @@ def cuda_sources(absolute=False):
     return _paths(['cuda/*.cu', 'cuda/*.cpp'], absolute)
 
 
-def header_files():
-    """Headers shared by the sources (part of the build cache key)."""
-    return _paths(['*.h', 'cpu/*.h', 'cuda/*.h', 'cuda/*.cuh'], True)
+def header_files(kind):
+    """Headers ``kind`` (``'cpu'`` or ``'cuda'``) includes (part of its
+    build cache key)."""
+    own = ['cpu/*.h'] if kind == 'cpu' else ['cuda/*.h', 'cuda/*.cuh']
+    return _paths(['*.h'] + own, True)
 
 
 def cxx_flags():

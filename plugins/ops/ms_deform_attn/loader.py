@@ -68,7 +68,7 @@ def cache_key(kind: str) -> str:
     """
     args = _build_args(kind)
     h = hashlib.sha256()
-    for path in args['sources'] + build_config.header_files():
+    for path in args['sources'] + build_config.header_files(kind):
         h.update(os.path.relpath(path, build_config.CSRC).encode())
         with open(path, 'rb') as f:
             h.update(f.read())

@@ -1,0 +1,176 @@
+"""The compiled CPU kernel against the float64 grid_sample reference."""
+import pytest
+import torch
+
+from plugins.ops import ms_deform_attn, ms_deform_attn_reference
+
+pytestmark = pytest.mark.usefixtures('kernel_loaded')
+
+
+def _op():
+    # Looked up lazily: the library is loaded by the kernel_loaded fixture.
+    return torch.ops.plugins.ms_deform_attn
+
+
+def _reference64(value, shapes, starts, loc, attn):
+    return ms_deform_attn_reference(value.double(), shapes, starts,
+                                    loc.double(), attn.double())
+
+
+def _grads(fn, value, shapes, starts, loc, attn, grad_out):
+    leaves = [t.detach().clone().requires_grad_() for t in (value, loc, attn)]
+    out = fn(leaves[0], shapes, starts, leaves[1], leaves[2])
+    return out, torch.autograd.grad(out, leaves, grad_out.to(out.dtype))
+
+
+def test_forward_float64_matches_reference(inputs):
+    args = inputs(dtype=torch.float64)
+    err = (ms_deform_attn(*args) - _reference64(*args)).abs().max().item()
+    assert err <= 1e-12
+
+
+def test_forward_float32_matches_reference(inputs):
+    args = inputs(dtype=torch.float32)
+    err = (ms_deform_attn(*args).double() - _reference64(*args)).abs().max().item()
+    assert err <= 1e-5
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_reduced_precision_within_one_percent(inputs, dtype):
+    args = inputs(N=2, Lq=5, M=2, D=32, dtype=dtype)
+    out = ms_deform_attn(*args)
+    assert out.dtype == dtype
+    ref = _reference64(*args)
+    scale = ref.abs().max()
+    assert (out.double() - ref).abs().max() <= 1e-2 * scale
+    # Gradients also accumulate in float32 and come back in the input dtype.
+    grad_out = torch.rand(out.shape, dtype=torch.float64)
+    _, grads = _grads(ms_deform_attn, *args, grad_out)
+    _, ref_grads = _grads(ms_deform_attn_reference,
+                          *[a.double() if a.is_floating_point() else a
+                            for a in args], grad_out)
+    for g, r in zip(grads, ref_grads):
+        assert g.dtype == dtype
+        assert (g.double() - r).abs().max() <= 1e-2 * r.abs().max()
+
+
+@pytest.mark.parametrize('dtype,tol', [(torch.float64, 1e-12),
+                                       (torch.float32, 1e-5)])
+def test_backward_matches_reference(inputs, dtype, tol):
+    args = inputs(N=2, Lq=4, M=3, D=16, P=3, dtype=dtype,
+                  loc_range=(-0.1, 1.1))
+    grad_out = torch.rand(2, 4, 3 * 16, dtype=torch.float64)
+    _, grads = _grads(ms_deform_attn, *args, grad_out)
+    _, ref = _grads(_reference64, *args, grad_out)
+    for name, g, r in zip(('value', 'locations', 'weights'), grads, ref):
+        # Location gradients scale with the map size; compare relatively.
+        err = ((g.double() - r).abs().max() / r.abs().max().clamp(min=1)).item()
+        assert err <= tol, name
+
+
+@pytest.mark.parametrize('channels', [4, 30, 32, 64, 71])
+def test_gradcheck_float64(inputs, channels):
+    args = inputs(N=1, Lq=2, M=2, D=channels, shapes=((3, 2), (2, 1)), P=2,
+                  dtype=torch.float64)
+    value, shapes, starts, loc, attn = args
+    leaves = [t.clone().requires_grad_() for t in (value, loc, attn)]
+    assert torch.autograd.gradcheck(
+        lambda v, l, a: ms_deform_attn(v, shapes, starts, l, a), leaves,
+        eps=1e-6, atol=1e-6, rtol=1e-5, nondet_tol=0.0)
+
+
+@pytest.mark.parametrize('batch', [1, 3, 65, 130])
+def test_any_batch_size(inputs, batch):
+    args = inputs(N=batch, Lq=2, M=2, D=4, dtype=torch.float32)
+    grad_out = torch.rand(batch, 2, 8, dtype=torch.float64)
+    out, grads = _grads(ms_deform_attn, *args, grad_out)
+    ref_out, ref = _grads(_reference64, *args, grad_out)
+    assert (out.double() - ref_out).abs().max() <= 1e-5
+    for g, r in zip(grads, ref):
+        assert (g.double() - r).abs().max() <= 1e-4 * r.abs().max().clamp(min=1)
+
+
+def test_single_level(inputs):
+    args = inputs(shapes=((5, 7),), dtype=torch.float64)
+    assert (ms_deform_attn(*args) - _reference64(*args)).abs().max() <= 1e-12
+
+
+def test_no_queries(inputs):
+    value, shapes, starts, loc, attn = inputs(Lq=0, dtype=torch.float32)
+    value.requires_grad_()
+    out = ms_deform_attn(value, shapes, starts, loc, attn)
+    assert out.shape == (2, 0, 2 * 8)
+    out.sum().backward()
+    assert value.grad.shape == value.shape and not value.grad.any()
+
+
+def test_locations_outside_the_maps(inputs):
+    # Far outside, on the border band (-0.5 px .. 0), exactly on the edges,
+    # and NaN: zeros outside, like grid_sample's zero padding.
+    args = inputs(N=2, Lq=40, dtype=torch.float64, loc_range=(-0.6, 1.6))
+    value, shapes, starts, loc, attn = args
+    loc[0, 0] = -5.0
+    loc[0, 1] = 0.0
+    loc[0, 2] = 1.0
+    loc[1, 0] = 7.0
+    assert (ms_deform_attn(*args) - _reference64(*args)).abs().max() <= 1e-12
+    grad_out = torch.rand(2, 40, 16, dtype=torch.float64)
+    _, grads = _grads(ms_deform_attn, *args, grad_out)
+    _, ref = _grads(_reference64, *args, grad_out)
+    for g, r in zip(grads, ref):
+        assert (g - r).abs().max() <= 1e-12 * r.abs().max().clamp(min=1)
+    assert not grads[1][0, 0].any()  # fully outside: no location gradient
+
+
+def test_non_contiguous_inputs(inputs):
+    value, shapes, starts, loc, attn = inputs(N=3, Lq=5, dtype=torch.float32)
+    # Same numbers, other strides: a transposed copy transposed back, and
+    # every other element of a larger tensor.
+    value_nc = value.transpose(1, 3).contiguous().transpose(1, 3)
+    loc_nc = torch.stack([loc, loc], -1)[..., 0]
+    attn_nc = attn.repeat_interleave(2, dim=-1)[..., ::2]
+    assert not (value_nc.is_contiguous() or loc_nc.is_contiguous()
+                or attn_nc.is_contiguous())
+    out = ms_deform_attn(value_nc, shapes, starts, loc_nc, attn_nc)
+    assert torch.equal(out, ms_deform_attn(value, shapes, starts, loc, attn))
+
+
+def test_mixed_dtypes_are_promoted(inputs):
+    value, shapes, starts, loc, attn = inputs(dtype=torch.float32)
+    out = ms_deform_attn(value.bfloat16(), shapes, starts, loc, attn)
+    assert out.dtype == torch.float32
+
+
+def test_backward_is_deterministic(inputs):
+    args = inputs(N=2, Lq=64, M=2, D=8, dtype=torch.float32)
+    grad_out = torch.rand(2, 64, 16, dtype=torch.float64)
+    first = _grads(ms_deform_attn, *args, grad_out)[1]
+    second = _grads(ms_deform_attn, *args, grad_out)[1]
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+def test_shape_errors_name_the_numbers(inputs):
+    value, shapes, starts, loc, attn = inputs()
+    with pytest.raises(ValueError, match=r'attention_weights must be'):
+        ms_deform_attn(value, shapes, starts, loc, attn[..., :1])
+    with pytest.raises(RuntimeError, match=r'spatial_shapes hold 30 positions '
+                                           r'but value has S = 29'):
+        _op()(value[:, :29], shapes, starts, loc, attn)
+
+
+def test_opcheck(inputs):
+    args = inputs(N=2, Lq=3, M=2, D=4, dtype=torch.float64)
+    value, shapes, starts, loc, attn = args
+    torch.library.opcheck(_op(), (value.requires_grad_(), shapes, starts,
+                               loc.requires_grad_(), attn.requires_grad_()))
+
+
+def test_torch_compile_fullgraph(inputs):
+    value, shapes, starts, loc, attn = inputs(dtype=torch.float32)
+    fn = torch.compile(ms_deform_attn, backend='aot_eager', fullgraph=True)
+    value.requires_grad_()
+    out = fn(value, shapes, starts, loc, attn)
+    out.sum().backward()
+    expected = ms_deform_attn(value, shapes, starts, loc, attn)
+    torch.testing.assert_close(out, expected)
+    assert value.grad is not None and value.grad.abs().sum() > 0
