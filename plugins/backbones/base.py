@@ -384,11 +384,19 @@ class CLIPBackboneBase(BaseModule, metaclass=ABCMeta):
         if h < p or w < p:
             raise ValueError(f'{name}: input {h}x{w} is smaller than one '
                              f'{p}x{p} patch')
-        if self.check_finite and not torch.isfinite(x).all():
+        # one reduction instead of a full boolean mask: a sum is non-finite
+        # iff some element is (image-range values cannot overflow float32)
+        if self.check_finite and not torch.isfinite(
+                x.sum(dtype=torch.float32)):
             n_nan = int(torch.isnan(x).sum())
             n_inf = int(torch.isinf(x).sum())
-            raise ValueError(f'{name}: input contains {n_nan} NaN and '
-                             f'{n_inf} Inf values (shape {tuple(x.shape)})')
+            if n_nan or n_inf:
+                raise ValueError(
+                    f'{name}: input contains {n_nan} NaN and {n_inf} Inf '
+                    f'values (shape {tuple(x.shape)})')
+            raise ValueError(f'{name}: input values are far outside the '
+                             'normalised image range (max |x| = '
+                             f'{x.abs().max().item():.3g})')
         pad_h, pad_w = (-h) % p, (-w) % p
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h))

@@ -72,8 +72,13 @@ class OpenCLIPBackbone(CLIPBackboneBase):
         pretrained (str, optional): local ``open_clip_model.safetensors``,
             ``open_clip_pytorch_model.bin`` or OpenAI ``.pt`` archive (read
             without executing code).
+        pretrained_tag (str, optional): the open_clip release the weights
+            are (e.g. ``'laion2b_s34b_b79k'``, ``'laion2b_s32b_b82k'``); only picks
+            the matching mean/std, nothing is downloaded. Default: the
+            statistics all releases of ``model_name`` share (OpenAI CLIP's
+            for ViT-B-32/B-16; ViT-L-14's ``laion2b_s32b_b82k`` differs).
         mean (Sequence[float], optional): override the normalisation mean
-            (RGB, [0, 1]); default: what open_clip records for the model.
+            (RGB, [0, 1]).
         std (Sequence[float], optional): likewise for the std.
         **kwargs: ``out_indices``, ``frozen``, ``train_last_n_blocks``,
             ``with_proj``, ``with_cp``, ``check_finite``, ``init_cfg`` of
@@ -90,12 +95,13 @@ class OpenCLIPBackbone(CLIPBackboneBase):
     def __init__(self,
                  model_name: str = 'ViT-B-16',
                  pretrained: Optional[str] = None,
+                 pretrained_tag: Optional[str] = None,
                  mean: Optional[Sequence[float]] = None,
                  std: Optional[Sequence[float]] = None,
                  **kwargs):
         super().__init__(pretrained=pretrained, **kwargs)
         self.model_name = model_name
-        clip = create_model(model_name)
+        clip = create_model(model_name, pretrained_tag=pretrained_tag)
         visual = clip.visual
         if not isinstance(visual, VisionTransformer):
             raise TypeError(

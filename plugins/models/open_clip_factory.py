@@ -87,10 +87,42 @@ def get_model_config(model_name: str) -> dict:
     return cfg
 
 
+def normalization_stats(model_name: str, pretrained_tag: Optional[str] = None
+                        ) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+    """``(mean, std)`` (RGB, [0, 1]) the weights of ``model_name`` expect.
+
+    From open_clip's table of pretrained releases: the named
+    ``pretrained_tag``'s, else the one all releases of the name share, else
+    (releases disagree, e.g. ``ViT-L-14``'s ``laion2b_s32b_b82k``) open_clip's
+    default, the OpenAI CLIP statistics, with a log message.
+    """
+    from open_clip.pretrained import get_pretrained_cfg
+    default = PreprocessCfg()
+    tags = [pretrained_tag] if pretrained_tag else \
+        open_clip.list_pretrained_tags_by_model(model_name)
+    stats = {}
+    for tag in tags:
+        cfg = get_pretrained_cfg(model_name, tag)
+        if not cfg and pretrained_tag:
+            raise KeyError(f"'{model_name}' has no pretrained tag "
+                           f"'{pretrained_tag}' (known: "
+                           f'{open_clip.list_pretrained_tags_by_model(model_name)})')
+        stats.setdefault((tuple(cfg.get('mean', default.mean)),
+                          tuple(cfg.get('std', default.std))), []).append(tag)
+    if len(stats) == 1:
+        return next(iter(stats))
+    if len(stats) > 1:
+        logger.info(f'{model_name}: pretrained releases use different '
+                    f'normalisation ({list(stats.values())}); using the '
+                    'OpenAI statistics unless a pretrained_tag is given')
+    return tuple(default.mean), tuple(default.std)
+
+
 def create_model(model_name: str,
                  image_size: Optional[Union[int, Tuple[int, int]]] = None,
                  precision: str = 'fp32',
                  device: str = 'cpu',
+                 pretrained_tag: Optional[str] = None,
                  **model_kwargs) -> nn.Module:
     """Build an open_clip model with random weights, offline.
 
@@ -101,6 +133,9 @@ def create_model(model_name: str,
         device (str): Default: ``'cpu'``. ``'meta'`` builds without
             allocating or initialising weights (fast; for inspecting
             architectures and key layouts).
+        pretrained_tag (str, optional): open_clip release the weights come
+            from (e.g. ``'laion2b_s32b_b82k'``), for its mean/std, see
+            :func:`normalization_stats`; no download happens.
         **model_kwargs: config overrides passed to the model class.
 
     Returns:
@@ -111,11 +146,13 @@ def create_model(model_name: str,
     if 'hf_model_name' in cfg['text_cfg'] and 'text_cfg' not in model_kwargs:
         # the resolved local folder replaces the name in the config
         model_kwargs['text_cfg'] = cfg['text_cfg']
+    mean, std = normalization_stats(model_name, pretrained_tag)
     with torch.device('meta') if str(device) == 'meta' else nullcontext():
         return open_clip.create_model(
             model_name, pretrained=None, precision=precision, device=device,
             force_image_size=image_size, pretrained_image=False,
-            pretrained_text=False, **model_kwargs)
+            pretrained_text=False,
+            force_preprocess_cfg=dict(mean=mean, std=std), **model_kwargs)
 
 
 def build_tokenizer(model_name: str,
@@ -166,7 +203,9 @@ def build_open_clip(model_name: str,
                     image_size: Optional[Union[int, Tuple[int, int]]] = None,
                     precision: str = 'fp32',
                     device: str = 'cpu',
-                    strict: bool = True) -> Tuple[nn.Module, Callable,
+                    strict: bool = True,
+                    pretrained_tag: Optional[str] = None
+                    ) -> Tuple[nn.Module, Callable,
                                                   Optional[Callable]]:
     """Build an open_clip model offline and load local weights.
 
@@ -184,13 +223,17 @@ def build_open_clip(model_name: str,
         precision (str): Default: ``'fp32'``.
         device (str): Default: ``'cpu'``.
         strict (bool): every key must match. Default: True.
+        pretrained_tag (str, optional): open_clip release of the weights,
+            for its normalisation statistics (see
+            :func:`normalization_stats`).
 
     Returns:
         tuple: ``(model, preprocess, tokenizer)``; the model is in eval
         mode; ``tokenizer`` may be None (see :func:`build_tokenizer`).
     """
     model = create_model(model_name, image_size=image_size,
-                         precision=precision, device=device)
+                         precision=precision, device=device,
+                         pretrained_tag=pretrained_tag)
     if pretrained is not None:
         load_open_clip_weights(model, pretrained, strict=strict,
                                target=model_name)

@@ -244,6 +244,14 @@ def test_registered_and_normalisation_exposed():
     assert cfg['pad_size_divisor'] == 16
 
 
+def test_normalisation_follows_the_release():
+    siglip = OpenCLIPBackbone('ViT-B-16-SigLIP', frozen=True)
+    assert siglip.mean == (0.5, 0.5, 0.5) and siglip.std == (0.5, 0.5, 0.5)
+    assert siglip.data_preprocessor_cfg()['mean'] == [127.5] * 3
+    custom = OpenCLIPBackbone(TINY_OPEN_CLIP, mean=(0.1, 0.2, 0.3))
+    assert custom.mean == (0.1, 0.2, 0.3)
+
+
 def test_init_weights_keeps_loaded_weights(tiny_clip_files):
     model, files = tiny_clip_files
     backbone = OpenCLIPBackbone(TINY_OPEN_CLIP,

@@ -115,3 +115,20 @@ def test_build_biomedclip_random_then_from_folder(tmp_path):
 def test_build_biomedclip_missing_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match='no weights file'):
         build_biomedclip(tmp_path, model_name=BIOMEDCLIP_TINY_MODEL_NAME)
+
+
+def test_normalization_stats_follow_open_clip_releases():
+    from plugins.models import normalization_stats
+    openai = ((0.48145466, 0.4578275, 0.40821073),
+              (0.26862954, 0.26130258, 0.27577711))
+    assert normalization_stats('ViT-B-32') == openai
+    assert normalization_stats(BIOMEDCLIP_MODEL_NAME) == openai
+    assert normalization_stats('ViT-B-16-SigLIP') == ((0.5, ) * 3, (0.5, ) * 3)
+    # ViT-L-14's releases disagree: OpenAI's unless the release is named
+    assert normalization_stats('ViT-L-14') == openai
+    assert normalization_stats('ViT-L-14', 'laion2b_s32b_b82k') == \
+        ((0.5, ) * 3, (0.5, ) * 3)
+    with pytest.raises(KeyError, match='no pretrained tag'):
+        normalization_stats('ViT-B-32', 'nope')
+    model = create_model('ViT-B-16-SigLIP', device='meta')
+    assert tuple(model.visual.preprocess_cfg['mean']) == (0.5, 0.5, 0.5)
