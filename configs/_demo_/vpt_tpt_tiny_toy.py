@@ -1,11 +1,16 @@
 # CPU demo of the BiomedCLIP prompt-learning segmentor on the toy semantic
 # masks (data/toy/semantic): the same model classes with BiomedCLIP's tiny
-# test architecture (timm test_vit trunk, 2-layer BERT; random weights), a
-# short schedule and validation every 25 iterations, so mIoU can be watched
-# rising.  python tools/make_toy_dataset.py; python tools/train.py <this>
+# test architecture (timm test_vit trunk, 2-layer BERT), a short schedule and
+# validation every 25 iterations, so mIoU can be watched rising.
+#   python tools/make_toy_dataset.py
+#   python tools/train.py configs/_demo_/vpt_tpt_tiny_toy.py
+# No pretrained weights exist offline: the frozen CLIP is random, re-drawn
+# with `random_init='fan_in'` so its features depend on the prompts (at
+# open_clip's own init every class name gives the same text feature).
 _base_ = ['../vpt_tpt/biomedclip_vpt4_tpt4_seg.py']
 
-model = dict(segmentor=dict(model_name='BiomedCLIP-Tiny-test'))
+model = dict(
+    segmentor=dict(model_name='BiomedCLIP-Tiny-test', random_init='fan_in'))
 
 train_dataloader = dict(batch_size=8, num_workers=0, persistent_workers=False)
 val_dataloader = dict(batch_size=8, num_workers=0, persistent_workers=False)

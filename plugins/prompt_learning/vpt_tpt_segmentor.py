@@ -14,6 +14,7 @@ from torch import nn
 
 from plugins import models
 from .preprocess import clip_preprocess_cfg, preprocess_tensor_images
+from .random_features import fan_in_init_
 from .text_prompt_learner import TextPromptLearner
 from .text_towers import build_text_tower, start_token_id
 from .visual_prompt_learner import VisualPromptLearner
@@ -74,6 +75,11 @@ class VPTTPTSegmentor(nn.Module):
         pretrained (str, optional): local weights for ``model_name`` (the
             downloaded BiomedCLIP folder, ``open_clip_pytorch_model.bin``,
             ``.safetensors``); random weights when None.
+        random_init (str, optional): ``'fan_in'`` re-draws the random CLIP
+            weights so frozen features carry signal (see
+            :func:`~plugins.prompt_learning.random_features.fan_in_init_`);
+            for demos/tests without weights. Defaults to None (keep
+            open_clip's own initialisation).
         num_visual_prompts (int): prompts per block. Defaults to 4.
         num_text_prompts (int): CoOp context vectors. Defaults to 4.
         deep_visual_prompts (bool): VPT-Deep (True) or VPT-Shallow.
@@ -104,6 +110,7 @@ class VPTTPTSegmentor(nn.Module):
                  tokenizer=None,
                  model_name: str = DEFAULT_MODEL_NAME,
                  pretrained: Optional[str] = None,
+                 random_init: Optional[str] = None,
                  num_visual_prompts: int = 4,
                  num_text_prompts: int = 4,
                  deep_visual_prompts: bool = True,
@@ -118,6 +125,15 @@ class VPTTPTSegmentor(nn.Module):
                              '(load weights into clip_model yourself)')
         if tokenizer is None:
             raise ValueError('clip_model needs its tokenizer')
+        if random_init is not None:
+            if random_init != 'fan_in':
+                raise ValueError(f"random_init {random_init!r}: expected "
+                                 "None or 'fan_in'")
+            if pretrained is not None:
+                raise ValueError('random_init re-draws the CLIP weights; it '
+                                 f'cannot be combined with pretrained '
+                                 f'({pretrained})')
+            fan_in_init_(clip_model)
         self.clip_model = clip_model
         self.clip_model.requires_grad_(False)
         self.clip_model.eval()
