@@ -51,8 +51,8 @@ class CLIPBackboneBase(BaseModule, metaclass=ABCMeta):
     :attr:`proj_dims`, :attr:`num_prefix_tokens`, :meth:`pos_embed_source`,
     :meth:`embed_tokens`, :meth:`final_norm`, :meth:`project`,
     :meth:`final_norm_modules`, :meth:`proj_modules`; override
-    :meth:`convert_pretrained`, :meth:`run_block` or :meth:`forward_blocks`
-    where the tower needs it.
+    :meth:`unused_modules`, :meth:`convert_pretrained`, :meth:`run_block`
+    or :meth:`forward_blocks` where the tower needs it.
 
     Args:
         out_indices (int | Sequence[int]): blocks whose output becomes a
@@ -189,6 +189,12 @@ class CLIPBackboneBase(BaseModule, metaclass=ABCMeta):
         """Modules/parameters of the projection (frozen unless
         ``with_proj=True``, since the forward does not use them then)."""
 
+    def unused_modules(self) -> List[Union[nn.Module, nn.Parameter]]:
+        """Parts of the tower the backbone never runs (pooling heads,
+        classifier heads); kept for weight loading, always frozen so
+        optimisers and DDP ignore them. Default: none."""
+        return []
+
     def run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Run one block on ``(B, N, C)`` tokens. Default: ``block(x)``."""
         return block(x)
@@ -281,8 +287,9 @@ class CLIPBackboneBase(BaseModule, metaclass=ABCMeta):
             if self.with_proj:
                 trainable += self.proj_modules()
             _set_requires_grad(trainable, True)
+        # unused in the forward: keep them out of optimisers and DDP
+        _set_requires_grad(self.unused_modules(), False)
         if not self.with_proj:
-            # unused in the forward: keep them out of optimisers and DDP
             _set_requires_grad(self.proj_modules(), False)
 
     def _frozen_modules(self) -> List[nn.Module]:

@@ -25,7 +25,8 @@ class BiomedCLIPBackbone(CLIPBackboneBase):
     tower dropped.  Tokens follow timm's path (``patch_embed``, class token,
     ``pos_embed``, ``norm_pre``, ``blocks``, ``norm``); ``with_proj=True``
     applies ``head`` to every token.  Works for any open_clip config whose
-    image tower is a timm ViT.
+    image tower is a timm ViT (e.g. ``ViT-B-16-SigLIP``: no class token,
+    its attention-pool head unused and frozen).
 
     Output: ``(B, 768, ceil(H/16), ceil(W/16))`` (``(B, 512, ...)`` with
     ``with_proj=True``).  Normalisation: OpenAI CLIP mean/std.
@@ -64,9 +65,10 @@ class BiomedCLIPBackbone(CLIPBackboneBase):
                 f"'{model_name}' has {type(visual).__name__} (open_clip "
                 'ViTs: use OpenCLIPBackbone)')
         trunk = visual.trunk
-        if getattr(trunk, 'attn_pool', None) is not None:
-            raise ValueError(f"'{model_name}': attention-pooled trunks are "
-                             'not supported')
+        if kwargs.get('with_proj') and not _linears(visual.head):
+            raise ValueError(
+                f"'{model_name}' has no per-token projection (its joint "
+                'space comes from a pooling head); use with_proj=False')
         if not isinstance(trunk.patch_drop, nn.Identity):
             trunk.patch_drop = nn.Identity()  # keeps the spatial map whole
         self.visual = visual
@@ -130,6 +132,12 @@ class BiomedCLIPBackbone(CLIPBackboneBase):
     def final_norm(self, x: torch.Tensor) -> torch.Tensor:
         return self.trunk.norm(x)
 
+    def unused_modules(self) -> List[nn.Module]:
+        # timm's pooling / classifier head (e.g. SigLIP's attention pool)
+        t = self.trunk
+        return [m for m in (getattr(t, 'attn_pool', None), t.fc_norm,
+                            t.head) if m is not None]
+
     def project(self, x: torch.Tensor) -> torch.Tensor:
         return self.visual.head(x)
 
@@ -144,6 +152,10 @@ class BiomedCLIPBackbone(CLIPBackboneBase):
         return visual_state_dict(state)
 
 
+def _linears(head: nn.Module) -> List[nn.Linear]:
+    return [m for m in head.modules() if isinstance(m, nn.Linear)]
+
+
 def _out_features(head: nn.Module, default: int) -> int:
-    linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
+    linears = _linears(head)
     return linears[-1].out_features if linears else default

@@ -131,3 +131,21 @@ def test_registered_and_bad_inputs(tiny):
         tiny(torch.full((1, 3, 32, 32), float('nan')))
     with pytest.raises(TypeError, match='OpenCLIPBackbone'):
         BiomedCLIPBackbone('ViT-Tiny-16-test')
+
+
+def test_siglip_timm_trunk_without_class_token():
+    """Any open_clip timm ViT works: SigLIP has no class token and an
+    attention-pool head, which stays unused and frozen."""
+    torch.manual_seed(0)
+    model = BiomedCLIPBackbone('ViT-B-16-SigLIP').eval()
+    assert model.num_prefix_tokens == 0
+    assert model.mean == (0.5, 0.5, 0.5)
+    assert not any(p.requires_grad for p in model.trunk.attn_pool.parameters())
+    x = _images(224, 224, batch=1)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)[0],
+                                   _trunk_map(model.trunk, x, 11),
+                                   rtol=0, atol=1e-5)
+        assert model(_images(64, 80, batch=1))[0].shape == (1, 768, 4, 5)
+    with pytest.raises(ValueError, match='no per-token projection'):
+        BiomedCLIPBackbone('ViT-B-16-SigLIP', with_proj=True)

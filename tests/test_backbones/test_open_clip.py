@@ -245,9 +245,12 @@ def test_registered_and_normalisation_exposed():
 
 
 def test_normalisation_follows_the_release():
-    siglip = OpenCLIPBackbone('ViT-B-16-SigLIP', frozen=True)
-    assert siglip.mean == (0.5, 0.5, 0.5) and siglip.std == (0.5, 0.5, 0.5)
-    assert siglip.data_preprocessor_cfg()['mean'] == [127.5] * 3
+    model = OpenCLIPBackbone('ViT-B-32', pretrained_tag='laion2b_s34b_b79k',
+                             frozen=True)
+    assert model.mean == pytest.approx(OpenCLIPBackbone.mean)
+    assert model.patch_size == 32 and model.out_channels == 768
+    with pytest.raises(KeyError, match='no pretrained tag'):
+        OpenCLIPBackbone(TINY_OPEN_CLIP, pretrained_tag='laion2b_s34b_b79k')
     custom = OpenCLIPBackbone(TINY_OPEN_CLIP, mean=(0.1, 0.2, 0.3))
     assert custom.mean == (0.1, 0.2, 0.3)
 
