@@ -6,6 +6,7 @@ loaded on import, only when the op first runs.  ``python -m plugins.ops.info``
 shows which backend is active, ``python -m plugins.ops.build`` compiles it
 ahead of time.
 """
-from .ms_deform_attn import ms_deform_attn, ms_deform_attn_reference
+from .ms_deform_attn import (ms_deform_attn, ms_deform_attn_reference,
+                             sampling_locations)
 
-__all__ = ['ms_deform_attn', 'ms_deform_attn_reference']
+__all__ = ['ms_deform_attn', 'ms_deform_attn_reference', 'sampling_locations']

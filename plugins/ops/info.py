@@ -15,6 +15,8 @@ def _describe(kind: str) -> str:
     state = loader.status(kind)
     if state['source'] == 'none':
         return f'PyTorch reference (no kernel: {state["reason"]})'
+    if 'path' not in state:
+        return state['source']
     return f'compiled kernel, {state["source"]}: {state["path"]}'
 
 
