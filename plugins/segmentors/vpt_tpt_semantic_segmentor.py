@@ -67,6 +67,10 @@ class VPTTPTSemanticSegmentor(BaseModel):
         if data_preprocessor is None:
             data_preprocessor = dict(type='ImageListDataPreprocessor',
                                      bgr_to_rgb=True)
+        if isinstance(data_preprocessor, dict):
+            # mmdet's registry (not mmengine's, which BaseModel would use)
+            # so that it builds with or without a Runner's default scope.
+            data_preprocessor = MODELS.build(data_preprocessor)
         super().__init__(data_preprocessor=data_preprocessor,
                          init_cfg=init_cfg)
         self.class_names = tuple(class_names)
