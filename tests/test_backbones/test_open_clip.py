@@ -261,3 +261,19 @@ def test_init_weights_keeps_loaded_weights(tiny_clip_files):
                                 pretrained=str(files['safetensors']))
     backbone.init_weights()
     torch.testing.assert_close(backbone.visual.proj, model.visual.proj)
+
+
+def test_benchmark_tool_updates_only_its_section(tmp_path):
+    from tools.benchmark_backbones import SECTION, main
+    doc = tmp_path / 'benchmarks.md'
+    doc.write_text('# Benchmarks\n\n## Other topic\n\nkeep me\n')
+    assert main(['--tiny', '--models', 'openclip', '--sizes', '32x48',
+                 '--iters', '1', '--warmup', '0', '--write', str(doc)]) == 0
+    text = doc.read_text()
+    assert '## Other topic\n\nkeep me' in text and SECTION in text
+    assert '| OpenCLIP ViT-Tiny-16-test | 32x48 | 1 |' in text
+    main(['--tiny', '--models', 'openclip', '--sizes', '16x16', '--iters',
+          '1', '--warmup', '0', '--write', str(doc)])
+    text = doc.read_text()
+    assert text.count(SECTION) == 1 and '32x48' not in text
+    assert 'keep me' in text
