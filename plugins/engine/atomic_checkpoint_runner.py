@@ -4,9 +4,11 @@ import os.path as osp
 
 from mmengine.dist import is_main_process
 from mmengine.runner import Runner
-from mmdet.registry import RUNNERS
+from mmengine.registry import RUNNERS
 
 
+# mmengine's root registry: both our tools/train.py and mmdet's build the
+# runner with `mmengine.registry.RUNNERS.build(cfg)` before any scope is set.
 @RUNNERS.register_module()
 class AtomicCheckpointRunner(Runner):
     """mmengine's ``Runner``, but a checkpoint appears only once complete.
