@@ -1,0 +1,14 @@
+"""Host-free layers: the deformable cross-attention projector and its parts."""
+from .alignment import (DeformableCrossAttentionLayer,
+                        MultiScaleDeformableCrossAttentionAlignment)
+from .ms_deform_cross_attention import (MSDeformCrossAttention,
+                                        grid_init_offsets_,
+                                        ms_deform_attention_forward)
+from .position_encoding import reference_grid, sine_position_encoding
+
+__all__ = [
+    'DeformableCrossAttentionLayer',
+    'MultiScaleDeformableCrossAttentionAlignment', 'MSDeformCrossAttention',
+    'grid_init_offsets_', 'ms_deform_attention_forward', 'reference_grid',
+    'sine_position_encoding'
+]
