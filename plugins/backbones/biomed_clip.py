@@ -56,7 +56,7 @@ class BiomedCLIPBackbone(CLIPBackboneBase):
                  **kwargs):
         super().__init__(pretrained=pretrained, **kwargs)
         self.model_name = model_name
-        clip = create_model(model_name)
+        clip = create_model(model_name, vision_only=True)
         visual = clip.visual
         if not (isinstance(visual, TimmModel)
                 and isinstance(visual.trunk, TimmViT)):

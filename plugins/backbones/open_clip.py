@@ -101,7 +101,8 @@ class OpenCLIPBackbone(CLIPBackboneBase):
                  **kwargs):
         super().__init__(pretrained=pretrained, **kwargs)
         self.model_name = model_name
-        clip = create_model(model_name, pretrained_tag=pretrained_tag)
+        clip = create_model(model_name, pretrained_tag=pretrained_tag,
+                            vision_only=True)
         visual = clip.visual
         if not isinstance(visual, VisionTransformer):
             raise TypeError(

@@ -118,11 +118,23 @@ def normalization_stats(model_name: str, pretrained_tag: Optional[str] = None
     return tuple(default.mean), tuple(default.std)
 
 
+#: Text towers built instead of the real one when only the image tower is
+#: wanted (backbones): tiny, never used, so a backbone builds fast.
+_STUB_TEXT_CFG = dict(context_length=8, vocab_size=8, width=8, heads=1,
+                      layers=1)
+_STUB_HF_TEXT_CFG = dict(hf_model_name=str(HF_CONFIG_DIR /
+                                           'BiomedBERT-tiny-test'),
+                         hf_model_pretrained=False, hf_proj_type='linear',
+                         hf_pooler_type='cls_last_hidden_state_pooler',
+                         context_length=8)
+
+
 def create_model(model_name: str,
                  image_size: Optional[Union[int, Tuple[int, int]]] = None,
                  precision: str = 'fp32',
                  device: str = 'cpu',
                  pretrained_tag: Optional[str] = None,
+                 vision_only: bool = False,
                  **model_kwargs) -> nn.Module:
     """Build an open_clip model with random weights, offline.
 
@@ -136,6 +148,9 @@ def create_model(model_name: str,
         pretrained_tag (str, optional): open_clip release the weights come
             from (e.g. ``'laion2b_s32b_b82k'``), for its mean/std, see
             :func:`normalization_stats`; no download happens.
+        vision_only (bool): build a tiny stub in place of the text tower
+            (for callers that keep only ``model.visual``: much faster and
+            lighter). Default: False.
         **model_kwargs: config overrides passed to the model class.
 
     Returns:
@@ -143,9 +158,13 @@ def create_model(model_name: str,
         preprocess_cfg`` holds size/mean/std).
     """
     cfg = get_model_config(model_name)
-    if 'hf_model_name' in cfg['text_cfg'] and 'text_cfg' not in model_kwargs:
+    hf_text = 'hf_model_name' in cfg['text_cfg']
+    if vision_only and 'multimodal_cfg' not in cfg:
+        model_kwargs.setdefault(
+            'text_cfg', dict(_STUB_HF_TEXT_CFG if hf_text else _STUB_TEXT_CFG))
+    elif hf_text:
         # the resolved local folder replaces the name in the config
-        model_kwargs['text_cfg'] = cfg['text_cfg']
+        model_kwargs.setdefault('text_cfg', cfg['text_cfg'])
     mean, std = normalization_stats(model_name, pretrained_tag)
     with torch.device('meta') if str(device) == 'meta' else nullcontext():
         return open_clip.create_model(

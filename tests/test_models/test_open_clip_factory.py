@@ -132,3 +132,15 @@ def test_normalization_stats_follow_open_clip_releases():
         normalization_stats('ViT-B-32', 'nope')
     model = create_model('ViT-B-16-SigLIP', device='meta')
     assert tuple(model.visual.preprocess_cfg['mean']) == (0.5, 0.5, 0.5)
+
+
+@pytest.mark.parametrize('name', [TINY_OPEN_CLIP, BIOMEDCLIP_TINY_MODEL_NAME])
+def test_vision_only_keeps_the_image_tower(name):
+    full = create_model(name, device='meta')
+    stub = create_model(name, device='meta', vision_only=True)
+    assert {k: v.shape for k, v in stub.visual.state_dict().items()} == \
+        {k: v.shape for k, v in full.visual.state_dict().items()}
+    n_text = sum(p.numel() for n, p in stub.named_parameters()
+                 if not n.startswith('visual.'))
+    assert n_text < sum(p.numel() for n, p in full.named_parameters()
+                        if not n.startswith('visual.'))
