@@ -4,11 +4,12 @@ from .alignment import (DeformableCrossAttentionLayer,
 from .ms_deform_cross_attention import (MSDeformCrossAttention,
                                         grid_init_offsets_,
                                         ms_deform_attention_forward)
+from .norm import group_norm
 from .position_encoding import reference_grid, sine_position_encoding
 
 __all__ = [
     'DeformableCrossAttentionLayer',
     'MultiScaleDeformableCrossAttentionAlignment', 'MSDeformCrossAttention',
-    'grid_init_offsets_', 'ms_deform_attention_forward', 'reference_grid',
+    'grid_init_offsets_', 'group_norm', 'ms_deform_attention_forward', 'reference_grid',
     'sine_position_encoding'
 ]

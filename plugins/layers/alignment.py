@@ -8,6 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .ms_deform_cross_attention import MSDeformCrossAttention
+from .norm import group_norm
 from .position_encoding import reference_grid, sine_position_encoding
 
 Features = Union[Sequence[torch.Tensor], Dict[str, torch.Tensor]]
@@ -135,7 +136,7 @@ class MultiScaleDeformableCrossAttentionAlignment(nn.Module):
 
         self.input_proj = nn.ModuleList(
             nn.Sequential(nn.Conv2d(c, hidden_dim, kernel_size=1),
-                          nn.GroupNorm(math.gcd(32, hidden_dim), hidden_dim))
+                          group_norm(hidden_dim))
             for c in self.in_channels)
         self.level_embed = nn.Parameter(torch.empty(self.n_levels,
                                                     hidden_dim))

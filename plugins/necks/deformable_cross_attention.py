@@ -1,6 +1,5 @@
 """``DeformableCrossAttentionNeck``: a ChannelMapper replacement in which
 every output level is refined by deformable attention over all levels."""
-import math
 from typing import List, Sequence, Tuple
 
 import torch
@@ -8,7 +7,8 @@ import torch.nn as nn
 from mmdet.registry import MODELS
 from mmengine.model import BaseModule
 
-from plugins.layers import MultiScaleDeformableCrossAttentionAlignment
+from plugins.layers import (MultiScaleDeformableCrossAttentionAlignment,
+                            group_norm)
 
 # The host-free projector, registered so configs can build it by name.
 MODELS.register_module(module=MultiScaleDeformableCrossAttentionAlignment)
@@ -74,7 +74,7 @@ class DeformableCrossAttentionNeck(BaseModule):
             c_in = self.in_channels[-1] if i == 0 else out_channels
             self.extra_convs.append(nn.Sequential(
                 nn.Conv2d(c_in, out_channels, 3, stride=2, padding=1),
-                nn.GroupNorm(math.gcd(32, out_channels), out_channels)))
+                group_norm(out_channels)))
         self.alignment = MultiScaleDeformableCrossAttentionAlignment(
             self.in_channels + [out_channels] * num_extra_levels,
             hidden_dim=hidden_dim or out_channels, n_heads=n_heads,

@@ -1,0 +1,73 @@
+"""Turn a baseline ``swin_conv`` adapter into a ``deformable`` initialisation."""
+from types import SimpleNamespace
+from typing import Dict, List, NamedTuple, Tuple
+
+import torch
+
+from .projector_builder import build_deformable_projector
+from .projector_weights import strip_projector_prefix
+
+#: ``swin_conv`` key -> ``deformable`` key: the LLM-facing Linear of PSALM's
+#: ``swin_conv`` (2048 -> LLM width) has the same role and shape as the last
+#: Linear of the deformable projector's output head.
+SWIN_CONV_TO_DEFORMABLE = {
+    'proj.weight': 'output_proj.2.weight',
+    'proj.bias': 'output_proj.2.bias',
+}
+
+
+class AdaptReport(NamedTuple):
+    transferred: List[Tuple[str, str, tuple]]
+    initialised: List[Tuple[str, tuple]]
+    dropped: List[Tuple[str, tuple, str]]
+
+
+def adapt_swin_conv_state(source: Dict[str, torch.Tensor], *,
+                          projector_outdim: int, swin_type: str = 'base',
+                          mm_hidden_dim: int = 256, mm_n_heads: int = 8,
+                          mm_n_points: int = 4, seed: int = 0):
+    """Initial ``deformable`` projector weights from a ``swin_conv`` file.
+
+    Builds the deformable projector (fresh, seeded initialisation), copies
+    every source tensor that maps onto it with the same shape, and reports
+    what was transferred, newly initialised and dropped.
+
+    Returns:
+        tuple: ``(state_dict, AdaptReport)``.
+    """
+    source = strip_projector_prefix(source)
+    torch.manual_seed(seed)
+    projector = build_deformable_projector(SimpleNamespace(
+        mm_projector_type='deformable', swin_type=swin_type,
+        projector_outdim=projector_outdim, mm_hidden_dim=mm_hidden_dim,
+        mm_n_heads=mm_n_heads, mm_n_points=mm_n_points))
+    state = projector.state_dict()
+    transferred, dropped = [], []
+    for key, value in sorted(source.items()):
+        target = SWIN_CONV_TO_DEFORMABLE.get(key)
+        if target is None:
+            dropped.append((key, tuple(value.shape), 'no counterpart'))
+        elif state[target].shape != value.shape:
+            dropped.append((key, tuple(value.shape),
+                            f'shape differs from {target} '
+                            f'{tuple(state[target].shape)}'))
+        else:
+            state[target] = value.to(state[target].dtype).clone()
+            transferred.append((key, target, tuple(value.shape)))
+    done = {t for _, t, _ in transferred}
+    initialised = [(k, tuple(v.shape)) for k, v in state.items()
+                   if k not in done]
+    return state, AdaptReport(transferred, initialised, dropped)
+
+
+def format_report(report: AdaptReport) -> str:
+    """A plain-text table of the three groups."""
+    lines = [f'transferred ({len(report.transferred)}):']
+    lines += [f'  {src:<40} -> {dst:<28} {shape}'
+              for src, dst, shape in report.transferred]
+    lines.append(f'newly initialised ({len(report.initialised)}):')
+    lines += [f'  {key:<70} {shape}' for key, shape in report.initialised]
+    lines.append(f'dropped ({len(report.dropped)}):')
+    lines += [f'  {key:<40} {shape}  ({why})'
+              for key, shape, why in report.dropped]
+    return '\n'.join(lines)

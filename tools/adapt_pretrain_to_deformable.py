@@ -1,0 +1,62 @@
+"""Convert a baseline ``mm_projector.bin`` (PSALM ``swin_conv``) into an
+initialisation for the ``deformable`` projector.
+
+Usage::
+
+    python tools/adapt_pretrain_to_deformable.py IN OUT --projector-outdim 2048
+        [--swin-type base] [--mm-hidden-dim 256] [--mm-n-heads 8]
+        [--mm-n-points 4] [--seed 0]
+
+IN is read safely (safetensors or weights-only torch pickle), with or without
+the ``model.mm_projector.`` / ``mm_projector.`` prefix.  OUT keeps PSALM's
+``mm_projector.`` prefix so ``--pretrain_mm_mlp_adapter OUT`` loads it;
+``.safetensors`` or a torch ``.bin`` by extension.  A table of transferred /
+newly initialised / dropped keys is printed.
+"""
+import argparse
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from plugins.llava.adapt_pretrain import (adapt_swin_conv_state,  # noqa: E402
+                                          format_report)
+from plugins.utils import safe_load, save_safetensors  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('input', help='baseline mm_projector.bin')
+    parser.add_argument('output', help='.bin or .safetensors to write')
+    parser.add_argument('--projector-outdim', type=int, required=True,
+                        help='LLM hidden size (2048 Phi-1.5, 2560 Phi-3)')
+    parser.add_argument('--swin-type', default='base',
+                        choices=['base', 'large'])
+    parser.add_argument('--mm-hidden-dim', type=int, default=256)
+    parser.add_argument('--mm-n-heads', type=int, default=8)
+    parser.add_argument('--mm-n-points', type=int, default=4)
+    parser.add_argument('--seed', type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    state, report = adapt_swin_conv_state(
+        safe_load(args.input), projector_outdim=args.projector_outdim,
+        swin_type=args.swin_type, mm_hidden_dim=args.mm_hidden_dim,
+        mm_n_heads=args.mm_n_heads, mm_n_points=args.mm_n_points,
+        seed=args.seed)
+    print(format_report(report))
+    out = {f'model.mm_projector.{k}': v.contiguous() for k, v in state.items()}
+    if args.output.endswith('.safetensors'):
+        save_safetensors(out, args.output)
+    else:
+        torch.save(out, args.output)
+    print(f'wrote {len(out)} tensors to {args.output}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
