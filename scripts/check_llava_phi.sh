@@ -28,7 +28,7 @@ run deformable_resumed --resume_from_checkpoint "$WORK/deformable/checkpoint-30"
 run swin_conv --mm_projector_type swin_conv
 "$PY" tools/adapt_pretrain_to_deformable.py \
   "$WORK/swin_conv/checkpoint-60/mm_projector.bin" "$WORK/mm_projector_deformable.bin" \
-  --projector-outdim 128 --swin-type base 2>&1 | tee "$WORK/adapt.log"
+  --projector-outdim 128 --swin-type base --mm-hidden-dim 64 2>&1 | tee "$WORK/adapt.log"
 run from_adapter --pretrain_mm_mlp_adapter "$WORK/mm_projector_deformable.bin" \
   --max_steps 10 --save_steps 0
 

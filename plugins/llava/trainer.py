@@ -166,13 +166,17 @@ def build_model(args, tokenizer) -> Tuple[LlavaPhiSegModel, LlavaSegConfig]:
     return model, config
 
 
-def load_adapter(model: LlavaPhiSegModel, path: str) -> None:
+def load_adapter(model: LlavaPhiSegModel, path: str):
     """``--pretrain_mm_mlp_adapter``: load with every key checked (PSALM's
-    ``strict=False`` silently loads nothing on a name mismatch)."""
+    ``strict=False`` silently loads nothing on a name mismatch); return the
+    loader's ``LoadResult``."""
     from .projector_weights import load_projector_weights
     result = load_projector_weights(model.mm_projector, path, strict=True)
-    logger.info('pretrain_mm_mlp_adapter %s loaded into mm_projector: %s',
-                path, result)
+    logger.info('pretrain_mm_mlp_adapter %s: loaded %d of %d mm_projector '
+                'keys (missing %d, unexpected %d)', path, len(result.loaded),
+                len(model.mm_projector.state_dict()), len(result.missing),
+                len(result.unexpected))
+    return result
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> List[dict]:
@@ -283,7 +287,8 @@ class LlavaTrainer:
 
         self.tokenizer = build_tokenizer(args)
         model, self.config = build_model(args, self.tokenizer)
-        logger.info('mm_projector type: %s', type(model.mm_projector).__name__)
+        # The builder logs the deformable projector's type and settings as
+        # it builds it; this line describes any type, with its size.
         logger.info(describe_projector(model.mm_projector, self.config))
         if args.pretrain_mm_mlp_adapter:
             load_adapter(model, args.pretrain_mm_mlp_adapter)
