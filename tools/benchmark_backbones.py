@@ -156,6 +156,12 @@ def time_interleaved(fns: List[Callable], x: torch.Tensor, iters: int,
     return [statistics.median(t) for t in times]
 
 
+def _per_size(iters: List[int], n: int) -> List[int]:
+    if len(iters) not in (1, n):
+        raise SystemExit(f'--iters takes 1 or {n} values, got {iters}')
+    return iters * n if len(iters) == 1 else iters
+
+
 def run(args) -> List[dict]:
     device = torch.device(args.device)
     specs = benchmark_specs(args.tiny)
@@ -167,17 +173,19 @@ def run(args) -> List[dict]:
         build_ours, build_bare, label = specs[name]
         torch.manual_seed(0)
         ours = build_ours().to(device).eval()
-        for size in args.sizes:
+        for size, iters in zip(args.sizes, _per_size(args.iters,
+                                                     len(args.sizes))):
             bare_module, bare = build_bare(size)
             bare_module.to(device)
             x = torch.randn(args.batch, 3, *size, device=device)
             with torch.no_grad():
-                t_ours, t_bare = time_interleaved([ours, bare], x,
-                                                  args.iters, args.warmup)
+                t_ours, t_bare = time_interleaved([ours, bare], x, iters,
+                                                  args.warmup)
                 mem_ours = peak_memory(ours, x)
                 mem_bare = peak_memory(bare, x)
             row = dict(model=label, size=f'{size[0]}x{size[1]}',
-                       batch=args.batch, ips_ours=args.batch / t_ours,
+                       batch=args.batch, iters=iters,
+                       ips_ours=args.batch / t_ours,
                        ips_bare=args.batch / t_bare,
                        overhead=100 * (t_ours / t_bare - 1),
                        mem_ours=mem_ours, mem_bare=mem_bare)
@@ -200,7 +208,7 @@ HEADER = ('| backbone | input | batch | ours img/s | upstream img/s | '
 
 def format_row(r: dict) -> str:
     return (f"| {r['model']} | {r['size']} | {r['batch']} | "
-            f"{r['ips_ours']:.2f} | {r['ips_bare']:.2f} | "
+            f"{r['ips_ours']:.3g} | {r['ips_bare']:.3g} | "
             f"{r['overhead']:+.1f} % | {r['mem_ours']:.1f} | "
             f"{r['mem_bare']:.1f} |")
 
@@ -219,7 +227,8 @@ def section_text(rows: List[dict], args) -> str:
              f'Measured with `{cmd}` on {device_name(args.device)}, '
              f'torch {torch.__version__}, random weights, frozen, eval, '
              '`torch.no_grad()`; median of '
-             f'{args.iters} interleaved runs after {args.warmup} warm-up. '
+             f'{"/".join(map(str, args.iters))} interleaved runs (per '
+             f'size) after {args.warmup} warm-up. '
              '"upstream" is the bare open_clip/timm forward of the same '
              'architecture built for that input size (see the tool\'s '
              'docstring); time overhead = ours / upstream - 1. Memory: '
@@ -255,7 +264,9 @@ def parse_args(argv=None):
     parser.add_argument('--sizes', nargs='+', type=parse_size,
                         default=[(224, 224), (800, 1344)])
     parser.add_argument('--batch', type=int, default=1)
-    parser.add_argument('--iters', type=int, default=5)
+    parser.add_argument('--iters', type=int, nargs='+', default=[5],
+                        help='timed runs per variant; one value, or one '
+                        'per --sizes entry')
     parser.add_argument('--warmup', type=int, default=1)
     parser.add_argument('--device', default='cuda' if
                         torch.cuda.is_available() else 'cpu')

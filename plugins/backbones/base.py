@@ -423,12 +423,15 @@ class CLIPBackboneBase(BaseModule, metaclass=ABCMeta):
         Returns:
             list[Tensor]: ``(B, N, C)`` per entry of ``out_indices``.
         """
-        wanted = set(self.out_indices)
+        last = max(self.out_indices)
         taken = {}
-        for i, block in enumerate(self.blocks[:max(wanted) + 1]):
+        # plain iteration: slicing an nn.ModuleList builds a new module
+        for i, block in enumerate(self.blocks):
             x = self._call_block(block, x)
-            if i in wanted:
+            if i in self.out_indices:
                 taken[i] = x
+            if i == last:
+                break
         return [taken[i] for i in self.out_indices]
 
     def _call_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
