@@ -6,7 +6,6 @@ image tokens spliced into Phi's input embeddings at ``<image>`` ->
 ``PhiForCausalLM`` -> the last hidden state of each ``[SEG]`` token,
 projected, dotted with per-pixel features of the image -> mask logits.
 """
-import logging
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
@@ -20,8 +19,6 @@ from .mask_head import PixelDecoder, SegTokenMaskHead
 from .splice import IGNORE_INDEX, splice_image_tokens
 from .vision_tower import build_vision_tower
 
-logger = logging.getLogger(__name__)
-
 #: Projector types that take all four Swin maps; PSALM's own types take the
 #: last map only (its ``encode_images`` passes ``image_features[-1]``).
 MULTI_SCALE_PROJECTORS = ('deformable',)
@@ -32,8 +29,8 @@ TOKEN_PROJECTORS = ('linear', 'identity')
 def projector_inputs(projector_type: str, maps: List[torch.Tensor]):
     """What the projector of ``projector_type`` is called with.
 
-    ``deformable``: the list of all maps. ``swin_conv``/``conv``: the last
-    NCHW map (PSALM). ``linear``/``mlp{N}x_gelu``/``identity``: the last map
+    ``deformable``: the list of all maps. ``swin_conv``: the last NCHW map
+    (PSALM). ``linear``/``mlp{N}x_gelu``/``identity``: the last map
     flattened to tokens ``(B, H*W, C)``.
     """
     if projector_type in MULTI_SCALE_PROJECTORS:

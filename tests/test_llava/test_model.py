@@ -116,3 +116,18 @@ def test_load_pretrained_phi_round_trip(tmp_path, tiny_config):
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits[..., :vocab],
                                    phi(ids).logits)
+
+
+@pytest.mark.parametrize('projector_type,num_tokens', [
+    ('swin_conv', 4),     # last map 4x4, stride-2 block -> 2x2
+    ('linear', 16),       # last map's 4x4 tokens
+    ('mlp2x_gelu', 16)])
+def test_psalm_projector_types_are_drop_ins(tiny_config, toy_batch,
+                                            projector_type, num_tokens):
+    import dataclasses
+    config = dataclasses.replace(tiny_config, mm_projector_type=projector_type)
+    model = LlavaPhiSegModel(config)
+    _, tokens = model.encode_images(toy_batch['pixel_values'])
+    assert tokens.shape == (2, num_tokens, config.hidden_size)
+    out = _forward(model, toy_batch)
+    assert torch.isfinite(out.loss)
