@@ -54,7 +54,8 @@ train_dataloader = dict(
         type=dataset_type,
         data_root=data_root,
         metainfo=metainfo,
-        data_prefix=dict(img_path='images/train', seg_map_path='semantic/train'),
+        data_prefix=dict(img_path='images/train',
+                         seg_map_path='semantic/train'),
         pipeline=train_pipeline))
 val_dataloader = dict(
     batch_size=8,

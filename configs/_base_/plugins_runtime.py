@@ -1,0 +1,7 @@
+# What every config of this project adds to mmdet's runtime (for configs that
+# inherit mmdet's own files, e.g. `mmdet::dino/...`).
+custom_imports = dict(imports=['plugins'], allow_failed_imports=False)
+# Checkpoints are written to a temporary file and renamed (no truncated
+# checkpoint after a kill); they carry torch's RNG so --resume is bit-exact.
+runner_type = 'AtomicCheckpointRunner'
+custom_hooks = [dict(type='RNGStateHook')]

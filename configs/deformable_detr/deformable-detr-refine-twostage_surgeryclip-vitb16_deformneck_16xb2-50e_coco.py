@@ -1,0 +1,35 @@
+# Two-stage Deformable-DETR with box refinement (mmdet) on the CLIP Surgery
+# ViT-B/16 image encoder and DeformableCrossAttentionNeck (1 level -> 4).
+#
+# Expected weights (a local file; nothing is downloaded): OpenAI CLIP ViT-B/16
+# `ViT-B-16.pt` or open_clip ViT-B-16 weights; set model.backbone.pretrained.
+_base_ = [
+    'mmdet::deformable_detr/deformable-detr-refine-twostage_r50_16xb2-50e_coco.py',
+    '../_base_/plugins_runtime.py',
+    '../_base_/models/clip_vitb16_backbone.py',
+]
+model = dict(
+    data_preprocessor=dict(mean={{_base_.clip_mean}},
+                           std={{_base_.clip_std}},
+                           pad_size_divisor=16),
+    backbone=dict(
+        _delete_=True,
+        type='SurgeryCLIPBackbone',
+        model_name='ViT-B-16',
+        surgery_depth=6,
+        pretrained=None,  # path to the weights file above
+        frozen=True),  # or frozen=False, train_last_n_blocks=4
+    neck=dict(
+        _delete_=True,
+        type='DeformableCrossAttentionNeck',
+        in_channels=[{{_base_.clip_vitb_width}}],
+        out_channels=256,
+        num_extra_levels=3,
+        n_heads=8,
+        n_points=4))
+# When unfrozen, the backbone learns at 0.1x the base LR.
+optim_wrapper = dict(paramwise_cfg=dict(custom_keys={
+    'backbone': dict(lr_mult=0.1),
+    'sampling_offsets': dict(lr_mult=0.1),
+    'reference_points': dict(lr_mult=0.1)
+}))
