@@ -26,7 +26,9 @@ visualizer = dict(
 log_processor = dict(type='LogProcessor', window_size=50, by_epoch=True)
 
 # Checkpoints carry torch's RNG state so --resume continues bit-exactly.
-custom_hooks = [dict(type='RNGStateHook')]
+# MSDeformAttentionHook runs mmdet's deformable attention layers on our
+# kernels (plugins.ops) instead of mmcv's (grid_sample on CPU).
+custom_hooks = [dict(type='RNGStateHook'), dict(type='MSDeformAttentionHook')]
 
 log_level = 'INFO'
 load_from = None

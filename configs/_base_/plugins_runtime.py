@@ -4,4 +4,6 @@ custom_imports = dict(imports=['plugins'], allow_failed_imports=False)
 # Checkpoints are written to a temporary file and renamed (no truncated
 # checkpoint after a kill); they carry torch's RNG so --resume is bit-exact.
 runner_type = 'AtomicCheckpointRunner'
-custom_hooks = [dict(type='RNGStateHook')]
+# MSDeformAttentionHook runs mmdet's deformable attention layers on our
+# kernels (plugins.ops) instead of mmcv's (grid_sample on CPU).
+custom_hooks = [dict(type='RNGStateHook'), dict(type='MSDeformAttentionHook')]
