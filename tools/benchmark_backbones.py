@@ -56,9 +56,13 @@ def _open_clip_bare(model_name: str, index: int):
 
         def run(x):
             return visual.forward_intermediates(
-                x, indices=[index], normalize_intermediates=True,
+                x,
+                indices=[index],
+                normalize_intermediates=True,
                 intermediates_only=True)['image_intermediates'][-1]
+
         return visual, run
+
     return build
 
 
@@ -72,7 +76,9 @@ def _timm_bare(model_name: str, index: int):
         def run(x):
             return trunk.forward_intermediates(
                 x, indices=[index], norm=True, intermediates_only=True)[-1]
+
         return trunk, run
+
     return build
 
 
@@ -89,8 +95,8 @@ def benchmark_specs(tiny: bool) -> Dict[str, Tuple[Callable, Callable]]:
         'openclip': (lambda: bb.OpenCLIPBackbone(vit, frozen=True),
                      _open_clip_bare(vit, vit_last), f'OpenCLIP {vit}'),
         'biomedclip': (lambda: bb.BiomedCLIPBackbone(biomed, frozen=True),
-                       _timm_bare(biomed, biomed_last),
-                       f'BiomedCLIP ({biomed})'),
+                       _timm_bare(biomed,
+                                  biomed_last), f'BiomedCLIP ({biomed})'),
     }
     if hasattr(bb, 'SurgeryCLIPBackbone'):
         specs['surgeryclip'] = (
@@ -98,9 +104,9 @@ def benchmark_specs(tiny: bool) -> Dict[str, Tuple[Callable, Callable]]:
             _open_clip_bare(vit, vit_last), f'SurgeryCLIP {vit}')
     if hasattr(bb, 'ConceptCLIPBackbone') and not tiny:
         so400m = 'ViT-SO400M-14-SigLIP-384'
-        specs['conceptclip'] = (
-            lambda: bb.ConceptCLIPBackbone(frozen=True),
-            _open_clip_bare(so400m, 26), 'ConceptCLIP (vs SigLIP SO400M)')
+        specs['conceptclip'] = (lambda: bb.ConceptCLIPBackbone(frozen=True),
+                                _open_clip_bare(so400m, 26),
+                                'ConceptCLIP (vs SigLIP SO400M)')
     return specs
 
 
@@ -126,10 +132,12 @@ def peak_memory(fn: Callable, x: torch.Tensor) -> float:
     # CPU has no allocator statistics: replay the profiler's allocation
     # and free events in time order.
     from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with profile(
+            activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn(x)
     events = sorted((e for e in prof.profiler.kineto_results.events()
-                     if e.name() == '[memory]'), key=lambda e: e.start_ns())
+                     if e.name() == '[memory]'),
+                    key=lambda e: e.start_ns())
     current = peak = 0
     for event in events:
         current += event.nbytes()
@@ -173,8 +181,8 @@ def run(args) -> List[dict]:
         build_ours, build_bare, label = specs[name]
         torch.manual_seed(0)
         ours = build_ours().to(device).eval()
-        for size, iters in zip(args.sizes, _per_size(args.iters,
-                                                     len(args.sizes))):
+        for size, iters in zip(args.sizes,
+                               _per_size(args.iters, len(args.sizes))):
             bare_module, bare = build_bare(size)
             bare_module.to(device)
             x = torch.randn(args.batch, 3, *size, device=device)
@@ -183,12 +191,16 @@ def run(args) -> List[dict]:
                                                   args.warmup)
                 mem_ours = peak_memory(ours, x)
                 mem_bare = peak_memory(bare, x)
-            row = dict(model=label, size=f'{size[0]}x{size[1]}',
-                       batch=args.batch, iters=iters,
-                       ips_ours=args.batch / t_ours,
-                       ips_bare=args.batch / t_bare,
-                       overhead=100 * (t_ours / t_bare - 1),
-                       mem_ours=mem_ours, mem_bare=mem_bare)
+            row = dict(
+                model=label,
+                size=f'{size[0]}x{size[1]}',
+                batch=args.batch,
+                iters=iters,
+                ips_ours=args.batch / t_ours,
+                ips_bare=args.batch / t_bare,
+                overhead=100 * (t_ours / t_bare - 1),
+                mem_ours=mem_ours,
+                mem_bare=mem_bare)
             rows.append(row)
             print(format_row(row), flush=True)
             del bare_module, bare
@@ -223,19 +235,19 @@ def device_name(device: str) -> str:
 
 def section_text(rows: List[dict], args) -> str:
     cmd = ' '.join(['python tools/benchmark_backbones.py'] + sys.argv[1:])
-    lines = [SECTION, '',
-             f'Measured with `{cmd}` on {device_name(args.device)}, '
-             f'torch {torch.__version__}, random weights, frozen, eval, '
-             '`torch.no_grad()`; median of '
-             f'{"/".join(map(str, args.iters))} interleaved runs (per '
-             f'size) after {args.warmup} warm-up. '
-             '"upstream" is the bare open_clip/timm forward of the same '
-             'architecture built for that input size (see the tool\'s '
-             'docstring); time overhead = ours / upstream - 1. Memory: '
-             'peak tensor memory allocated during one forward (CUDA '
-             'allocator statistics; on CPU replayed from profiler '
-             'allocation events).',
-             '', HEADER] + [format_row(r) for r in rows] + ['']
+    lines = [
+        SECTION, '', f'Measured with `{cmd}` on {device_name(args.device)}, '
+        f'torch {torch.__version__}, random weights, frozen, eval, '
+        '`torch.no_grad()`; median of '
+        f'{"/".join(map(str, args.iters))} interleaved runs (per '
+        f'size) after {args.warmup} warm-up. '
+        '"upstream" is the bare open_clip/timm forward of the same '
+        'architecture built for that input size (see the tool\'s '
+        'docstring); time overhead = ours / upstream - 1. Memory: '
+        'peak tensor memory allocated during one forward (CUDA '
+        'allocator statistics; on CPU replayed from profiler '
+        'allocation events).', '', HEADER
+    ] + [format_row(r) for r in rows] + ['']
     return '\n'.join(lines)
 
 
@@ -259,24 +271,36 @@ def parse_size(text: str) -> Tuple[int, int]:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--models', nargs='+', default=[
-        'openclip', 'biomedclip', 'surgeryclip', 'conceptclip'])
-    parser.add_argument('--sizes', nargs='+', type=parse_size,
-                        default=[(224, 224), (800, 1344)])
+    parser.add_argument(
+        '--models',
+        nargs='+',
+        default=['openclip', 'biomedclip', 'surgeryclip', 'conceptclip'])
+    parser.add_argument(
+        '--sizes',
+        nargs='+',
+        type=parse_size,
+        default=[(224, 224), (800, 1344)])
     parser.add_argument('--batch', type=int, default=1)
-    parser.add_argument('--iters', type=int, nargs='+', default=[5],
-                        help='timed runs per variant; one value, or one '
-                        'per --sizes entry')
+    parser.add_argument(
+        '--iters',
+        type=int,
+        nargs='+',
+        default=[5],
+        help='timed runs per variant; one value, or one '
+        'per --sizes entry')
     parser.add_argument('--warmup', type=int, default=1)
-    parser.add_argument('--device', default='cuda' if
-                        torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--threads', type=int, default=None,
-                        help='torch CPU threads')
-    parser.add_argument('--tiny', action='store_true',
-                        help='tiny test configs (smoke test)')
-    parser.add_argument('--write', type=Path, default=None,
-                        help='update this markdown file (e.g. '
-                        'docs/benchmarks.md)')
+    parser.add_argument(
+        '--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument(
+        '--threads', type=int, default=None, help='torch CPU threads')
+    parser.add_argument(
+        '--tiny', action='store_true', help='tiny test configs (smoke test)')
+    parser.add_argument(
+        '--write',
+        type=Path,
+        default=None,
+        help='update this markdown file (e.g. '
+        'docs/benchmarks.md)')
     return parser.parse_args(argv)
 
 

@@ -24,8 +24,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-DTYPES = {'keep': None, 'float32': torch.float32, 'float16': torch.float16,
-          'bfloat16': torch.bfloat16}
+DTYPES = {
+    'keep': None,
+    'float32': torch.float32,
+    'float16': torch.float16,
+    'bfloat16': torch.bfloat16
+}
 
 
 def parse_args(argv=None):
@@ -35,22 +39,37 @@ def parse_args(argv=None):
         epilog=__doc__.split('\n', 1)[1])
     parser.add_argument('input', help='weights file or model folder')
     parser.add_argument('output', help='output .safetensors file')
-    parser.add_argument('--model-name', help='open_clip model whose key '
-                        'layout the output must match (strict check)')
-    parser.add_argument('--key', help='container entry holding the weights '
-                        '(default: state_dict/model/... when present)')
-    parser.add_argument('--strip-prefix', default='',
-                        help='keep only keys under this prefix, stripped')
-    parser.add_argument('--add-prefix', default='',
-                        help='prepend this to every key')
-    parser.add_argument('--rename', action='append', default=[],
-                        metavar='REGEX=REPL', help='regex key renaming, '
-                        'applied in order (repeatable)')
-    parser.add_argument('--dtype', choices=sorted(DTYPES), default='keep',
-                        help='cast floating-point tensors (OpenAI archives '
-                        'are float16)')
-    parser.add_argument('--no-strict', action='store_true',
-                        help='with --model-name: write even if keys differ')
+    parser.add_argument(
+        '--model-name',
+        help='open_clip model whose key '
+        'layout the output must match (strict check)')
+    parser.add_argument(
+        '--key',
+        help='container entry holding the weights '
+        '(default: state_dict/model/... when present)')
+    parser.add_argument(
+        '--strip-prefix',
+        default='',
+        help='keep only keys under this prefix, stripped')
+    parser.add_argument(
+        '--add-prefix', default='', help='prepend this to every key')
+    parser.add_argument(
+        '--rename',
+        action='append',
+        default=[],
+        metavar='REGEX=REPL',
+        help='regex key renaming, '
+        'applied in order (repeatable)')
+    parser.add_argument(
+        '--dtype',
+        choices=sorted(DTYPES),
+        default='keep',
+        help='cast floating-point tensors (OpenAI archives '
+        'are float16)')
+    parser.add_argument(
+        '--no-strict',
+        action='store_true',
+        help='with --model-name: write even if keys differ')
     return parser.parse_args(argv)
 
 
@@ -81,17 +100,24 @@ def convert(args) -> dict:
         model = create_model(args.model_name, device='meta')
         state = convert_to_open_clip(state, model)
         if not args.no_strict:
-            check_state_dict(model.state_dict(), state, source=str(path),
-                             target=args.model_name,
-                             hint='adjust with --strip-prefix/--add-prefix/'
-                             '--rename, or choose another --model-name')
+            check_state_dict(
+                model.state_dict(),
+                state,
+                source=str(path),
+                target=args.model_name,
+                hint='adjust with --strip-prefix/--add-prefix/'
+                '--rename, or choose another --model-name')
     else:
-        state = {k: v for k, v in state.items()
-                 if k not in OPENAI_METADATA_KEYS}
+        state = {
+            k: v
+            for k, v in state.items() if k not in OPENAI_METADATA_KEYS
+        }
     dtype = DTYPES[args.dtype]
     if dtype is not None:
-        state = {k: v.to(dtype) if v.is_floating_point() else v
-                 for k, v in state.items()}
+        state = {
+            k: v.to(dtype) if v.is_floating_point() else v
+            for k, v in state.items()
+        }
     print(f'{path}: {len(state)} tensors ({layout} layout)')
     return state
 
@@ -102,8 +128,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     out = Path(args.output)
     if out.suffix != '.safetensors':
-        print(f'error: output must end in .safetensors: {out}',
-              file=sys.stderr)
+        print(
+            f'error: output must end in .safetensors: {out}', file=sys.stderr)
         return 2
     try:
         state = convert(args)

@@ -7,8 +7,10 @@ from .base import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, CLIPBackboneBase,
 from .biomed_clip import BiomedCLIPBackbone
 from .open_clip import OpenCLIPBackbone
 
-__all__ = ['CLIPBackboneBase', 'clip_data_preprocessor', 'OPENAI_CLIP_MEAN', 'OPENAI_CLIP_STD',
-           'OpenCLIPBackbone', 'BiomedCLIPBackbone']
+__all__ = [
+    'CLIPBackboneBase', 'clip_data_preprocessor', 'OPENAI_CLIP_MEAN',
+    'OPENAI_CLIP_STD', 'OpenCLIPBackbone', 'BiomedCLIPBackbone'
+]
 
 # Backbones built on the base by their own modules; imported when present so
 # that `import plugins` registers them.

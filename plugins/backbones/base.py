@@ -26,6 +26,7 @@ OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 Grid = Tuple[int, int]
+StateDict = Dict[str, torch.Tensor]
 
 
 class CLIPBackboneBase(BaseModule, metaclass=ABCMeta):
@@ -199,8 +200,7 @@ class CLIPBackboneBase(BaseModule, metaclass=ABCMeta):
         """Run one block on ``(B, N, C)`` tokens. Default: ``block(x)``."""
         return block(x)
 
-    def convert_pretrained(self, state_dict: Dict[str, torch.Tensor]
-                           ) -> Dict[str, torch.Tensor]:
+    def convert_pretrained(self, state_dict: StateDict) -> StateDict:
         """Map a loaded weights file to this module's ``state_dict`` keys.
 
         Called by :meth:`load_pretrained` before the strict key check;
@@ -232,8 +232,9 @@ class CLIPBackboneBase(BaseModule, metaclass=ABCMeta):
             raise ValueError(f'train_last_n_blocks ({n}) must be between 1 '
                              f'and the number of blocks ({depth})')
         if self.init_cfg is not None:
-            self.load_pretrained(self.init_cfg['checkpoint'],
-                                 prefix=self.init_cfg.get('prefix'))
+            self.load_pretrained(
+                self.init_cfg['checkpoint'],
+                prefix=self.init_cfg.get('prefix'))
         self._apply_freezing()
         self._backbone_ready = True
 
@@ -243,8 +244,7 @@ class CLIPBackboneBase(BaseModule, metaclass=ABCMeta):
         own ``init_weights`` would)."""
         self._is_init = True
 
-    def load_pretrained(self, path: str, prefix: Optional[str] = None,
-                        ) -> None:
+    def load_pretrained(self, path: str, prefix: Optional[str] = None) -> None:
         """Load a local weights file with a strict key check.
 
         Args:
@@ -269,8 +269,8 @@ class CLIPBackboneBase(BaseModule, metaclass=ABCMeta):
         expected = self.state_dict()
         derived = {n for n, _ in self.named_buffers()} - set(expected)
         state = {k: v for k, v in state.items() if k not in derived}
-        check_state_dict(expected, state, source=str(path),
-                         target=type(self).__name__)
+        check_state_dict(
+            expected, state, source=str(path), target=type(self).__name__)
         self.load_state_dict(state, strict=True)
         self._pos_embed_cache.clear()
         MMLogger.get_current_instance().info(
@@ -300,11 +300,14 @@ class CLIPBackboneBase(BaseModule, metaclass=ABCMeta):
             trainable = set()
             for m in list(self.blocks[-self.train_last_n_blocks:]) + [
                     m for m in self.final_norm_modules()
-                    if isinstance(m, nn.Module)]:
+                    if isinstance(m, nn.Module)
+            ]:
                 trainable.update(id(x) for x in m.modules())
             # every module with nothing trainable inside it
-            return [m for m in self.modules()
-                    if not any(id(x) in trainable for x in m.modules())]
+            return [
+                m for m in self.modules()
+                if not any(id(x) in trainable for x in m.modules())
+            ]
         return []
 
     def train(self, mode: bool = True):
@@ -340,9 +343,8 @@ class CLIPBackboneBase(BaseModule, metaclass=ABCMeta):
         Args:
             **kwargs: more/overriding ``DetDataPreprocessor`` arguments.
         """
-        return clip_data_preprocessor(self.mean, self.std,
-                                      pad_size_divisor=self.patch_size,
-                                      **kwargs)
+        return clip_data_preprocessor(
+            self.mean, self.std, pad_size_divisor=self.patch_size, **kwargs)
 
     def get_pos_embed(self, grid: Grid) -> Optional[torch.Tensor]:
         """Position embedding for a ``(gh, gw)`` grid, in the source layout.
@@ -409,8 +411,8 @@ class CLIPBackboneBase(BaseModule, metaclass=ABCMeta):
             x = F.pad(x, (0, pad_w, 0, pad_h))
         return x, ((h + pad_h) // p, (w + pad_w) // p)
 
-    def forward_blocks(self, x: torch.Tensor, grid: Grid
-                       ) -> List[torch.Tensor]:
+    def forward_blocks(self, x: torch.Tensor,
+                       grid: Grid) -> List[torch.Tensor]:
         """Run the blocks; return the tokens after each of ``out_indices``.
 
         Stops after the last requested block.  Override for towers whose
@@ -485,10 +487,11 @@ def clip_data_preprocessor(mean: Sequence[float] = OPENAI_CLIP_MEAN,
     mmdet normalises 0-255 pixels, so the statistics are scaled by 255;
     images are loaded BGR by mmcv, CLIP expects RGB.
     """
-    cfg = dict(type='DetDataPreprocessor',
-               mean=[round(m * 255, 4) for m in mean],
-               std=[round(s * 255, 4) for s in std],
-               bgr_to_rgb=True)
+    cfg = dict(
+        type='DetDataPreprocessor',
+        mean=[round(m * 255, 4) for m in mean],
+        std=[round(s * 255, 4) for s in std],
+        bgr_to_rgb=True)
     if pad_size_divisor:
         cfg['pad_size_divisor'] = int(pad_size_divisor)
     cfg.update(kwargs)

@@ -117,8 +117,10 @@ class BiomedCLIPBackbone(CLIPBackboneBase):
         # the conv of timm's PatchEmbed, without its fixed-size check
         x = t.patch_embed.proj(x).flatten(2).transpose(1, 2)
         x = t.patch_embed.norm(x)
-        prefix = [tok.expand(x.shape[0], -1, -1)
-                  for tok in (t.cls_token, t.reg_token) if tok is not None]
+        prefix = [
+            tok.expand(x.shape[0], -1, -1)
+            for tok in (t.cls_token, t.reg_token) if tok is not None
+        ]
         pos = self.get_pos_embed(grid)
         if pos is not None and t.no_embed_class:
             x = x + pos.to(x.dtype)
@@ -135,8 +137,10 @@ class BiomedCLIPBackbone(CLIPBackboneBase):
     def unused_modules(self) -> List[nn.Module]:
         # timm's pooling / classifier head (e.g. SigLIP's attention pool)
         t = self.trunk
-        return [m for m in (getattr(t, 'attn_pool', None), t.fc_norm,
-                            t.head) if m is not None]
+        return [
+            m for m in (getattr(t, 'attn_pool', None), t.fc_norm, t.head)
+            if m is not None
+        ]
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         return self.visual.head(x)
@@ -147,8 +151,8 @@ class BiomedCLIPBackbone(CLIPBackboneBase):
     def proj_modules(self) -> List[nn.Module]:
         return [self.visual.head]
 
-    def convert_pretrained(self, state: Dict[str, torch.Tensor]
-                           ) -> Dict[str, torch.Tensor]:
+    def convert_pretrained(
+            self, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         return visual_state_dict(state)
 
 

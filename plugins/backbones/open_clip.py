@@ -8,8 +8,8 @@ from mmengine.logging import MMLogger
 from open_clip.transformer import VisionTransformer
 
 from plugins.models import create_model
-from plugins.models.weights import (OPENAI_METADATA_KEYS,
-                                    is_openai_state_dict, uses_quick_gelu)
+from plugins.models.weights import (OPENAI_METADATA_KEYS, is_openai_state_dict,
+                                    uses_quick_gelu)
 from plugins.utils import add_prefix
 
 from .base import CLIPBackboneBase, Grid
@@ -26,9 +26,9 @@ def preprocess_stats(model: nn.Module) -> Tuple[tuple, tuple]:
 #: open_clip/OpenAI ``CLIP`` text tower, ``CustomTextCLIP`` (``text.``), CoCa
 #: decoder, and the contrastive temperature/bias.
 NON_VISUAL_PREFIXES = ('text.', 'transformer.', 'token_embedding.',
-                       'positional_embedding', 'ln_final.',
-                       'text_projection', 'logit_scale', 'logit_bias',
-                       'attn_mask', 'text_decoder.')
+                       'positional_embedding', 'ln_final.', 'text_projection',
+                       'logit_scale', 'logit_bias', 'attn_mask',
+                       'text_decoder.')
 
 
 def visual_state_dict(state: Dict[str, torch.Tensor],
@@ -42,11 +42,15 @@ def visual_state_dict(state: Dict[str, torch.Tensor],
     bare image-tower state dict and prefixed.
     """
     if is_openai_state_dict(state):
-        state = {k: v for k, v in state.items()
-                 if k not in OPENAI_METADATA_KEYS}
+        state = {
+            k: v
+            for k, v in state.items() if k not in OPENAI_METADATA_KEYS
+        }
     if any(k.startswith(prefix) for k in state):
-        return {k: v for k, v in state.items()
-                if not k.startswith(NON_VISUAL_PREFIXES)}
+        return {
+            k: v
+            for k, v in state.items() if not k.startswith(NON_VISUAL_PREFIXES)
+        }
     return add_prefix(state, prefix)
 
 
@@ -73,7 +77,8 @@ class OpenCLIPBackbone(CLIPBackboneBase):
             ``open_clip_pytorch_model.bin`` or OpenAI ``.pt`` archive (read
             without executing code).
         pretrained_tag (str, optional): the open_clip release the weights
-            are (e.g. ``'laion2b_s34b_b79k'``, ``'laion2b_s32b_b82k'``); only picks
+            are (e.g. ``'laion2b_s34b_b79k'``, ``'laion2b_s32b_b82k'``);
+            only picks
             the matching mean/std, nothing is downloaded. Default: the
             statistics all releases of ``model_name`` share (OpenAI CLIP's
             for ViT-B-32/B-16; ViT-L-14's ``laion2b_s32b_b82k`` differs).
@@ -101,8 +106,8 @@ class OpenCLIPBackbone(CLIPBackboneBase):
                  **kwargs):
         super().__init__(pretrained=pretrained, **kwargs)
         self.model_name = model_name
-        clip = create_model(model_name, pretrained_tag=pretrained_tag,
-                            vision_only=True)
+        clip = create_model(
+            model_name, pretrained_tag=pretrained_tag, vision_only=True)
         visual = clip.visual
         if not isinstance(visual, VisionTransformer):
             raise TypeError(
@@ -172,8 +177,8 @@ class OpenCLIPBackbone(CLIPBackboneBase):
     def proj_modules(self) -> List[Union[nn.Module, nn.Parameter]]:
         return [self.visual.proj]
 
-    def convert_pretrained(self, state: Dict[str, torch.Tensor]
-                           ) -> Dict[str, torch.Tensor]:
+    def convert_pretrained(
+            self, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         if is_openai_state_dict(state) and not uses_quick_gelu(self.visual):
             MMLogger.get_current_instance().warning(
                 f'{self.model_name}: OpenAI CLIP weights were trained with '

@@ -25,7 +25,8 @@ __all__ = [
     'OPEN_CLIP_TINY_MODEL_NAME', 'build_biomedclip', 'HF_CONFIG_DIR',
     'MODEL_CONFIG_DIR', 'build_open_clip', 'build_preprocess',
     'build_tokenizer', 'create_model', 'get_model_config',
-    'list_shipped_models', 'normalization_stats', 'register_model_configs', 'LocalBertTokenizer',
-    'OPENAI_METADATA_KEYS', 'WEIGHT_FILE_NAMES', 'convert_to_open_clip',
-    'find_weights_file', 'is_openai_state_dict', 'load_open_clip_weights'
+    'list_shipped_models', 'normalization_stats', 'register_model_configs',
+    'LocalBertTokenizer', 'OPENAI_METADATA_KEYS', 'WEIGHT_FILE_NAMES',
+    'convert_to_open_clip', 'find_weights_file', 'is_openai_state_dict',
+    'load_open_clip_weights'
 ]

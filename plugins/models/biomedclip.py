@@ -20,13 +20,14 @@ BIOMEDCLIP_TINY_MODEL_NAME = 'BiomedCLIP-Tiny-test'
 TEST_VOCAB = HF_CONFIG_DIR / 'BiomedBERT-tiny-test' / 'vocab.txt'
 
 
-def build_biomedclip(path: Optional[Union[str, os.PathLike]] = None, *,
-                     model_name: str = BIOMEDCLIP_MODEL_NAME,
-                     tokenizer: Optional[Union[str, os.PathLike]] = None,
-                     precision: str = 'fp32',
-                     device: str = 'cpu',
-                     strict: bool = True
-                     ) -> Tuple[nn.Module, Callable, Optional[Callable]]:
+def build_biomedclip(
+        path: Optional[Union[str, os.PathLike]] = None,
+        *,
+        model_name: str = BIOMEDCLIP_MODEL_NAME,
+        tokenizer: Optional[Union[str, os.PathLike]] = None,
+        precision: str = 'fp32',
+        device: str = 'cpu',
+        strict: bool = True) -> Tuple[nn.Module, Callable, Optional[Callable]]:
     """Build BiomedCLIP; returns ``(model, preprocess, tokenizer)``.
 
     The model is open_clip's ``CustomTextCLIP``: ``model.visual`` a
@@ -54,8 +55,12 @@ def build_biomedclip(path: Optional[Union[str, os.PathLike]] = None, *,
         ``[SEP]`` id 3, ``[PAD]`` id 0 with PubMedBERT's vocabulary).
     """
     model, preprocess, tok = build_open_clip(
-        model_name, path, tokenizer=tokenizer, precision=precision,
-        device=device, strict=strict)
+        model_name,
+        path,
+        tokenizer=tokenizer,
+        precision=precision,
+        device=device,
+        strict=strict)
     if tok is None:
         logger.warning(
             f'{model_name}: no vocab.txt given or found; using the tiny test '

@@ -76,8 +76,9 @@ def get_model_config(model_name: str) -> dict:
     if cfg is None:
         names = open_clip.list_models()
         close = difflib.get_close_matches(model_name, names, n=5)
-        raise KeyError(f"unknown open_clip model '{model_name}'; close "
-                       f'names: {close}; shipped here: {list_shipped_models()}')
+        raise KeyError(
+            f"unknown open_clip model '{model_name}'; close "
+            f'names: {close}; shipped here: {list_shipped_models()}')
     cfg = deepcopy(cfg)
     text_cfg = cfg.get('text_cfg', {})
     if text_cfg.get('hf_model_name'):
@@ -87,8 +88,10 @@ def get_model_config(model_name: str) -> dict:
     return cfg
 
 
-def normalization_stats(model_name: str, pretrained_tag: Optional[str] = None
-                        ) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+def normalization_stats(
+    model_name: str,
+    pretrained_tag: Optional[str] = None
+) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
     """``(mean, std)`` (RGB, [0, 1]) the weights of ``model_name`` expect.
 
     From open_clip's table of pretrained releases: the named
@@ -104,11 +107,13 @@ def normalization_stats(model_name: str, pretrained_tag: Optional[str] = None
     for tag in tags:
         cfg = get_pretrained_cfg(model_name, tag)
         if not cfg and pretrained_tag:
-            raise KeyError(f"'{model_name}' has no pretrained tag "
-                           f"'{pretrained_tag}' (known: "
-                           f'{open_clip.list_pretrained_tags_by_model(model_name)})')
-        stats.setdefault((tuple(cfg.get('mean', default.mean)),
-                          tuple(cfg.get('std', default.std))), []).append(tag)
+            raise KeyError(
+                f"'{model_name}' has no pretrained tag "
+                f"'{pretrained_tag}' (known: "
+                f'{open_clip.list_pretrained_tags_by_model(model_name)})')
+        stats.setdefault((tuple(cfg.get(
+            'mean', default.mean)), tuple(cfg.get('std', default.std))),
+                         []).append(tag)
     if len(stats) == 1:
         return next(iter(stats))
     if len(stats) > 1:
@@ -120,13 +125,14 @@ def normalization_stats(model_name: str, pretrained_tag: Optional[str] = None
 
 #: Text towers built instead of the real one when only the image tower is
 #: wanted (backbones): tiny, never used, so a backbone builds fast.
-_STUB_TEXT_CFG = dict(context_length=8, vocab_size=8, width=8, heads=1,
-                      layers=1)
-_STUB_HF_TEXT_CFG = dict(hf_model_name=str(HF_CONFIG_DIR /
-                                           'BiomedBERT-tiny-test'),
-                         hf_model_pretrained=False, hf_proj_type='linear',
-                         hf_pooler_type='cls_last_hidden_state_pooler',
-                         context_length=8)
+_STUB_TEXT_CFG = dict(
+    context_length=8, vocab_size=8, width=8, heads=1, layers=1)
+_STUB_HF_TEXT_CFG = dict(
+    hf_model_name=str(HF_CONFIG_DIR / 'BiomedBERT-tiny-test'),
+    hf_model_pretrained=False,
+    hf_proj_type='linear',
+    hf_pooler_type='cls_last_hidden_state_pooler',
+    context_length=8)
 
 
 def create_model(model_name: str,
@@ -168,16 +174,21 @@ def create_model(model_name: str,
     mean, std = normalization_stats(model_name, pretrained_tag)
     with torch.device('meta') if str(device) == 'meta' else nullcontext():
         return open_clip.create_model(
-            model_name, pretrained=None, precision=precision, device=device,
-            force_image_size=image_size, pretrained_image=False,
+            model_name,
+            pretrained=None,
+            precision=precision,
+            device=device,
+            force_image_size=image_size,
+            pretrained_image=False,
             pretrained_text=False,
-            force_preprocess_cfg=dict(mean=mean, std=std), **model_kwargs)
+            force_preprocess_cfg=dict(mean=mean, std=std),
+            **model_kwargs)
 
 
-def build_tokenizer(model_name: str,
-                    source: Optional[Union[str, os.PathLike]] = None,
-                    context_length: Optional[int] = None
-                    ) -> Optional[Callable]:
+def build_tokenizer(
+        model_name: str,
+        source: Optional[Union[str, os.PathLike]] = None,
+        context_length: Optional[int] = None) -> Optional[Callable]:
     """The text tokenizer of ``model_name``, from local files only.
 
     Args:
@@ -202,8 +213,8 @@ def build_tokenizer(model_name: str,
             logger.warning(f'{model_name}: no tokenizer ({err})')
             return None
     try:
-        return open_clip.get_tokenizer(model_name,
-                                       context_length=context_length)
+        return open_clip.get_tokenizer(
+            model_name, context_length=context_length)
     except Exception as err:  # e.g. SigLIP tokenizers live on the hub
         logger.warning(f'{model_name}: no offline tokenizer ({err})')
         return None
@@ -215,22 +226,23 @@ def build_preprocess(model: nn.Module) -> Callable:
     return image_transform_v2(PreprocessCfg(**cfg), is_train=False)
 
 
-def build_open_clip(model_name: str,
-                    pretrained: Optional[Union[str, os.PathLike]] = None,
-                    *,
-                    tokenizer: Optional[Union[str, os.PathLike]] = None,
-                    image_size: Optional[Union[int, Tuple[int, int]]] = None,
-                    precision: str = 'fp32',
-                    device: str = 'cpu',
-                    strict: bool = True,
-                    pretrained_tag: Optional[str] = None
-                    ) -> Tuple[nn.Module, Callable,
-                                                  Optional[Callable]]:
+def build_open_clip(
+    model_name: str,
+    pretrained: Optional[Union[str, os.PathLike]] = None,
+    *,
+    tokenizer: Optional[Union[str, os.PathLike]] = None,
+    image_size: Optional[Union[int, Tuple[int, int]]] = None,
+    precision: str = 'fp32',
+    device: str = 'cpu',
+    strict: bool = True,
+    pretrained_tag: Optional[str] = None
+) -> Tuple[nn.Module, Callable, Optional[Callable]]:
     """Build an open_clip model offline and load local weights.
 
     Args:
         model_name (str): e.g. ``'ViT-B-32'``, ``'ViT-B-16-quickgelu'``
-            (OpenAI weights), ``'BiomedCLIP-PubMedBERT_256-vit_base_patch16_224'``,
+            (OpenAI weights),
+            ``'BiomedCLIP-PubMedBERT_256-vit_base_patch16_224'``,
             ``'ViT-Tiny-16-test'``.
         pretrained (str, optional): ``open_clip_model.safetensors``,
             ``open_clip_pytorch_model.bin``, an OpenAI ``.pt`` archive, or a
@@ -250,17 +262,20 @@ def build_open_clip(model_name: str,
         tuple: ``(model, preprocess, tokenizer)``; the model is in eval
         mode; ``tokenizer`` may be None (see :func:`build_tokenizer`).
     """
-    model = create_model(model_name, image_size=image_size,
-                         precision=precision, device=device,
-                         pretrained_tag=pretrained_tag)
+    model = create_model(
+        model_name,
+        image_size=image_size,
+        precision=precision,
+        device=device,
+        pretrained_tag=pretrained_tag)
     if pretrained is not None:
-        load_open_clip_weights(model, pretrained, strict=strict,
-                               target=model_name)
+        load_open_clip_weights(
+            model, pretrained, strict=strict, target=model_name)
         if tokenizer is None:
             folder = Path(pretrained)
             folder = folder if folder.is_dir() else folder.parent
             if (folder / 'vocab.txt').is_file():
                 tokenizer = folder
     model.eval()
-    return model, build_preprocess(model), build_tokenizer(model_name,
-                                                           tokenizer)
+    return model, build_preprocess(model), build_tokenizer(
+        model_name, tokenizer)

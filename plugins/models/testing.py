@@ -23,7 +23,8 @@ CHECKPOINT_FORMATS = {
 }
 
 
-def write_openai_archive(model: nn.Module, path: Union[str, os.PathLike],
+def write_openai_archive(model: nn.Module,
+                         path: Union[str, os.PathLike],
                          image_size: int = None) -> Path:
     """Save an open_clip ``CLIP`` the way OpenAI's CLIP archives are made.
 
@@ -39,9 +40,10 @@ def write_openai_archive(model: nn.Module, path: Union[str, os.PathLike],
                         f'tower, got {type(model).__name__}')
     m = copy.deepcopy(model).cpu().eval()
     image_size = image_size or m.visual.image_size[0]
-    meta = dict(input_resolution=image_size,
-                context_length=m.positional_embedding.shape[0],
-                vocab_size=m.token_embedding.weight.shape[0])
+    meta = dict(
+        input_resolution=image_size,
+        context_length=m.positional_embedding.shape[0],
+        vocab_size=m.token_embedding.weight.shape[0])
     for key, value in meta.items():
         if hasattr(m, key):
             delattr(m, key)  # plain int attributes in open_clip
@@ -53,8 +55,8 @@ def write_openai_archive(model: nn.Module, path: Union[str, os.PathLike],
         # torch.jit is deprecated and the trace warns about Python control
         # flow; neither matters for a file that is only ever read as data.
         warnings.simplefilter('ignore')
-        traced = torch.jit.trace_module(m, {'encode_image': (image, )},
-                                        check_trace=False)
+        traced = torch.jit.trace_module(
+            m, {'encode_image': (image, )}, check_trace=False)
         torch.jit.save(traced, str(path))
     return path
 

@@ -42,15 +42,17 @@ class LocalBertTokenizer(HFTokenizer):
         vocab_size (int): entries in the vocabulary.
     """
 
-    def __init__(self, vocab: Union[str, os.PathLike],
-                 context_length: int = 256, do_lower_case: bool = True):
+    def __init__(self,
+                 vocab: Union[str, os.PathLike],
+                 context_length: int = 256,
+                 do_lower_case: bool = True):
         from transformers import BertTokenizerFast
 
         # HFTokenizer.__init__ would resolve a hub id; build the HF
         # tokenizer from the file and set the attributes its __call__ reads.
         self.vocab_file = find_vocab_file(vocab)
-        self.tokenizer = BertTokenizerFast(vocab_file=str(self.vocab_file),
-                                           do_lower_case=do_lower_case)
+        self.tokenizer = BertTokenizerFast(
+            vocab_file=str(self.vocab_file), do_lower_case=do_lower_case)
         self.tokenizer_mode = ''
         self.context_length = int(context_length)
         self.clean_fn = get_clean_fn('whitespace')

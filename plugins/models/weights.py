@@ -93,8 +93,8 @@ def convert_to_open_clip(state: Mapping[str, torch.Tensor],
                 'model uses GELU; use the "-quickgelu" variant of the model '
                 'name (e.g. ViT-B-16-quickgelu) for faithful features')
     state = convert_state_dict(model, state)
-    if 'positional_embedding' in state and not hasattr(
-            model, 'positional_embedding'):
+    if 'positional_embedding' in state and not hasattr(model,
+                                                       'positional_embedding'):
         state = convert_to_custom_text_state_dict(state)
     expected = model.state_dict()
     for key in ('logit_scale', 'logit_bias'):
@@ -141,7 +141,10 @@ def load_open_clip_weights(model: nn.Module,
         state = safe_load(path)
     state = convert_to_open_clip(state, model)
     if strict:
-        check_state_dict(model.state_dict(), state, source=name,
-                         target=target or type(model).__name__)
+        check_state_dict(
+            model.state_dict(),
+            state,
+            source=name,
+            target=target or type(model).__name__)
     model.load_state_dict(state, strict=strict)
     return state

@@ -9,8 +9,8 @@ from .state_dict import (CONVERTER_HINT, StateDictMismatchError, add_prefix,
 
 __all__ = [
     'SAFE_GLOBALS', 'CheckpointError', 'UnsafeCheckpointError', 'safe_load',
-    'safe_load_object', 'save_safetensors', 'resample_pos_embed', 'CONVERTER_HINT',
-    'StateDictMismatchError', 'add_prefix', 'check_state_dict',
-    'key_mismatch', 'rename_keys', 'select_prefix', 'strip_prefix',
-    'unwrap_state_dict'
+    'safe_load_object', 'save_safetensors', 'resample_pos_embed',
+    'CONVERTER_HINT', 'StateDictMismatchError', 'add_prefix',
+    'check_state_dict', 'key_mismatch', 'rename_keys', 'select_prefix',
+    'strip_prefix', 'unwrap_state_dict'
 ]

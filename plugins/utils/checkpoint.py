@@ -56,9 +56,10 @@ def _numpy_globals() -> list:
         from numpy._core.multiarray import _reconstruct, scalar
     except ImportError:
         from numpy.core.multiarray import _reconstruct, scalar
-    dtypes = [type(np.dtype(n)) for n in (
-        'float64', 'float32', 'float16', 'int64', 'int32', 'int16', 'int8',
-        'uint8', 'bool')]
+    dtypes = [
+        type(np.dtype(n)) for n in ('float64', 'float32', 'float16', 'int64',
+                                    'int32', 'int16', 'int8', 'uint8', 'bool')
+    ]
     return [np.ndarray, np.dtype, _reconstruct, scalar, *dtypes]
 
 
@@ -69,7 +70,7 @@ def _numpy_globals() -> list:
 #: side effects.
 SAFE_GLOBALS = [argparse.Namespace, *_numpy_globals()]
 
-_SAFETENSORS_EXT = ('.safetensors',)
+_SAFETENSORS_EXT = ('.safetensors', )
 _REFUSED_GLOBAL = re.compile(r'GLOBAL ([\w.]+)|Unsupported global: ([\w.]+)'
                              r'|([\w.]+) was not an allowed global')
 
@@ -159,8 +160,7 @@ def _refusal(path: Path, err: pickle.UnpicklingError,
         'in a trusted environment.', name)
 
 
-def _load_pickle(path: Path, map_location,
-                 extra_globals: Iterable) -> Any:
+def _load_pickle(path: Path, map_location, extra_globals: Iterable) -> Any:
     allowed = SAFE_GLOBALS + list(extra_globals)
     try:
         if zipfile.is_zipfile(path):
@@ -168,15 +168,17 @@ def _load_pickle(path: Path, map_location,
                 if is_torchscript_archive(zf):
                     return load_torchscript_tensors(zf, map_location)
         with torch.serialization.safe_globals(allowed):
-            return torch.load(str(path), map_location=map_location,
-                              weights_only=True)
+            return torch.load(
+                str(path), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         raise _refusal(path, err, allowed) from None
     except Exception as err:  # torch raises many types on garbage input
         raise _corrupt(path, err) from err
 
 
-def safe_load_object(path: PathLike, map_location='cpu', *,
+def safe_load_object(path: PathLike,
+                     map_location='cpu',
+                     *,
                      extra_globals: Iterable = ()) -> Any:
     """Read a weights file without running code; return it as stored.
 
@@ -197,8 +199,13 @@ def safe_load_object(path: PathLike, map_location='cpu', *,
     return _load_pickle(path, map_location, extra_globals)
 
 
-def safe_load(path: PathLike, map_location='cpu', *, key: Optional[str] = None,
-              extra_globals: Iterable = ()) -> Dict[str, torch.Tensor]:
+def safe_load(
+    path: PathLike,
+    map_location='cpu',
+    *,
+    key: Optional[str] = None,
+    extra_globals: Iterable = ()
+) -> Dict[str, torch.Tensor]:
     """Load a state dict from a file without executing code from it.
 
     Reads ``.safetensors``, torch pickles (``weights_only=True`` with
@@ -231,7 +238,8 @@ def safe_load(path: PathLike, map_location='cpu', *, key: Optional[str] = None,
         raise CheckpointError(f'{path}: {err}') from err
 
 
-def save_safetensors(state: Dict[str, torch.Tensor], path: PathLike,
+def save_safetensors(state: Dict[str, torch.Tensor],
+                     path: PathLike,
                      metadata: Optional[Dict[str, str]] = None) -> Path:
     """Write a state dict as ``.safetensors`` (atomically).
 

@@ -66,8 +66,12 @@ def resample_pos_embed(pos_embed: torch.Tensor,
     # antialias only matters (and is only supported) for bilinear/bicubic
     # downsampling; F.interpolate ignores it when enlarging.
     use_aa = antialias and interpolation in ('bilinear', 'bicubic')
-    spatial = F.interpolate(spatial, size=new_grid, mode=interpolation,
-                            align_corners=False, antialias=use_aa)
+    spatial = F.interpolate(
+        spatial,
+        size=new_grid,
+        mode=interpolation,
+        align_corners=False,
+        antialias=use_aa)
     spatial = spatial.permute(0, 2, 3, 1).reshape(1, -1, dim).to(orig_dtype)
     out = torch.cat([prefix, spatial], dim=1)
     return out.squeeze(0) if squeeze else out

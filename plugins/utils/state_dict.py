@@ -12,13 +12,14 @@ from typing import (Dict, Iterable, List, Mapping, Optional, Sequence, Tuple,
 import torch
 
 #: Keys under which training frameworks store the weights, tried in order.
-CONTAINER_KEYS = ('state_dict', 'model', 'module', 'model_state_dict',
-                  'net', 'weights')
+CONTAINER_KEYS = ('state_dict', 'model', 'module', 'model_state_dict', 'net',
+                  'weights')
 
 #: Shown when keys do not match; every loader in the package suggests it.
-CONVERTER_HINT = ('convert the file with `python tools/convert_clip_checkpoint.py '
-                  'IN OUT.safetensors --model-name NAME`, or pass a checkpoint '
-                  'of the same architecture')
+CONVERTER_HINT = (
+    'convert the file with `python tools/convert_clip_checkpoint.py '
+    'IN OUT.safetensors --model-name NAME`, or pass a checkpoint '
+    'of the same architecture')
 
 StateDict = Dict[str, torch.Tensor]
 
@@ -33,7 +34,9 @@ class StateDictMismatchError(ValueError):
             checkpoint, shape in module)``.
     """
 
-    def __init__(self, message: str, missing: Sequence[str] = (),
+    def __init__(self,
+                 message: str,
+                 missing: Sequence[str] = (),
                  unexpected: Sequence[str] = (),
                  mismatched: Sequence[Tuple[str, tuple, tuple]] = ()):
         super().__init__(message)
@@ -62,15 +65,20 @@ def unwrap_state_dict(obj, key: Optional[str] = None) -> StateDict:
             raise KeyError(f"checkpoint has no entry '{key}' (found: {found})")
         obj = obj[key]
     while isinstance(obj, Mapping) and not _has_tensors(obj):
-        nxt = next((k for k in CONTAINER_KEYS if isinstance(obj.get(k),
-                                                             Mapping)), None)
+        nxt = next(
+            (k for k in CONTAINER_KEYS if isinstance(obj.get(k), Mapping)),
+            None)
         if nxt is None:
             break
         obj = obj[nxt]
     if not isinstance(obj, Mapping):
-        raise TypeError(f'expected a dict of tensors, got {type(obj).__name__}')
-    state = {k: v for k, v in obj.items()
-             if isinstance(k, str) and isinstance(v, torch.Tensor)}
+        raise TypeError(
+            f'expected a dict of tensors, got {type(obj).__name__}')
+    state = {
+        k: v
+        for k, v in obj.items()
+        if isinstance(k, str) and isinstance(v, torch.Tensor)
+    }
     if not state:
         raise ValueError('checkpoint holds no tensors (top-level keys: '
                          f'{_preview(list(obj.keys()))})')
@@ -81,7 +89,8 @@ def _has_tensors(obj: Mapping) -> bool:
     return any(isinstance(v, torch.Tensor) for v in obj.values())
 
 
-def strip_prefix(state: Mapping[str, torch.Tensor], prefix: str,
+def strip_prefix(state: Mapping[str, torch.Tensor],
+                 prefix: str,
                  only_if_all: bool = False) -> StateDict:
     """Remove ``prefix`` from the keys that start with it.
 
@@ -94,7 +103,10 @@ def strip_prefix(state: Mapping[str, torch.Tensor], prefix: str,
     if only_if_all and not all(k.startswith(prefix) for k in state):
         return dict(state)
     n = len(prefix)
-    return {(k[n:] if k.startswith(prefix) else k): v for k, v in state.items()}
+    return {
+        (k[n:] if k.startswith(prefix) else k): v
+        for k, v in state.items()
+    }
 
 
 def add_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> StateDict:
@@ -102,7 +114,8 @@ def add_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> StateDict:
     return {prefix + k: v for k, v in state.items()}
 
 
-def select_prefix(state: Mapping[str, torch.Tensor], prefix: str,
+def select_prefix(state: Mapping[str, torch.Tensor],
+                  prefix: str,
                   strip: bool = True) -> StateDict:
     """Keep only the keys under ``prefix`` (e.g. ``'visual.'``).
 
@@ -138,9 +151,9 @@ def _preview(keys: Sequence[str], limit: int = 20) -> str:
     return f'[{shown}{more}]'
 
 
-def key_mismatch(expected: Mapping[str, torch.Tensor],
-                 state: Mapping[str, torch.Tensor]
-                 ) -> Tuple[List[str], List[str], List[Tuple[str, tuple, tuple]]]:
+def key_mismatch(
+    expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]
+) -> Tuple[List[str], List[str], List[Tuple[str, tuple, tuple]]]:
     """Compare keys and shapes without raising.
 
     Returns:
@@ -149,9 +162,8 @@ def key_mismatch(expected: Mapping[str, torch.Tensor],
     missing = sorted(k for k in expected if k not in state)
     unexpected = sorted(k for k in state if k not in expected)
     mismatched = sorted(
-        (k, tuple(state[k].shape), tuple(expected[k].shape))
-        for k in expected if k in state
-        and tuple(state[k].shape) != tuple(expected[k].shape))
+        (k, tuple(state[k].shape), tuple(expected[k].shape)) for k in expected
+        if k in state and tuple(state[k].shape) != tuple(expected[k].shape))
     return missing, unexpected, mismatched
 
 
@@ -177,9 +189,11 @@ def check_state_dict(expected: Mapping[str, torch.Tensor],
     if not (missing or unexpected or mismatched):
         return
     where = f' from {source}' if source else ''
-    lines = [f'checkpoint{where} does not match {target}: '
-             f'{len(missing)} missing, {len(unexpected)} unexpected, '
-             f'{len(mismatched)} shape-mismatched keys']
+    lines = [
+        f'checkpoint{where} does not match {target}: '
+        f'{len(missing)} missing, {len(unexpected)} unexpected, '
+        f'{len(mismatched)} shape-mismatched keys'
+    ]
     if missing:
         lines.append(f'  missing keys: {_preview(missing)}')
     if unexpected:

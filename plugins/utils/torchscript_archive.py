@@ -13,7 +13,8 @@ Here only ``data.pkl`` is read, by torch's own restricted unpickler
   ``__torch__.<path>.<Class>`` whose attributes (parameters, buffers,
   sub-modules, flags) are given by a BUILD opcode.  Those class names are
   collected by scanning the pickle's opcodes
-  (:func:`plugins.utils.pickle_scan.pickle_global_names`, which only parses) and each is mapped to :class:`ScriptModuleRecord`, an inert
+  (:func:`plugins.utils.pickle_scan.pickle_global_names`, which only
+  parses) and each is mapped to :class:`ScriptModuleRecord`, an inert
   attribute bag defined here.  No name outside ``__torch__.`` is added, so
   any other global (``os.system``, ``builtins.eval`` ...) is still refused by
   torch's allow-list.
@@ -55,8 +56,8 @@ def is_torchscript_archive(zip_reader) -> bool:
     return torch.serialization._is_torchscript_zip(zip_reader)
 
 
-def load_torchscript_tensors(zip_reader, map_location='cpu'
-                             ) -> Dict[str, torch.Tensor]:
+def load_torchscript_tensors(zip_reader,
+                             map_location='cpu') -> Dict[str, torch.Tensor]:
     """Flattened ``{name: tensor}`` of a TorchScript archive's module tree.
 
     Args:
@@ -69,12 +70,14 @@ def load_torchscript_tensors(zip_reader, map_location='cpu'
         give), keyed by dotted path.
     """
     data = zip_reader.get_record('data.pkl')
-    script_classes = sorted(n for n in pickle_global_names(data)
-                            if n.startswith('__torch__.'))
+    script_classes = sorted(
+        n for n in pickle_global_names(data) if n.startswith('__torch__.'))
     allowed: Iterable = [(ScriptModuleRecord, n) for n in script_classes]
     with torch.serialization.safe_globals(list(allowed)):
         root = torch.serialization._load(
-            zip_reader, map_location, torch._weights_only_unpickler,
+            zip_reader,
+            map_location,
+            torch._weights_only_unpickler,
             weights_only=True)
     if not isinstance(root, ScriptModuleRecord):
         raise TypeError('TorchScript archive does not hold a module '

@@ -1,4 +1,5 @@
-"""BiomedCLIPBackbone: parity with its timm trunk, shapes, freezing, weights."""
+"""BiomedCLIPBackbone: parity with its timm trunk, shapes, freezing,
+weights."""
 import pytest
 import torch
 from mmdet.registry import MODELS
@@ -6,17 +7,18 @@ from mmdet.registry import MODELS
 from plugins.backbones import BiomedCLIPBackbone
 from plugins.utils import StateDictMismatchError
 
-TINY = 'BiomedCLIP-Tiny-test'   # timm test_vit trunk (64 wide, 6 blocks), 160 px
+# timm test_vit trunk (64 wide, 6 blocks, 160 px) + 2-layer BERT
+TINY = 'BiomedCLIP-Tiny-test'
 
 
 def _images(*size, batch=2, seed=0):
-    return torch.randn(batch, 3, *size,
-                       generator=torch.Generator().manual_seed(seed))
+    return torch.randn(
+        batch, 3, *size, generator=torch.Generator().manual_seed(seed))
 
 
 def _trunk_map(trunk, x, index):
-    return trunk.forward_intermediates(x, indices=[index], norm=True,
-                                       intermediates_only=True)[-1]
+    return trunk.forward_intermediates(
+        x, indices=[index], norm=True, intermediates_only=True)[-1]
 
 
 @pytest.fixture(scope='module')
@@ -44,8 +46,8 @@ def test_parity_tiny_with_timm_dynamic_size(tiny, size):
     """test_vit resamples its own pos-embed at other sizes: ours agrees."""
     x = _images(*size)
     with torch.no_grad():
-        torch.testing.assert_close(tiny(x)[0], _trunk_map(tiny.trunk, x, 5),
-                                   rtol=0, atol=1e-5)
+        torch.testing.assert_close(
+            tiny(x)[0], _trunk_map(tiny.trunk, x, 5), rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize('size,grid', [((224, 224), (14, 14)),
@@ -80,10 +82,12 @@ def test_train_last_n_blocks_trains_exactly_the_last_two():
     model = BiomedCLIPBackbone(TINY, train_last_n_blocks=2)
     model.train()
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable == {n for n, _ in model.named_parameters()
-                         if n.startswith(('visual.trunk.blocks.4.',
-                                          'visual.trunk.blocks.5.',
-                                          'visual.trunk.norm.'))}
+    assert trainable == {
+        n
+        for n, _ in model.named_parameters()
+        if n.startswith(('visual.trunk.blocks.4.', 'visual.trunk.blocks.5.',
+                         'visual.trunk.norm.'))
+    }
     model(_images(32, 32))[0].sum().backward()
 
 
@@ -97,9 +101,11 @@ def test_weights_round_trip(tiny_biomedclip_files, fmt):
         assert torch.equal(backbone.state_dict()[key], value), key
     x = _images(160, 160)
     with torch.no_grad():
-        torch.testing.assert_close(backbone(x)[0],
-                                   _trunk_map(model.visual.trunk, x, 5),
-                                   rtol=0, atol=0)
+        torch.testing.assert_close(
+            backbone(x)[0],
+            _trunk_map(model.visual.trunk, x, 5),
+            rtol=0,
+            atol=0)
 
 
 def test_weights_from_biomedclip_folder(tiny_biomedclip_files):
@@ -143,9 +149,8 @@ def test_siglip_timm_trunk_without_class_token():
     assert not any(p.requires_grad for p in model.trunk.attn_pool.parameters())
     x = _images(224, 224, batch=1)
     with torch.no_grad():
-        torch.testing.assert_close(model(x)[0],
-                                   _trunk_map(model.trunk, x, 11),
-                                   rtol=0, atol=1e-5)
+        torch.testing.assert_close(
+            model(x)[0], _trunk_map(model.trunk, x, 11), rtol=0, atol=1e-5)
         assert model(_images(64, 80, batch=1))[0].shape == (1, 768, 4, 5)
     with pytest.raises(ValueError, match='no per-token projection'):
         BiomedCLIPBackbone('ViT-B-16-SigLIP', with_proj=True)

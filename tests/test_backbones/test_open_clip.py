@@ -10,8 +10,8 @@ TINY_OPEN_CLIP = 'ViT-Tiny-16-test'
 
 
 def _images(*size, batch=2, seed=0):
-    return torch.randn(batch, 3, *size,
-                       generator=torch.Generator().manual_seed(seed))
+    return torch.randn(
+        batch, 3, *size, generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.fixture(scope='module')
@@ -21,9 +21,11 @@ def tiny():
 
 
 def _upstream_map(visual, x, index):
-    out = visual.forward_intermediates(x, indices=[index],
-                                       normalize_intermediates=True,
-                                       intermediates_only=True)
+    out = visual.forward_intermediates(
+        x,
+        indices=[index],
+        normalize_intermediates=True,
+        intermediates_only=True)
     return out['image_intermediates'][-1]
 
 
@@ -45,9 +47,11 @@ def test_parity_tiny_every_block(tiny, index):
     model.load_state_dict(tiny.state_dict())
     x = _images(224, 224)
     with torch.no_grad():
-        torch.testing.assert_close(model(x)[0],
-                                   _upstream_map(model.visual, x, index),
-                                   rtol=0, atol=1e-5)
+        torch.testing.assert_close(
+            model(x)[0],
+            _upstream_map(model.visual, x, index),
+            rtol=0,
+            atol=1e-5)
 
 
 @pytest.mark.parametrize('size,grid', [((224, 224), (14, 14)),
@@ -69,8 +73,8 @@ def test_padding_equals_explicit_zero_padding(tiny):
 
 
 def test_several_out_indices_and_projection():
-    model = OpenCLIPBackbone(TINY_OPEN_CLIP, out_indices=(1, -1),
-                             with_proj=True).eval()
+    model = OpenCLIPBackbone(
+        TINY_OPEN_CLIP, out_indices=(1, -1), with_proj=True).eval()
     with torch.no_grad():
         out = model(_images(64, 96))
     assert [tuple(o.shape) for o in out] == [(2, 32, 4, 6)] * 2
@@ -88,10 +92,12 @@ def test_train_last_n_blocks_trains_exactly_the_last_two():
     model = OpenCLIPBackbone(TINY_OPEN_CLIP, train_last_n_blocks=2)
     model.train()
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    expected = {n for n, _ in model.named_parameters()
-                if n.startswith(('visual.transformer.resblocks.2.',
-                                 'visual.transformer.resblocks.3.',
-                                 'visual.ln_post.'))}
+    expected = {
+        n
+        for n, _ in model.named_parameters()
+        if n.startswith(('visual.transformer.resblocks.2.',
+                         'visual.transformer.resblocks.3.', 'visual.ln_post.'))
+    }
     assert trainable == expected
     assert not model.visual.transformer.resblocks[1].training
     assert model.visual.transformer.resblocks[3].training
@@ -104,8 +110,8 @@ def test_train_last_n_blocks_trains_exactly_the_last_two():
 def test_unused_projection_is_not_trainable():
     model = OpenCLIPBackbone(TINY_OPEN_CLIP)
     assert not model.visual.proj.requires_grad
-    assert OpenCLIPBackbone(TINY_OPEN_CLIP,
-                            with_proj=True).visual.proj.requires_grad
+    assert OpenCLIPBackbone(
+        TINY_OPEN_CLIP, with_proj=True).visual.proj.requires_grad
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(tiny):
@@ -115,8 +121,10 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny):
         model.load_state_dict(tiny.state_dict())
         model.train()
         model(_images(48, 64))[0].square().mean().backward()
-        grads.append({n: p.grad.clone() for n, p in model.named_parameters()
-                      if p.grad is not None})
+        grads.append({
+            n: p.grad.clone()
+            for n, p in model.named_parameters() if p.grad is not None
+        })
     assert grads[0].keys() == grads[1].keys()
     for key in grads[0]:
         torch.testing.assert_close(grads[0][key], grads[1][key])
@@ -126,10 +134,10 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny):
 def test_pos_embed_cache_per_grid_and_invalidation(tiny):
     pos = tiny.get_pos_embed((20, 30))
     assert pos.shape == (1 + 600, 64)
-    assert tiny.get_pos_embed((20, 30)) is pos              # cached
+    assert tiny.get_pos_embed((20, 30)) is pos  # cached
     assert tiny.get_pos_embed((14, 14)) is \
         tiny.visual.positional_embedding                     # native grid
-    tiny.visual.positional_embedding.add_(0)                 # in-place update
+    tiny.visual.positional_embedding.add_(0)  # in-place update
     assert tiny.get_pos_embed((20, 30)) is not pos
 
 
@@ -150,40 +158,48 @@ def test_weights_round_trip_every_format(tiny_clip_files, fmt, caplog):
     backbone = OpenCLIPBackbone(TINY_OPEN_CLIP, pretrained=str(files[fmt]))
     ref = {'visual.' + k: v for k, v in model.visual.state_dict().items()}
     state = backbone.state_dict()
-    assert set(state) == set(ref)   # every key matched (strict load)
+    assert set(state) == set(ref)  # every key matched (strict load)
     atol = 1e-3 if fmt == 'openai' else 0  # OpenAI archives are fp16
     for key in ref:
         torch.testing.assert_close(state[key], ref[key], rtol=0, atol=atol)
     x = _images(224, 224)
     with torch.no_grad():
         expected = _upstream_map(model.visual, x, 3)
-        torch.testing.assert_close(backbone.eval()(x)[0], expected,
-                                   rtol=0, atol=0.05 if fmt == 'openai' else 0)
+        torch.testing.assert_close(
+            backbone.eval()(x)[0],
+            expected,
+            rtol=0,
+            atol=0.05 if fmt == 'openai' else 0)
 
 
 def test_weights_from_folder_and_init_cfg_prefix(tiny_clip_files, tmp_path):
     model, files = tiny_clip_files
-    folder_model = OpenCLIPBackbone(TINY_OPEN_CLIP,
-                                    pretrained=str(files['bin'].parent))
+    folder_model = OpenCLIPBackbone(
+        TINY_OPEN_CLIP, pretrained=str(files['bin'].parent))
     torch.testing.assert_close(folder_model.visual.proj, model.visual.proj)
     # a detector checkpoint: weights under 'backbone.'
     det = {'backbone.' + k: v for k, v in folder_model.state_dict().items()}
     det['neck.conv.weight'] = torch.zeros(1)
     torch.save({'state_dict': det, 'meta': {}}, tmp_path / 'det.pth')
     from_det = OpenCLIPBackbone(
-        TINY_OPEN_CLIP, init_cfg=dict(type='Pretrained',
-                                      checkpoint=str(tmp_path / 'det.pth'),
-                                      prefix='backbone.'))
+        TINY_OPEN_CLIP,
+        init_cfg=dict(
+            type='Pretrained',
+            checkpoint=str(tmp_path / 'det.pth'),
+            prefix='backbone.'))
     torch.testing.assert_close(from_det.visual.proj, model.visual.proj)
 
 
 def test_wrong_layout_error_lists_keys(tmp_path, tiny_clip_files):
     model, _ = tiny_clip_files
-    timm_like = {k.replace('visual.transformer.resblocks', 'blocks'): v
-                 for k, v in model.state_dict().items()}
+    timm_like = {
+        k.replace('visual.transformer.resblocks', 'blocks'): v
+        for k, v in model.state_dict().items()
+    }
     torch.save(timm_like, tmp_path / 'wrong.bin')
     with pytest.raises(StateDictMismatchError) as info:
-        OpenCLIPBackbone(TINY_OPEN_CLIP, pretrained=str(tmp_path / 'wrong.bin'))
+        OpenCLIPBackbone(
+            TINY_OPEN_CLIP, pretrained=str(tmp_path / 'wrong.bin'))
     msg = str(info.value)
     assert 'missing keys: [visual.transformer.resblocks.0.' in msg
     assert 'unexpected keys: [blocks.0.' in msg
@@ -199,8 +215,8 @@ def test_other_architecture_reports_shape_mismatch(tiny_clip_files):
 
 def test_missing_weights_file_names_path(tmp_path):
     with pytest.raises(FileNotFoundError, match='nope.safetensors'):
-        OpenCLIPBackbone(TINY_OPEN_CLIP,
-                         pretrained=str(tmp_path / 'nope.safetensors'))
+        OpenCLIPBackbone(
+            TINY_OPEN_CLIP, pretrained=str(tmp_path / 'nope.safetensors'))
 
 
 def test_bad_inputs(tiny):
@@ -231,8 +247,8 @@ def test_bad_arguments():
 
 
 def test_registered_and_normalisation_exposed():
-    model = MODELS.build(dict(type='OpenCLIPBackbone',
-                              model_name=TINY_OPEN_CLIP, frozen=True))
+    model = MODELS.build(
+        dict(type='OpenCLIPBackbone', model_name=TINY_OPEN_CLIP, frozen=True))
     assert isinstance(model, OpenCLIPBackbone)
     assert model.mean == pytest.approx((0.48145466, 0.4578275, 0.40821073))
     assert OpenCLIPBackbone.std == pytest.approx(
@@ -245,8 +261,8 @@ def test_registered_and_normalisation_exposed():
 
 
 def test_normalisation_follows_the_release():
-    model = OpenCLIPBackbone('ViT-B-32', pretrained_tag='laion2b_s34b_b79k',
-                             frozen=True)
+    model = OpenCLIPBackbone(
+        'ViT-B-32', pretrained_tag='laion2b_s34b_b79k', frozen=True)
     assert model.mean == pytest.approx(OpenCLIPBackbone.mean)
     assert model.patch_size == 32 and model.out_channels == 768
     with pytest.raises(KeyError, match='no pretrained tag'):
@@ -257,8 +273,8 @@ def test_normalisation_follows_the_release():
 
 def test_init_weights_keeps_loaded_weights(tiny_clip_files):
     model, files = tiny_clip_files
-    backbone = OpenCLIPBackbone(TINY_OPEN_CLIP,
-                                pretrained=str(files['safetensors']))
+    backbone = OpenCLIPBackbone(
+        TINY_OPEN_CLIP, pretrained=str(files['safetensors']))
     backbone.init_weights()
     torch.testing.assert_close(backbone.visual.proj, model.visual.proj)
 
@@ -267,13 +283,19 @@ def test_benchmark_tool_updates_only_its_section(tmp_path):
     from tools.benchmark_backbones import SECTION, main
     doc = tmp_path / 'benchmarks.md'
     doc.write_text('# Benchmarks\n\n## Other topic\n\nkeep me\n')
-    assert main(['--tiny', '--models', 'openclip', '--sizes', '32x48',
-                 '--iters', '1', '--warmup', '0', '--write', str(doc)]) == 0
+    assert main([
+        '--tiny', '--models', 'openclip', '--sizes', '32x48', '--iters', '1',
+        '--warmup', '0', '--write',
+        str(doc)
+    ]) == 0
     text = doc.read_text()
     assert '## Other topic\n\nkeep me' in text and SECTION in text
     assert '| OpenCLIP ViT-Tiny-16-test | 32x48 | 1 |' in text
-    main(['--tiny', '--models', 'openclip', '--sizes', '16x16', '--iters',
-          '1', '--warmup', '0', '--write', str(doc)])
+    main([
+        '--tiny', '--models', 'openclip', '--sizes', '16x16', '--iters', '1',
+        '--warmup', '0', '--write',
+        str(doc)
+    ])
     text = doc.read_text()
     assert text.count(SECTION) == 1 and '32x48' not in text
     assert 'keep me' in text

@@ -56,8 +56,8 @@ def test_biomedclip_architecture():
     assert type(model.text.pooler).__name__ == 'ClsLastHiddenStatePooler'
     assert model.text.transformer.config.vocab_size == 30522
     assert model.text.output_dim == 512
-    assert get_model_config(BIOMEDCLIP_MODEL_NAME)['text_cfg'][
-        'context_length'] == 256
+    assert get_model_config(
+        BIOMEDCLIP_MODEL_NAME)['text_cfg']['context_length'] == 256
 
 
 def test_build_open_clip_random_and_tokenizer():
@@ -77,8 +77,9 @@ def test_local_bert_tokenizer_special_ids():
     ids = tok(['Prostate', 'a photo of background'])
     assert ids.shape == (2, 256) and ids.dtype == torch.long
     assert (tok.cls_token_id, tok.sep_token_id, tok.pad_token_id) == (2, 3, 0)
-    assert ids[0, :3].tolist() == [2, tok.tokenizer.convert_tokens_to_ids(
-        'prostate'), 3]
+    assert ids[0, :3].tolist() == [
+        2, tok.tokenizer.convert_tokens_to_ids('prostate'), 3
+    ]
     assert ids[0, 3:].eq(0).all()
     with pytest.raises(FileNotFoundError, match='vocab.txt'):
         LocalBertTokenizer(MODEL_CONFIG_DIR)
@@ -92,24 +93,26 @@ def test_build_biomedclip_random_then_from_folder(tmp_path):
     assert text.shape == (2, 256)
     with torch.no_grad():
         ref_text = model.encode_text(text)
-        ref_image = model.encode_image(torch.rand(1, 3, 160, 160,
-                                                  generator=torch.Generator().manual_seed(0)))
+        ref_image = model.encode_image(
+            torch.rand(
+                1, 3, 160, 160, generator=torch.Generator().manual_seed(0)))
     assert ref_text.shape == (2, 32)
 
     # a folder laid out like the downloaded BiomedCLIP one
     save_clip_checkpoint(model, tmp_path, 'bin')
     (tmp_path / 'vocab.txt').write_text(
         (HF_CONFIG_DIR / 'BiomedBERT-tiny-test' / 'vocab.txt').read_text())
-    loaded, _, tok2 = build_biomedclip(tmp_path,
-                                       model_name=BIOMEDCLIP_TINY_MODEL_NAME)
+    loaded, _, tok2 = build_biomedclip(
+        tmp_path, model_name=BIOMEDCLIP_TINY_MODEL_NAME)
     assert tok2.vocab_file == tmp_path / 'vocab.txt'
     with torch.no_grad():
-        torch.testing.assert_close(loaded.encode_text(tok2(['prostate',
-                                                            'background'])),
-                                   ref_text)
-        torch.testing.assert_close(loaded.encode_image(torch.rand(
-            1, 3, 160, 160, generator=torch.Generator().manual_seed(0))),
-                                   ref_image)
+        torch.testing.assert_close(
+            loaded.encode_text(tok2(['prostate', 'background'])), ref_text)
+        torch.testing.assert_close(
+            loaded.encode_image(
+                torch.rand(
+                    1, 3, 160, 160,
+                    generator=torch.Generator().manual_seed(0))), ref_image)
 
 
 def test_build_biomedclip_missing_folder(tmp_path):
@@ -119,8 +122,8 @@ def test_build_biomedclip_missing_folder(tmp_path):
 
 def test_normalization_stats_follow_open_clip_releases():
     from plugins.models import normalization_stats
-    openai = ((0.48145466, 0.4578275, 0.40821073),
-              (0.26862954, 0.26130258, 0.27577711))
+    openai = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258,
+                                                    0.27577711))
     assert normalization_stats('ViT-B-32') == openai
     assert normalization_stats(BIOMEDCLIP_MODEL_NAME) == openai
     assert normalization_stats('ViT-B-16-SigLIP') == ((0.5, ) * 3, (0.5, ) * 3)

@@ -17,8 +17,10 @@ def saved(tmp_path_factory):
     torch.manual_seed(0)
     model = create_model(TINY).eval()
     root = tmp_path_factory.mktemp('w')
-    files = {fmt: save_clip_checkpoint(model, root, fmt)
-             for fmt in ('safetensors', 'bin', 'openai')}
+    files = {
+        fmt: save_clip_checkpoint(model, root, fmt)
+        for fmt in ('safetensors', 'bin', 'openai')
+    }
     return model, files
 
 
@@ -33,8 +35,8 @@ def test_every_format_loads_with_all_keys(saved, fmt):
         if fmt == 'openai' and value.dtype == torch.float32 and \
                 key != 'logit_scale' and value.dim() >= 2:
             value = value.half().float()  # OpenAI archives are fp16
-        torch.testing.assert_close(got, value, rtol=0, atol=1e-3
-                                   if fmt == 'openai' else 0)
+        torch.testing.assert_close(
+            got, value, rtol=0, atol=1e-3 if fmt == 'openai' else 0)
 
 
 def test_openai_archive_layout(saved):
@@ -54,8 +56,10 @@ def test_openai_weights_into_gelu_model_warn(saved, caplog):
 
 def test_wrong_layout_lists_keys_and_suggests_converter(tmp_path, saved):
     model, _ = saved
-    state = {k.replace('visual.', 'image_encoder.'): v
-             for k, v in model.state_dict().items()}
+    state = {
+        k.replace('visual.', 'image_encoder.'): v
+        for k, v in model.state_dict().items()
+    }
     torch.save(state, tmp_path / 'wrong.bin')
     with pytest.raises(StateDictMismatchError) as info:
         load_open_clip_weights(create_model(TINY), tmp_path / 'wrong.bin')
@@ -69,7 +73,8 @@ def test_other_architecture_reports_shapes(saved):
     model, _ = saved
     state = dict(model.state_dict())
     state['visual.proj'] = torch.zeros(64, 16)
-    with pytest.raises(StateDictMismatchError, match='visual.proj: checkpoint'):
+    with pytest.raises(
+            StateDictMismatchError, match='visual.proj: checkpoint'):
         load_open_clip_weights(create_model(TINY), state)
 
 
@@ -97,20 +102,25 @@ def _convert(*argv):
 def test_converter_writes_loadable_safetensors(saved, tmp_path, fmt):
     model, files = saved
     out = tmp_path / 'out.safetensors'
-    assert _convert(files[fmt], out, '--model-name', TINY,
-                    '--dtype', 'float32') == 0
+    assert _convert(files[fmt], out, '--model-name', TINY, '--dtype',
+                    'float32') == 0
     state = safe_load(out)
     assert all(v.dtype != torch.float16 for v in state.values())
     target = create_model(TINY)
     load_open_clip_weights(target, out)
-    torch.testing.assert_close(target.visual.proj, model.visual.proj,
-                               rtol=0, atol=1e-3 if fmt == 'openai' else 0)
+    torch.testing.assert_close(
+        target.visual.proj,
+        model.visual.proj,
+        rtol=0,
+        atol=1e-3 if fmt == 'openai' else 0)
 
 
 def test_converter_fixes_a_layout_with_rename(saved, tmp_path, capsys):
     model, _ = saved
-    wrong = {'module.' + k.replace('visual.', 'image_encoder.'): v
-             for k, v in model.state_dict().items()}
+    wrong = {
+        'module.' + k.replace('visual.', 'image_encoder.'): v
+        for k, v in model.state_dict().items()
+    }
     torch.save({'model': wrong}, tmp_path / 'wrong.pth')
     out = tmp_path / 'fixed.safetensors'
     assert _convert(tmp_path / 'wrong.pth', out, '--model-name', TINY) == 1

@@ -25,8 +25,10 @@ class _RunsCode:
 
 
 def _state():
-    return {'a.weight': torch.arange(6.).reshape(2, 3),
-            'a.bias': torch.ones(2, dtype=torch.float16)}
+    return {
+        'a.weight': torch.arange(6.).reshape(2, 3),
+        'a.bias': torch.ones(2, dtype=torch.float16)
+    }
 
 
 def _assert_same(loaded, expected):
@@ -42,8 +44,7 @@ def test_formats_round_trip(tmp_path, fmt):
     if fmt == 'safetensors':
         save_file(_state(), str(path))
     else:
-        torch.save(_state(), path,
-                   _use_new_zipfile_serialization=fmt == 'zip')
+        torch.save(_state(), path, _use_new_zipfile_serialization=fmt == 'zip')
     _assert_same(safe_load(path), _state())
 
 
@@ -55,18 +56,37 @@ def test_safetensors_without_extension_is_detected(tmp_path):
 
 def test_save_safetensors_copies_shared_storage(tmp_path):
     base = torch.arange(4.)
-    path = save_safetensors({'x': base, 'y': base[:2]}, tmp_path / 's.safetensors')
+    path = save_safetensors({
+        'x': base,
+        'y': base[:2]
+    }, tmp_path / 's.safetensors')
     out = safe_load(path)
     assert torch.equal(out['y'], base[:2])
     assert not (tmp_path / 's.safetensors.tmp').exists()
 
 
 @pytest.mark.parametrize('wrap', [
-    lambda s: {'state_dict': s, 'epoch': 3},
-    lambda s: {'model': s, 'optimizer': {}},
-    lambda s: {'module.' + k: v for k, v in s.items()},
-    lambda s: {'meta': {'x': 1}, 'state_dict': {'module.' + k: v
-                                                 for k, v in s.items()}},
+    lambda s: {
+        'state_dict': s,
+        'epoch': 3
+    },
+    lambda s: {
+        'model': s,
+        'optimizer': {}
+    },
+    lambda s: {
+        'module.' + k: v
+        for k, v in s.items()
+    },
+    lambda s: {
+        'meta': {
+            'x': 1
+        },
+        'state_dict': {
+            'module.' + k: v
+            for k, v in s.items()
+        }
+    },
 ])
 def test_containers_are_unwrapped(tmp_path, wrap):
     torch.save(wrap(_state()), tmp_path / 'c.pth')
@@ -74,8 +94,13 @@ def test_containers_are_unwrapped(tmp_path, wrap):
 
 
 def test_explicit_container_key(tmp_path):
-    torch.save({'state_dict': {'x': torch.zeros(1)},
-                'state_dict_ema': _state()}, tmp_path / 'e.pth')
+    torch.save(
+        {
+            'state_dict': {
+                'x': torch.zeros(1)
+            },
+            'state_dict_ema': _state()
+        }, tmp_path / 'e.pth')
     _assert_same(safe_load(tmp_path / 'e.pth', key='state_dict_ema'), _state())
     with pytest.raises(CheckpointError, match="no entry 'nope'"):
         safe_load(tmp_path / 'e.pth', key='nope')
@@ -83,8 +108,12 @@ def test_explicit_container_key(tmp_path):
 
 def test_allow_listed_plain_values(tmp_path):
     import argparse
-    obj = {'state_dict': _state(), 'args': argparse.Namespace(lr=0.1),
-           'best': np.float64(0.5), 'hist': np.arange(3)}
+    obj = {
+        'state_dict': _state(),
+        'args': argparse.Namespace(lr=0.1),
+        'best': np.float64(0.5),
+        'hist': np.arange(3)
+    }
     torch.save(obj, tmp_path / 'n.pth')
     loaded = safe_load_object(tmp_path / 'n.pth')
     assert loaded['args'].lr == 0.1 and loaded['best'] == 0.5
@@ -92,8 +121,8 @@ def test_allow_listed_plain_values(tmp_path):
 
 
 @pytest.mark.filterwarnings('ignore:Detected pickle protocol')
-@pytest.mark.parametrize('how', ['torch_zip', 'torch_legacy', 'pickle_p2',
-                                 'pickle_p5'])
+@pytest.mark.parametrize(
+    'how', ['torch_zip', 'torch_legacy', 'pickle_p2', 'pickle_p5'])
 def test_planted_pickle_is_refused(tmp_path, how):
     marker = tmp_path / MARKER
     payload = {'weight': torch.zeros(2), 'evil': _RunsCode(marker)}
@@ -103,8 +132,9 @@ def test_planted_pickle_is_refused(tmp_path, how):
     elif how == 'torch_legacy':
         torch.save(payload, path, _use_new_zipfile_serialization=False)
     else:
-        path.write_bytes(pickle.dumps(_RunsCode(marker),
-                                      protocol=2 if how == 'pickle_p2' else 5))
+        path.write_bytes(
+            pickle.dumps(
+                _RunsCode(marker), protocol=2 if how == 'pickle_p2' else 5))
     with pytest.raises(UnsafeCheckpointError) as info:
         safe_load(path)
     assert not marker.exists(), 'the planted code ran'
@@ -173,11 +203,12 @@ JIT_DEPRECATED = pytest.mark.filterwarnings('ignore:`torch.jit')
 
 @JIT_DEPRECATED
 @pytest.mark.parametrize('make', ['script', 'trace'])
-def test_torchscript_archive_tensors_without_running_code(tmp_path, make,
-                                                          monkeypatch):
+def test_torchscript_archive_tensors_without_running_code(
+        tmp_path, make, monkeypatch):
     module = _Tiny()
-    scripted = (torch.jit.script(module) if make == 'script' else
-                torch.jit.trace(module, torch.zeros(1, 3)))
+    scripted = (
+        torch.jit.script(module) if make == 'script' else torch.jit.trace(
+            module, torch.zeros(1, 3)))
     path = tmp_path / 'model.pt'
     torch.jit.save(scripted, str(path))
     assert 'model/constants.pkl' in zipfile.ZipFile(path).namelist()

@@ -25,8 +25,8 @@ def test_matches_timm_resample():
     pos = torch.randn(1, 1 + 10 * 10, 16)
     for new in [(14, 14), (6, 9)]:
         ours = resample_pos_embed(pos, new, (10, 10), num_prefix_tokens=1)
-        ref = resample_abs_pos_embed(pos, new_size=new, old_size=(10, 10),
-                                     num_prefix_tokens=1)
+        ref = resample_abs_pos_embed(
+            pos, new_size=new, old_size=(10, 10), num_prefix_tokens=1)
         torch.testing.assert_close(ours, ref, rtol=0, atol=1e-6)
 
 

@@ -21,7 +21,8 @@ def test_prefix_helpers():
 
 def test_rename_keys_applies_rules_in_order():
     out = rename_keys({'blocks.0.attn.qkv.weight': T},
-                      [(r'^blocks\.', 'trunk.blocks.'), (r'\.qkv\.', '.in_proj.')])
+                      [(r'^blocks\.', 'trunk.blocks.'),
+                       (r'\.qkv\.', '.in_proj.')])
     assert list(out) == ['trunk.blocks.0.attn.in_proj.weight']
 
 
@@ -35,7 +36,8 @@ def test_unwrap_drops_non_tensors_and_ddp_prefix():
 def test_check_state_dict_lists_keys_and_shapes():
     expected = {'a': torch.zeros(2), 'b': torch.zeros(3), 'c': T}
     state = {'a': torch.zeros(2), 'b': torch.zeros(4), 'zz': T}
-    assert key_mismatch(expected, state) == (['c'], ['zz'], [('b', (4, ), (3, ))])
+    assert key_mismatch(expected,
+                        state) == (['c'], ['zz'], [('b', (4, ), (3, ))])
     with pytest.raises(StateDictMismatchError) as info:
         check_state_dict(expected, state, source='f.bin', target='Net')
     msg = str(info.value)
