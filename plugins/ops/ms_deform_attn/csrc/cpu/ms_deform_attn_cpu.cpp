@@ -1,35 +1,45 @@
 // CPU kernels of multi-scale deformable attention.
 //
-// Forward: one task per (batch, query, head); the bilinear coefficients of
-// each sampling point are computed once and applied to all D channels of
-// the four neighbouring value rows (contiguous, so the channel loop
-// vectorises).
+// Work is split by (batch n, head m): value[n, :, m, :] is the only part of
+// value that head reads, and grad_value[n, :, m, :] the only part it
+// writes.  Within a task the bilinear coefficients of each sampling point
+// are computed once and applied to all D channels of its four corner rows
+// (the channel loops vectorise; the hot functions are compiled for
+// AVX-512, AVX2+FMA and the baseline, picked at load time).
 //
-// Backward: one task per (batch, head[, query chunk]).  A task owns its own
-// float accumulator for grad_value, so there are no atomics, the result is
-// deterministic, and half/bfloat16 gradients accumulate in float32.  Query
-// chunks (each with its own accumulator, summed at the end) are used only
-// when batch * heads is too small to keep every thread busy.
+// Memory: in value's (S, M, D) layout the rows of one head are M * D apart,
+// which maps them onto a fraction of the cache sets.  When each row is read
+// often (encoder-like shapes) the task first copies its head into a
+// contiguous per-thread slab that stays in L2; otherwise (decoder-like
+// shapes) the rows are read in place and the next query's rows are
+// prefetched.  Backward accumulates grad_value of its head in a per-thread
+// float slab (cache resident, no atomics, deterministic, float32
+// accumulation for half/bfloat16) and writes it out once, so grad_value is
+// never zero-filled nor read back.  Queries are split into chunks only when
+// batch * heads cannot keep every thread busy; backward chunks then
+// accumulate into separate slabs that are summed at the end.
 #include "ms_deform_attn_cpu.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros.h>
 
 #include <algorithm>
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "../bilinear.h"
 #include "../ms_deform_attn.h"
+#include "simd.h"
 
 namespace plugins::msda {
 namespace {
 
 // Hot loops are compiled for AVX-512 and AVX2+FMA as well as the baseline;
-// the loader picks the best clone for the running CPU (GCC ifunc).
+// the dynamic loader picks the clone for the running CPU (GCC ifunc).
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define MSDA_CPU_CLONES \
   __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
@@ -43,17 +53,7 @@ namespace {
 #define MSDA_INLINE inline
 #endif
 
-// Raw pointers and sizes of one call (inputs contiguous).
-template <typename scalar_t>
-struct Problem {
-  const scalar_t* value;      // (N, S, M, D)
-  const scalar_t* locations;  // (N, Lq, M, L, P, 2)
-  const scalar_t* weights;    // (N, Lq, M, L, P)
-  const int32_t* H;           // (L,)
-  const int32_t* W;           // (L,)
-  const int64_t* start;       // (L,)
-  Sizes s;
-};
+constexpr int kLanes = 16;  // partial sums of the channel reductions
 
 // Level geometry read once from the (tiny) int64 tensors.
 struct Levels {
@@ -74,6 +74,42 @@ struct Levels {
   }
 };
 
+// How a call is split over threads.
+struct Plan {
+  int64_t chunks;     // query chunks per (batch, head)
+  int64_t per_chunk;  // queries per chunk
+  bool slab;          // copy each head's values into a contiguous slab
+
+  Plan(const Sizes& s, bool forward) {
+    const int64_t threads = at::get_num_threads();
+    const int64_t heads = s.N * s.M;
+    chunks = heads >= 4 * threads
+                 ? 1
+                 : std::min<int64_t>(std::max<int64_t>(s.Lq, 1),
+                                     (4 * threads + heads - 1) / heads);
+    if (!forward && chunks > 1) {
+      // Backward chunks cost one slab of S * D floats each.
+      chunks = std::min<int64_t>(chunks, std::max<int64_t>(1, threads));
+    }
+    per_chunk = (s.Lq + chunks - 1) / chunks;
+    // Worth it when a value row is read many times (about 4 corners per
+    // point): the copy reads every row of the head once.
+    slab = per_chunk * s.L * s.P * 4 >= 8 * s.S;
+  }
+};
+
+// Raw pointers and sizes of one call (inputs contiguous).
+template <typename scalar_t>
+struct Problem {
+  const scalar_t* value;      // (N, S, M, D)
+  const scalar_t* locations;  // (N, Lq, M, L, P, 2)
+  const scalar_t* weights;    // (N, Lq, M, L, P)
+  const int32_t* H;           // (L,)
+  const int32_t* W;           // (L,)
+  const int64_t* start;       // (L,)
+  Sizes s;
+};
+
 template <typename scalar_t>
 Problem<scalar_t> make_problem(const at::Tensor& value,
                                const at::Tensor& locations,
@@ -87,6 +123,13 @@ Problem<scalar_t> make_problem(const at::Tensor& value,
           lv.start.data(),
           s};
 }
+
+// The values of head m of batch n: rows of D channels, `stride` apart.
+template <typename src_t>
+struct Head {
+  const src_t* rows;
+  int64_t stride;
+};
 
 // One sampling point of one (batch, query, head), ready to apply.
 template <typename acc_t>
@@ -102,7 +145,7 @@ struct Point {
 // Coefficients of the L * P points of output row i = (n * Lq + q) * M + m.
 template <typename scalar_t, typename acc_t>
 MSDA_INLINE void plan_points(const Problem<scalar_t>& pb, int64_t i,
-                        Point<acc_t>* pts) {
+                             Point<acc_t>* pts) {
   const Sizes& s = pb.s;
   const scalar_t* loc = pb.locations + i * s.L * s.P * 2;
   const scalar_t* attn = pb.weights + i * s.L * s.P;
@@ -122,40 +165,53 @@ MSDA_INLINE void plan_points(const Problem<scalar_t>& pb, int64_t i,
   }
 }
 
-// Sampling locations are scattered over maps much larger than the caches,
-// so the rows of the *next* output row are prefetched while the current
-// one is computed (the loads of one point alone cannot hide the latency).
-template <typename T>
-MSDA_INLINE void prefetch_row(const T* row, int64_t D, bool write) {
-  const char* p = reinterpret_cast<const char*>(row);
-  const int64_t bytes = D * static_cast<int64_t>(sizeof(T));
-  for (int64_t off = 0; off < bytes; off += 64) {
-    if (write) {
-      __builtin_prefetch(p + off, 1, 3);
-    } else {
-      __builtin_prefetch(p + off, 0, 3);
+// Rows read in place are scattered over maps much larger than the caches,
+// so while point j of a query is computed, the rows of point j of the
+// *next* query are prefetched (one point's own loads cannot hide the
+// latency; prefetching a whole query at once would overflow the miss
+// queues).
+template <typename src_t, typename acc_t>
+MSDA_INLINE void prefetch_point(const Point<acc_t>& pt, const Head<src_t>& head,
+                                int64_t D) {
+  if (!pt.inside) return;
+  const int64_t bytes = D * static_cast<int64_t>(sizeof(src_t));
+  for (int c = 0; c < 4; ++c) {
+    if (!pt.b.valid[c]) continue;
+    const char* row = reinterpret_cast<const char*>(
+        head.rows + (pt.level_start + pt.b.offset[c]) * head.stride);
+    for (int64_t off = 0; off < bytes; off += 64) {
+      __builtin_prefetch(row + off, 0, 3);
     }
   }
 }
 
-template <typename scalar_t, typename acc_t>
-MSDA_INLINE void prefetch_points(const Point<acc_t>* pts, int64_t LP,
-                            const scalar_t* value_nm, int64_t MD, int64_t D,
-                            const acc_t* gv, int64_t gv_stride) {
-  for (int64_t j = 0; j < LP; ++j) {
-    if (!pts[j].inside) continue;
-    for (int c = 0; c < 4; ++c) {
-      if (!pts[j].b.valid[c]) continue;
-      const int64_t pos = pts[j].level_start + pts[j].b.offset[c];
-      prefetch_row(value_nm + pos * MD, D, false);
-      if (gv != nullptr) prefetch_row(gv + pos * gv_stride, D, true);
+// A task walks the queries of one head, so its rows of locations, weights
+// and gradients are M rows apart: prefetch them a few queries ahead.
+constexpr int64_t kAhead = 4;
+
+template <typename T>
+MSDA_INLINE void prefetch_span(const T* p, int64_t count, bool write) {
+  const char* c = reinterpret_cast<const char*>(p);
+  const int64_t bytes = count * static_cast<int64_t>(sizeof(T));
+  for (int64_t off = 0; off < bytes; off += 64) {
+    if (write) {
+      __builtin_prefetch(c + off, 1, 3);
+    } else {
+      __builtin_prefetch(c + off, 0, 3);
     }
   }
+}
+
+template <typename scalar_t>
+MSDA_INLINE void prefetch_query_inputs(const Problem<scalar_t>& pb, int64_t i) {
+  const int64_t LP = pb.s.L * pb.s.P;
+  prefetch_span(pb.locations + i * LP * 2, LP * 2, false);
+  prefetch_span(pb.weights + i * LP, LP, false);
 }
 
 // Sums the kLanes partial sums pairwise (log depth instead of a serial
 // chain; the halves are added lane-wise, which vectorises).
-template <int kLanes, typename acc_t>
+template <typename acc_t>
 MSDA_INLINE acc_t tree_sum(acc_t* part) {
   for (int half = kLanes / 2; half > 0; half /= 2) {
     for (int k = 0; k < half; ++k) part[k] += part[k + half];
@@ -163,42 +219,63 @@ MSDA_INLINE acc_t tree_sum(acc_t* part) {
   return part[0];
 }
 
-constexpr int kLanes = 16;
-
-// Output rows [begin, end) of (N * Lq * M, D); acc is scratch of D and
-// pts of 2 * L * P points.
+// Copies value[n, :, m, :] into a contiguous (S, D) slab of acc_t.
 template <typename scalar_t, typename acc_t>
-MSDA_CPU_CLONES void forward_range(const Problem<scalar_t>& pb,
-                                   scalar_t* __restrict__ out,
-                                   acc_t* __restrict__ acc, Point<acc_t>* pts,
-                                   int64_t begin, int64_t end) {
+MSDA_INLINE void copy_head(const Problem<scalar_t>& pb, int64_t n, int64_t m,
+                           acc_t* __restrict__ slab) {
   const Sizes& s = pb.s;
-  const int64_t MD = s.M * s.D, LP = s.L * s.P, D = s.D;
-  if (begin < end) plan_points(pb, begin, pts);
-  for (int64_t i = begin; i < end; ++i) {  // i = (n * Lq + q) * M + m
-    Point<acc_t>* cur = pts + ((i - begin) % 2) * LP;
-    if (i + 1 < end) {
-      Point<acc_t>* next = pts + ((i + 1 - begin) % 2) * LP;
-      plan_points(pb, i + 1, next);
-      const int64_t m1 = (i + 1) % s.M, n1 = (i + 1) / (s.Lq * s.M);
-      prefetch_points<scalar_t, acc_t>(next, LP, pb.value + n1 * s.S * MD + m1 * D,
-                                       MD, D, nullptr, 0);
+  const scalar_t* src = pb.value + n * s.S * s.M * s.D + m * s.D;
+  for (int64_t r = 0; r < s.S; ++r, src += s.M * s.D, slab += s.D) {
+    for (int64_t d = 0; d < s.D; ++d) slab[d] = static_cast<acc_t>(src[d]);
+  }
+}
+
+// Output rows of head m of batch n for queries [q_begin, q_end).
+// acc: scratch of D; pts: scratch of 2 * L * P points.
+template <typename scalar_t, typename src_t, typename acc_t>
+MSDA_CPU_CLONES void forward_queries(const Problem<scalar_t>& pb,
+                                     const Head<src_t> head, int64_t n,
+                                     int64_t m, int64_t q_begin, int64_t q_end,
+                                     bool prefetch, scalar_t* __restrict__ out,
+                                     acc_t* __restrict__ acc,
+                                     Point<acc_t>* pts) {
+  const Sizes& s = pb.s;
+  const int64_t LP = s.L * s.P, D = s.D;
+  const int64_t stride = head.stride;
+  if (q_begin < q_end) plan_points(pb, (n * s.Lq + q_begin) * s.M + m, pts);
+  for (int64_t q = q_begin; q < q_end; ++q) {
+    const int64_t i = (n * s.Lq + q) * s.M + m;
+    Point<acc_t>* cur = pts + ((q - q_begin) % 2) * LP;
+    Point<acc_t>* next = pts + ((q + 1 - q_begin) % 2) * LP;
+    const bool has_next = q + 1 < q_end;
+    if (has_next) plan_points(pb, i + s.M, next);
+    if (q + kAhead < q_end) {
+      prefetch_query_inputs(pb, i + kAhead * s.M);
+      prefetch_span(out + (i + kAhead * s.M) * D, D, true);
     }
-    const int64_t m = i % s.M, n = i / (s.Lq * s.M);
-    const scalar_t* value_nm = pb.value + n * s.S * MD + m * D;
     for (int64_t d = 0; d < D; ++d) acc[d] = acc_t(0);
     for (int64_t j = 0; j < LP; ++j) {
+      if (prefetch && has_next) prefetch_point(next[j], head, D);
       const Point<acc_t>& pt = cur[j];
       if (!pt.inside) continue;
-      const scalar_t* level = value_nm + pt.level_start * MD;
+      const src_t* level = head.rows + pt.level_start * stride;
       if (pt.all_valid) {
-        const scalar_t* __restrict__ r0 = level + pt.b.offset[0] * MD;
-        const scalar_t* __restrict__ r1 = level + pt.b.offset[1] * MD;
-        const scalar_t* __restrict__ r2 = level + pt.b.offset[2] * MD;
-        const scalar_t* __restrict__ r3 = level + pt.b.offset[3] * MD;
+        const src_t* __restrict__ r0 = level + pt.b.offset[0] * stride;
+        const src_t* __restrict__ r1 = level + pt.b.offset[1] * stride;
+        const src_t* __restrict__ r2 = level + pt.b.offset[2] * stride;
+        const src_t* __restrict__ r3 = level + pt.b.offset[3] * stride;
         const acc_t c0 = pt.a * pt.b.w[0], c1 = pt.a * pt.b.w[1],
                     c2 = pt.a * pt.b.w[2], c3 = pt.a * pt.b.w[3];
-        for (int64_t d = 0; d < D; ++d) {
+        int64_t d = 0;
+        if constexpr (std::is_same_v<src_t, acc_t> && Simd<acc_t>::kSimd) {
+          using V = Simd<acc_t>;
+          for (; d + V::kLanes <= D; d += V::kLanes) {
+            V::store(acc + d, V::load(acc + d) + c0 * V::load(r0 + d) +
+                                  c1 * V::load(r1 + d) + c2 * V::load(r2 + d) +
+                                  c3 * V::load(r3 + d));
+          }
+        }
+        for (; d < D; ++d) {
           acc[d] += c0 * static_cast<acc_t>(r0[d]) +
                     c1 * static_cast<acc_t>(r1[d]) +
                     c2 * static_cast<acc_t>(r2[d]) +
@@ -208,7 +285,7 @@ MSDA_CPU_CLONES void forward_range(const Problem<scalar_t>& pb,
       }
       for (int c = 0; c < 4; ++c) {
         if (!pt.b.valid[c]) continue;
-        const scalar_t* __restrict__ r = level + pt.b.offset[c] * MD;
+        const src_t* __restrict__ r = level + pt.b.offset[c] * stride;
         const acc_t k = pt.a * pt.b.w[c];
         for (int64_t d = 0; d < D; ++d) acc[d] += k * static_cast<acc_t>(r[d]);
       }
@@ -221,29 +298,63 @@ MSDA_CPU_CLONES void forward_range(const Problem<scalar_t>& pb,
 // Gradients of one point whose four corners are all inside the map: one
 // pass over the channels computes <go, sum_c coef_c * v_c> for the three
 // coefficient sets (w, dw/dx, dw/dy) and scatters a * w_c * go into the
-// four grad_value rows.  Returns (d/da, d/dx, d/dy) in g.
-template <typename scalar_t, typename acc_t>
+// four grad rows.  Returns (d/da, d/dx, d/dy) in g.
+template <typename src_t, typename acc_t>
 MSDA_INLINE void backward_point_inside(const Point<acc_t>& pt,
-                                  const scalar_t* level, int64_t MD,
-                                  acc_t* gv_level, int64_t gv_stride,
-                                  const acc_t* __restrict__ go, int64_t D,
-                                  acc_t* g) {
-  const scalar_t* __restrict__ r0 = level + pt.b.offset[0] * MD;
-  const scalar_t* __restrict__ r1 = level + pt.b.offset[1] * MD;
-  const scalar_t* __restrict__ r2 = level + pt.b.offset[2] * MD;
-  const scalar_t* __restrict__ r3 = level + pt.b.offset[3] * MD;
-  acc_t* __restrict__ g0 = gv_level + pt.b.offset[0] * gv_stride;
-  acc_t* __restrict__ g1 = gv_level + pt.b.offset[1] * gv_stride;
-  acc_t* __restrict__ g2 = gv_level + pt.b.offset[2] * gv_stride;
-  acc_t* __restrict__ g3 = gv_level + pt.b.offset[3] * gv_stride;
-  // Coefficients in locals: the compiler cannot prove the grad_value
-  // stores leave `pt` unchanged and would reload them every channel.
+                                       const src_t* level, int64_t stride,
+                                       acc_t* gv_level,
+                                       const acc_t* __restrict__ go, int64_t D,
+                                       acc_t* g) {
+  const src_t* __restrict__ r0 = level + pt.b.offset[0] * stride;
+  const src_t* __restrict__ r1 = level + pt.b.offset[1] * stride;
+  const src_t* __restrict__ r2 = level + pt.b.offset[2] * stride;
+  const src_t* __restrict__ r3 = level + pt.b.offset[3] * stride;
+  acc_t* __restrict__ g0 = gv_level + pt.b.offset[0] * D;
+  acc_t* __restrict__ g1 = gv_level + pt.b.offset[1] * D;
+  acc_t* __restrict__ g2 = gv_level + pt.b.offset[2] * D;
+  acc_t* __restrict__ g3 = gv_level + pt.b.offset[3] * D;
+  // Coefficients in locals: the compiler cannot prove the grad stores
+  // leave `pt` unchanged and would reload them every channel.
   const acc_t w0 = pt.b.w[0], w1 = pt.b.w[1], w2 = pt.b.w[2], w3 = pt.b.w[3];
   const acc_t x0 = pt.b.dwdx[0], x1 = pt.b.dwdx[1], x2 = pt.b.dwdx[2],
               x3 = pt.b.dwdx[3];
   const acc_t y0 = pt.b.dwdy[0], y1 = pt.b.dwdy[1], y2 = pt.b.dwdy[2],
               y3 = pt.b.dwdy[3];
   const acc_t k0 = pt.a * w0, k1 = pt.a * w1, k2 = pt.a * w2, k3 = pt.a * w3;
+  if constexpr (std::is_same_v<src_t, acc_t> && Simd<acc_t>::kSimd) {
+    // <go, v_c> per corner, then the three combinations of the four sums.
+    using V = Simd<acc_t>;
+    typename V::vec s0 = V::zero(), s1 = V::zero(), s2 = V::zero(),
+                    s3 = V::zero();
+    int64_t d = 0;
+    for (; d + V::kLanes <= D; d += V::kLanes) {
+      const auto gk = V::load(go + d);
+      s0 += gk * V::load(r0 + d);
+      s1 += gk * V::load(r1 + d);
+      s2 += gk * V::load(r2 + d);
+      s3 += gk * V::load(r3 + d);
+      V::store(g0 + d, V::load(g0 + d) + k0 * gk);
+      V::store(g1 + d, V::load(g1 + d) + k1 * gk);
+      V::store(g2 + d, V::load(g2 + d) + k2 * gk);
+      V::store(g3 + d, V::load(g3 + d) + k3 * gk);
+    }
+    acc_t t0 = V::sum(s0), t1 = V::sum(s1), t2 = V::sum(s2), t3 = V::sum(s3);
+    for (; d < D; ++d) {
+      const acc_t gk = go[d];
+      t0 += gk * r0[d];
+      t1 += gk * r1[d];
+      t2 += gk * r2[d];
+      t3 += gk * r3[d];
+      g0[d] += k0 * gk;
+      g1[d] += k1 * gk;
+      g2[d] += k2 * gk;
+      g3[d] += k3 * gk;
+    }
+    g[0] = w0 * t0 + w1 * t1 + w2 * t2 + w3 * t3;
+    g[1] = x0 * t0 + x1 * t1 + x2 * t2 + x3 * t3;
+    g[2] = y0 * t0 + y1 * t1 + y2 * t2 + y3 * t3;
+    return;
+  }
   acc_t pa[kLanes] = {}, px[kLanes] = {}, py[kLanes] = {};
   int64_t d = 0;
   for (; d + kLanes <= D; d += kLanes) {
@@ -279,28 +390,29 @@ MSDA_INLINE void backward_point_inside(const Point<acc_t>& pt,
     g2[d] += k2 * gk;
     g3[d] += k3 * gk;
   }
-  g[0] = tree_sum<kLanes>(pa) + ta;
-  g[1] = tree_sum<kLanes>(px) + tx;
-  g[2] = tree_sum<kLanes>(py) + ty;
+  g[0] = tree_sum(pa) + ta;
+  g[1] = tree_sum(px) + tx;
+  g[2] = tree_sum(py) + ty;
 }
 
 // Same for a point on the border: corner by corner, skipping the outside
 // ones (never touching their memory).
-template <typename scalar_t, typename acc_t>
+template <typename src_t, typename acc_t>
 MSDA_INLINE void backward_point_border(const Point<acc_t>& pt,
-                                  const scalar_t* level, int64_t MD,
-                                  acc_t* gv_level, int64_t gv_stride,
-                                  const acc_t* __restrict__ go, int64_t D,
-                                  acc_t* g) {
+                                       const src_t* level, int64_t stride,
+                                       acc_t* gv_level,
+                                       const acc_t* __restrict__ go, int64_t D,
+                                       acc_t* g) {
   g[0] = g[1] = g[2] = acc_t(0);
   for (int c = 0; c < 4; ++c) {
     if (!pt.b.valid[c]) continue;
-    const scalar_t* __restrict__ r = level + pt.b.offset[c] * MD;
-    acc_t* __restrict__ gr = gv_level + pt.b.offset[c] * gv_stride;
+    const src_t* __restrict__ r = level + pt.b.offset[c] * stride;
+    acc_t* __restrict__ gr = gv_level + pt.b.offset[c] * D;
     const acc_t k = pt.a * pt.b.w[c];
     acc_t part[kLanes] = {};
     int64_t d = 0;
     for (; d + kLanes <= D; d += kLanes) {
+#pragma GCC ivdep
       for (int j = 0; j < kLanes; ++j) {
         part[j] += go[d + j] * static_cast<acc_t>(r[d + j]);
         gr[d + j] += k * go[d + j];
@@ -311,52 +423,53 @@ MSDA_INLINE void backward_point_border(const Point<acc_t>& pt,
       dot += go[d] * static_cast<acc_t>(r[d]);
       gr[d] += k * go[d];
     }
-    dot += tree_sum<kLanes>(part);
+    dot += tree_sum(part);
     g[0] += pt.b.w[c] * dot;
     g[1] += pt.b.dwdx[c] * dot;
     g[2] += pt.b.dwdy[c] * dot;
   }
 }
 
-// All gradients of head m of batch n for queries [q_begin, q_end).
-// grad_value rows of this (n, m) start at gv with stride gv_stride (either
-// the output itself or a private accumulator); go is scratch of D and pts
-// of 2 * L * P points.
-template <typename scalar_t, typename acc_t>
-MSDA_CPU_CLONES void backward_range(const Problem<scalar_t>& pb,
-                                    const scalar_t* grad_output, int64_t n,
-                                    int64_t m, int64_t q_begin, int64_t q_end,
-                                    acc_t* gv, int64_t gv_stride,
-                                    scalar_t* grad_locations,
-                                    scalar_t* grad_weights,
-                                    acc_t* __restrict__ go, Point<acc_t>* pts) {
+// All gradients of head m of batch n for queries [q_begin, q_end); the
+// grad_value rows of this head accumulate in the (S, D) slab gv.
+// go: scratch of D; pts: scratch of 2 * L * P points.
+template <typename scalar_t, typename src_t, typename acc_t>
+MSDA_CPU_CLONES void backward_queries(
+    const Problem<scalar_t>& pb, const Head<src_t> head,
+    const scalar_t* grad_output, int64_t n, int64_t m, int64_t q_begin,
+    int64_t q_end, bool prefetch, acc_t* gv, scalar_t* grad_locations,
+    scalar_t* grad_weights, acc_t* __restrict__ go, Point<acc_t>* pts) {
   const Sizes& s = pb.s;
-  const int64_t MD = s.M * s.D, LP = s.L * s.P, D = s.D;
-  const scalar_t* value_nm = pb.value + n * s.S * MD + m * D;
+  const int64_t LP = s.L * s.P, D = s.D;
+  const int64_t stride = head.stride;
   if (q_begin < q_end) plan_points(pb, (n * s.Lq + q_begin) * s.M + m, pts);
   for (int64_t q = q_begin; q < q_end; ++q) {
     const int64_t i = (n * s.Lq + q) * s.M + m;
     Point<acc_t>* cur = pts + ((q - q_begin) % 2) * LP;
-    if (q + 1 < q_end) {
-      Point<acc_t>* next = pts + ((q + 1 - q_begin) % 2) * LP;
-      plan_points(pb, i + s.M, next);
-      prefetch_points<scalar_t, acc_t>(next, LP, value_nm, MD, D, gv, gv_stride);
+    Point<acc_t>* next = pts + ((q + 1 - q_begin) % 2) * LP;
+    const bool has_next = q + 1 < q_end;
+    if (has_next) plan_points(pb, i + s.M, next);
+    if (q + kAhead < q_end) {
+      const int64_t ahead = i + kAhead * s.M;
+      prefetch_query_inputs(pb, ahead);
+      prefetch_span(grad_output + ahead * D, D, false);
+      prefetch_span(grad_locations + ahead * LP * 2, LP * 2, true);
+      prefetch_span(grad_weights + ahead * LP, LP, true);
     }
     const scalar_t* go_row = grad_output + i * D;
     for (int64_t d = 0; d < D; ++d) go[d] = static_cast<acc_t>(go_row[d]);
     scalar_t* gloc = grad_locations + i * LP * 2;
     scalar_t* gattn = grad_weights + i * LP;
     for (int64_t j = 0; j < LP; ++j) {
+      if (prefetch && has_next) prefetch_point(next[j], head, D);
       const Point<acc_t>& pt = cur[j];
       acc_t g[3] = {0, 0, 0};
       if (pt.all_valid) {
-        backward_point_inside(pt, value_nm + pt.level_start * MD, MD,
-                              gv + pt.level_start * gv_stride, gv_stride, go, D,
-                              g);
+        backward_point_inside(pt, head.rows + pt.level_start * stride, stride,
+                              gv + pt.level_start * D, go, D, g);
       } else if (pt.inside) {
-        backward_point_border(pt, value_nm + pt.level_start * MD, MD,
-                              gv + pt.level_start * gv_stride, gv_stride, go, D,
-                              g);
+        backward_point_border(pt, head.rows + pt.level_start * stride, stride,
+                              gv + pt.level_start * D, go, D, g);
       }
       gattn[j] = static_cast<scalar_t>(g[0]);
       // x = loc_x * W - 0.5, so d/dloc_x = W * d/dx (and H for y).
@@ -364,6 +477,16 @@ MSDA_CPU_CLONES void backward_range(const Problem<scalar_t>& pb,
       gloc[2 * j + 1] =
           static_cast<scalar_t>(pt.a * g[2] * static_cast<acc_t>(pt.H));
     }
+  }
+}
+
+// Writes the (S, D) float slab of head m of batch n into grad_value.
+template <typename scalar_t, typename acc_t>
+void store_head(const acc_t* __restrict__ slab, const Sizes& s, int64_t n,
+                int64_t m, scalar_t* __restrict__ grad_value) {
+  scalar_t* dst = grad_value + n * s.S * s.M * s.D + m * s.D;
+  for (int64_t r = 0; r < s.S; ++r, dst += s.M * s.D, slab += s.D) {
+    for (int64_t d = 0; d < s.D; ++d) dst[d] = static_cast<scalar_t>(slab[d]);
   }
 }
 
@@ -379,24 +502,40 @@ at::Tensor ms_deform_attn_forward_cpu(const at::Tensor& value,
   check_levels_cpu(spatial_shapes, level_start_index, s);
   auto output = at::empty({s.N, s.Lq, s.M * s.D}, value.options());
   if (output.numel() == 0) return output;
-  if (s.S == 0 || s.L == 0) return output.zero_();
+  if (s.S == 0 || s.L == 0 || s.P == 0) return output.zero_();
   const Levels lv(spatial_shapes, level_start_index, s.L);
+  const Plan plan(s, /*forward=*/true);
   const auto v = value.contiguous();
   const auto loc = sampling_locations.contiguous();
   const auto attn = attention_weights.contiguous();
-  const int64_t rows = s.N * s.Lq * s.M;
-  const int64_t grain =
-      std::max<int64_t>(1, 16384 / std::max<int64_t>(1, s.L * s.P * s.D));
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_cpu", [&] {
         using acc_t = at::opmath_type<scalar_t>;
         const auto pb = make_problem<scalar_t>(v, loc, attn, lv, s);
         scalar_t* out = output.mutable_data_ptr<scalar_t>();
-        at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+        at::parallel_for(0, s.N * s.M * plan.chunks, 1, [&](int64_t begin,
+                                                            int64_t end) {
           std::vector<acc_t> acc(s.D);
           std::vector<Point<acc_t>> pts(2 * s.L * s.P);
-          forward_range<scalar_t, acc_t>(pb, out, acc.data(), pts.data(), begin,
-                                         end);
+          std::vector<acc_t> slab(plan.slab ? s.S * s.D : 0);
+          int64_t slab_head = -1;  // (n * M + m) held in slab
+          for (int64_t task = begin; task < end; ++task) {
+            const int64_t nm = task / plan.chunks, chunk = task % plan.chunks;
+            const int64_t n = nm / s.M, m = nm % s.M;
+            const int64_t q0 = chunk * plan.per_chunk;
+            const int64_t q1 = std::min(s.Lq, q0 + plan.per_chunk);
+            if (plan.slab) {
+              if (slab_head != nm) copy_head(pb, n, m, slab.data());
+              slab_head = nm;
+              forward_queries<scalar_t, acc_t, acc_t>(
+                  pb, {slab.data(), s.D}, n, m, q0, q1, false, out, acc.data(),
+                  pts.data());
+            } else {
+              forward_queries<scalar_t, scalar_t, acc_t>(
+                  pb, {pb.value + n * s.S * s.M * s.D + m * s.D, s.M * s.D}, n,
+                  m, q0, q1, true, out, acc.data(), pts.data());
+            }
+          }
         });
       });
   return output;
@@ -416,30 +555,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
               "ms_deform_attn_backward: grad_output dtype ",
               grad_output.scalar_type(), " differs from value dtype ",
               value.scalar_type());
-  auto grad_value = at::zeros({s.N, s.S, s.M, s.D}, value.options());
-  auto grad_locations = at::zeros({s.N, s.Lq, s.M, s.L, s.P, 2}, value.options());
-  auto grad_weights = at::zeros({s.N, s.Lq, s.M, s.L, s.P}, value.options());
+  const auto options = value.options();
   if (s.N * s.Lq * s.M * s.L * s.P == 0 || s.S * s.D == 0) {
-    return std::make_tuple(grad_value, grad_locations, grad_weights);
+    return std::make_tuple(at::zeros({s.N, s.S, s.M, s.D}, options),
+                           at::zeros({s.N, s.Lq, s.M, s.L, s.P, 2}, options),
+                           at::zeros({s.N, s.Lq, s.M, s.L, s.P}, options));
   }
+  // Every element of these is written by the kernel.
+  auto grad_value = at::empty({s.N, s.S, s.M, s.D}, options);
+  auto grad_locations = at::empty({s.N, s.Lq, s.M, s.L, s.P, 2}, options);
+  auto grad_weights = at::empty({s.N, s.Lq, s.M, s.L, s.P}, options);
   const Levels lv(spatial_shapes, level_start_index, s.L);
-  // One task per (batch, head) owns grad_value[n, :, m, :]; queries are
-  // split into chunks (each with a private accumulator) only when the
-  // (batch, head) tasks cannot keep the threads busy.
-  const int64_t threads = at::get_num_threads();
-  const int64_t nm = s.N * s.M;
-  const int64_t chunks =
-      nm >= 4 * threads ? 1
-                        : std::min<int64_t>(s.Lq, (4 * threads + nm - 1) / nm);
-  const int64_t per_chunk = (s.Lq + chunks - 1) / chunks;
+  const Plan plan(s, /*forward=*/false);
   const auto acc_type = at::toOpMathType(value.scalar_type());
-  // float32/float64 with one chunk accumulate straight into grad_value;
-  // otherwise into (N, M, chunks, S, D) in the accumulation type.
-  const bool direct = chunks == 1 && acc_type == value.scalar_type();
-  at::Tensor acc_buffer;
-  if (!direct) {
-    acc_buffer = at::zeros({s.N, s.M, chunks, s.S, s.D},
-                           value.options().dtype(acc_type));
+  // With query chunks, each chunk's slab lives in this buffer until the
+  // chunks are summed; otherwise the slabs are per-thread scratch.
+  at::Tensor chunk_slabs;
+  if (plan.chunks > 1) {
+    chunk_slabs = at::zeros({s.N, s.M, plan.chunks, s.S, s.D},
+                            options.dtype(acc_type));
   }
   const auto go = grad_output.contiguous();
   const auto v = value.contiguous();
@@ -453,30 +587,42 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
         const scalar_t* go_p = go.const_data_ptr<scalar_t>();
         scalar_t* gloc = grad_locations.mutable_data_ptr<scalar_t>();
         scalar_t* gattn = grad_weights.mutable_data_ptr<scalar_t>();
-        acc_t* gv_direct = direct ? reinterpret_cast<acc_t*>(
-                                        grad_value.mutable_data_ptr<scalar_t>())
-                                  : nullptr;
-        acc_t* gv_buffer = direct ? nullptr : acc_buffer.mutable_data_ptr<acc_t>();
-        at::parallel_for(0, nm * chunks, 1, [&](int64_t begin, int64_t end) {
+        scalar_t* gvalue = grad_value.mutable_data_ptr<scalar_t>();
+        acc_t* chunk_p = plan.chunks > 1 ? chunk_slabs.mutable_data_ptr<acc_t>()
+                                         : nullptr;
+        at::parallel_for(0, s.N * s.M * plan.chunks, 1, [&](int64_t begin,
+                                                           int64_t end) {
           std::vector<acc_t> scratch(s.D);
           std::vector<Point<acc_t>> pts(2 * s.L * s.P);
+          std::vector<acc_t> value_slab(plan.slab ? s.S * s.D : 0);
+          std::vector<acc_t> grad_slab(plan.chunks > 1 ? 0 : s.S * s.D);
+          int64_t slab_head = -1;
           for (int64_t task = begin; task < end; ++task) {
-            const int64_t chunk = task % chunks;
-            const int64_t n = task / chunks / s.M, m = task / chunks % s.M;
-            acc_t* gv = direct ? gv_direct + n * s.S * s.M * s.D + m * s.D
-                               : gv_buffer + task * s.S * s.D;
-            const int64_t gv_stride = direct ? s.M * s.D : s.D;
-            backward_range<scalar_t, acc_t>(
-                pb, go_p, n, m, chunk * per_chunk,
-                std::min(s.Lq, (chunk + 1) * per_chunk), gv, gv_stride, gloc,
-                gattn, scratch.data(), pts.data());
+            const int64_t nm = task / plan.chunks, chunk = task % plan.chunks;
+            const int64_t n = nm / s.M, m = nm % s.M;
+            const int64_t q0 = chunk * plan.per_chunk;
+            const int64_t q1 = std::min(s.Lq, q0 + plan.per_chunk);
+            acc_t* gv = chunk_p ? chunk_p + task * s.S * s.D : grad_slab.data();
+            if (!chunk_p) std::memset(gv, 0, sizeof(acc_t) * s.S * s.D);
+            if (plan.slab) {
+              if (slab_head != nm) copy_head(pb, n, m, value_slab.data());
+              slab_head = nm;
+              backward_queries<scalar_t, acc_t, acc_t>(
+                  pb, {value_slab.data(), s.D}, go_p, n, m, q0, q1, false, gv,
+                  gloc, gattn, scratch.data(), pts.data());
+            } else {
+              backward_queries<scalar_t, scalar_t, acc_t>(
+                  pb, {pb.value + n * s.S * s.M * s.D + m * s.D, s.M * s.D},
+                  go_p, n, m, q0, q1, true, gv, gloc, gattn, scratch.data(),
+                  pts.data());
+            }
+            if (!chunk_p) store_head(gv, s, n, m, gvalue);
           }
         });
       });
-  if (!direct) {
+  if (plan.chunks > 1) {
     // (N, M, chunks, S, D) -> (N, S, M, D), summing the query chunks.
-    auto summed = chunks == 1 ? acc_buffer.select(2, 0) : acc_buffer.sum(2);
-    grad_value.copy_(summed.permute({0, 2, 1, 3}));
+    grad_value.copy_(chunk_slabs.sum(2).permute({0, 2, 1, 3}));
   }
   return std::make_tuple(grad_value, grad_locations, grad_weights);
 }
