@@ -179,6 +179,27 @@ def load_adapter(model: LlavaPhiSegModel, path: str):
     return result
 
 
+def match_batchnorm_buffers(model: torch.nn.Module, dtype: torch.dtype) -> int:
+    """Cast BatchNorm running statistics to the compute dtype.
+
+    DeepSpeed 0.19 casts parameters, not buffers, to bf16/fp16 (so that
+    buffers such as rotary ``inv_freq`` keep fp32). A BatchNorm (PSALM's
+    ``swin_conv`` projector has three) then gets bf16 weights with fp32
+    running statistics and fails (``expected scalar type BFloat16 but found
+    Float``). Casting the statistics restores what ``module.bfloat16()`` did
+    in the DeepSpeed versions PSALM was written for. Returns the number of
+    BatchNorm layers changed.
+    """
+    count = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) \
+                and module.running_mean is not None:
+            module.running_mean = module.running_mean.to(dtype)
+            module.running_var = module.running_var.to(dtype)
+            count += 1
+    return count
+
+
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> List[dict]:
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -340,6 +361,8 @@ class LlavaTrainer:
     def _build_engine(self, model: LlavaPhiSegModel) -> None:
         import deepspeed
         args = self.args
+        if args.bf16 or args.fp16:
+            match_batchnorm_buffers(model, compute_dtype(args))
         optimizer = torch.optim.AdamW(_param_groups(model, args.weight_decay),
                                       lr=args.learning_rate)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(

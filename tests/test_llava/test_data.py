@@ -1,4 +1,4 @@
-"""Toy referring-segmentation data, tokenizer and DeepSpeed config glue."""
+"""Toy referring-segmentation data and its tokenisation."""
 import json
 
 import numpy as np
@@ -8,7 +8,6 @@ import torch
 from plugins.llava.data import (IMAGENET_MEAN, IMAGENET_STD,
                                 ToyReferringSegDataset, collate_referring,
                                 rasterize_polygons)
-from plugins.llava.ds_config import resolve_ds_config
 from plugins.llava.splice import IGNORE_INDEX
 from tools.make_toy_dataset import COLORS
 
@@ -87,23 +86,3 @@ def test_rasterize_polygons_square():
 def test_missing_data_explains_how_to_generate(tmp_path, toy_tokenizer):
     with pytest.raises(FileNotFoundError, match='make_toy_dataset'):
         ToyReferringSegDataset(tmp_path, toy_tokenizer)
-
-
-def test_ds_config_auto_values(repo_root):
-    cfg = resolve_ds_config(repo_root / 'configs/llava_phi/zero2.json',
-                            micro_batch_size=4, grad_accum_steps=2,
-                            world_size=1, bf16=True, fp16=False,
-                            hidden_size=128)
-    assert cfg['train_batch_size'] == 8
-    assert cfg['train_micro_batch_size_per_gpu'] == 4
-    assert cfg['bf16']['enabled'] is True and cfg['fp16']['enabled'] is False
-    assert cfg['zero_optimization']['reduce_bucket_size'] == 128 * 128
-    z3 = resolve_ds_config(repo_root / 'configs/llava_phi/zero3.json',
-                           micro_batch_size=1, grad_accum_steps=1,
-                           world_size=2, bf16=False, fp16=False,
-                           hidden_size=64)
-    assert z3['zero_optimization']['stage'] == 3
-    assert z3['zero_optimization']['stage3_param_persistence_threshold'] == 640
-    with pytest.raises(ValueError, match='mutually exclusive'):
-        resolve_ds_config({}, micro_batch_size=1, grad_accum_steps=1,
-                          world_size=1, bf16=True, fp16=True, hidden_size=8)
