@@ -19,7 +19,8 @@ def upsample_to_masks(
         masks (Sequence[Tensor]): ``B`` masks ``(H_i, W_i)`` of class indices.
 
     Returns:
-        tuple: pixel logits ``(P, K)`` and labels ``(P,)``, ``P = sum H_i W_i``.
+        tuple: pixel logits ``(P, K)`` and labels ``(P,)``, with
+        ``P = sum H_i W_i``.
     """
     if len(masks) != logits.shape[0]:
         raise ValueError(f'{logits.shape[0]} logit maps but {len(masks)} '

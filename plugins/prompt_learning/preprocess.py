@@ -43,7 +43,7 @@ def clip_preprocess_cfg(clip_model: torch.nn.Module) -> Dict:
 
 
 def detect_value_range(image: torch.Tensor) -> str:
-    """Guess the value range of one image: ``'0-255'``, ``'-1-1'`` or ``'0-1'``.
+    """Guess one image's value range: ``'0-255'``, ``'-1-1'`` or ``'0-1'``.
 
     Integer tensors and any value above 1 mean 0..255; otherwise a negative
     value means -1..1; otherwise 0..1.  An image that lies in [0, 1] but was

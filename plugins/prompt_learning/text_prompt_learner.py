@@ -71,8 +71,8 @@ class TextPromptLearner(nn.Module):
                 (token_ids[:, 0] != start_token_id).any()):
             raise ValueError(
                 f'token ids must start with the start token {start_token_id} '
-                f'(got {token_ids[:, 0].tolist()}); tokenize with the model\'s '
-                'own tokenizer')
+                f'(got {token_ids[:, 0].tolist()}); tokenize with the '
+                "model's own tokenizer")
         n = self.num_context
         length = token_ids.shape[1]
         # Drop the padding columns all prompts share: BERT masks padded keys

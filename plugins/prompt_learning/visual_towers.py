@@ -131,5 +131,6 @@ def build_visual_tower(clip_model: nn.Module):
     if hasattr(visual, 'conv1') and hasattr(visual, 'transformer'):
         return OpenCLIPViTTower(visual)
     raise TypeError(f'image tower {type(visual).__name__}: expected an '
-                    'open_clip TimmModel (timm ViT trunk) or VisionTransformer')
+                    'open_clip TimmModel (timm ViT trunk) or '
+                    'VisionTransformer')
 

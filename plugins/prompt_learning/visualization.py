@@ -69,7 +69,8 @@ def overlay_mask(image: np.ndarray, mask: np.ndarray, palette: np.ndarray,
 def overlay_heatmap(image: np.ndarray, values: np.ndarray, alpha: float = 0.5,
                     value_range: Optional[Tuple[float, float]] = None
                     ) -> np.ndarray:
-    """Blend a colourised ``(H, W)`` heatmap into an RGB ``(H, W, 3)`` image."""
+    """Blend a colourised ``(H, W)`` heatmap into an RGB ``(H, W, 3)``
+    image."""
     heat = colorize_heatmap(values, value_range).astype(np.float64)
     out = (1 - alpha) * image.astype(np.float64) + alpha * heat
     return out.round().astype(np.uint8)

@@ -68,11 +68,11 @@ class SemSegVisualizationHook(Hook):
         out_dir = osp.join(runner.work_dir, runner.timestamp,
                            self.test_out_dir)
         os.makedirs(out_dir, exist_ok=True)
-        classes = runner.test_evaluator.dataset_meta.get('classes') \
-            if getattr(runner.test_evaluator, 'dataset_meta', None) else None
+        meta = getattr(runner.test_evaluator, 'dataset_meta', None) or {}
         for i, sample in enumerate(outputs):
             image = self._image(data_batch['inputs'][i])
-            self.write(sample, image, out_dir, classes)
+            self.write(sample, image, out_dir, meta.get('classes'),
+                       meta.get('palette'))
 
     def _image(self, tensor: torch.Tensor) -> np.ndarray:
         image = tensor.detach().cpu()
@@ -83,14 +83,27 @@ class SemSegVisualizationHook(Hook):
         return image.permute(1, 2, 0).clamp(0, 255).byte().numpy()
 
     def write(self, sample, image: np.ndarray, out_dir: str,
-              classes: Optional[Sequence[str]] = None) -> list:
-        """Draw one sample's pictures; returns the written paths."""
+              classes: Optional[Sequence[str]] = None,
+              palette: Optional[Sequence[Sequence[int]]] = None) -> list:
+        """Draw one sample's pictures; returns the written paths.
+
+        Args:
+            sample (DetDataSample): with ``pred_sem_seg`` (and optionally
+                ``gt_sem_seg``, ``seg_logits``).
+            image (ndarray): ``(H, W, 3)`` uint8 RGB at the prediction size.
+            out_dir (str): existing folder.
+            classes (Sequence[str], optional): names for the heatmap panels.
+            palette (Sequence, optional): RGB per class (the dataset's);
+                generated when missing or too short.
+        """
         classes = tuple(classes or sample.metainfo.get('class_names') or ())
         pred = sample.pred_sem_seg.sem_seg[0].cpu().numpy()
         gt = sample.gt_sem_seg.sem_seg[0].cpu().numpy() \
             if 'gt_sem_seg' in sample else None
         num_classes = max(len(classes), int(pred.max()) + 1)
-        palette = default_palette(num_classes)
+        if palette is None or len(palette) < num_classes:
+            palette = default_palette(num_classes)
+        palette = np.asarray(palette, dtype=np.uint8)
         name = str(sample.metainfo.get('img_id', sample.metainfo.get(
             'img_path', 'image')))
         name = osp.splitext(osp.basename(name))[0]

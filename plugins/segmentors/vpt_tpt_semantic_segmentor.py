@@ -86,8 +86,8 @@ class VPTTPTSemanticSegmentor(BaseModel):
         weights = dict(ce=1.0, dice=1.0, consistency=0.0)
         unknown = set(loss_weights or {}) - set(weights)
         if unknown:
-            raise KeyError(f'loss_weights: unknown {sorted(unknown)}; expected '
-                           f'{sorted(weights)}')
+            raise KeyError(f'loss_weights: unknown {sorted(unknown)}; '
+                           f'expected {sorted(weights)}')
         weights.update(loss_weights or {})
         self.loss_weights = weights
         if class_weight is not None and len(class_weight) != len(class_names):

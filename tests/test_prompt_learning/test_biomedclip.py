@@ -19,7 +19,8 @@ def biomedclip():
 
 @pytest.fixture(scope='module')
 def images():
-    return torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    return torch.rand(2, 3, 224, 224,
+                      generator=torch.Generator().manual_seed(1))
 
 
 def test_trainable_parameters_are_the_prompts(biomedclip):

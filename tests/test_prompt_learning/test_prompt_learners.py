@@ -98,8 +98,8 @@ def test_context_goes_after_the_start_token(tiny_segmentor):
     assert (prompt_ids[:, 0] == ids[:, 0]).all()
     assert (prompt_ids[:, 1:1 + n] == CONTEXT_TOKEN_ID).all()
     torch.testing.assert_close(prompt_ids[:, 1 + n:], ids[:, 1:used])
-    torch.testing.assert_close(embeds[:, 1:1 + n],
-                               seg.text_prompt_learner.context.expand(3, -1, -1))
+    context = seg.text_prompt_learner.context
+    torch.testing.assert_close(embeds[:, 1:1 + n], context.expand(3, -1, -1))
     if seg.text_tower.kind == 'open_clip':
         # argmax pooling still lands on <end_of_text>, n positions later
         assert (prompt_ids.argmax(1) == ids.argmax(1) + n).all()
