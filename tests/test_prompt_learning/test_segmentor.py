@@ -92,3 +92,16 @@ def test_openclip_vit_b16_real_architecture():
         torch.testing.assert_close(
             plain.encode_text(['prostate', 'background']),
             seg.clip_model.encode_text(ids), atol=1e-5, rtol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU')
+def test_cuda_and_bf16_autocast():
+    seg = VPTTPTSegmentor(model_name='BiomedCLIP-Tiny-test').cuda()
+    assert seg.device.type == 'cuda'
+    images = torch.rand(2, 3, 96, 96)  # on the CPU: moved by preprocess
+    with torch.autocast('cuda', dtype=torch.bfloat16):
+        out = seg(images, ['a', 'b'])
+    out['H_semantic_maps'].float().sum().backward()
+    assert seg.visual_prompt_learner.prompts.grad.abs().sum() > 0
+    assert seg.text_prompt_learner.context.grad.abs().sum() > 0

@@ -67,3 +67,21 @@ def test_clear_errors(toy_data_root, tmp_path):
             data_root=str(toy_data_root),
             data_prefix=dict(img_path='images/val',
                              seg_map_path='semantic/val'))
+
+
+def test_configs_parse(repo_root):
+    from mmengine.config import Config
+    full = Config.fromfile(
+        str(repo_root / 'configs/vpt_tpt/biomedclip_vpt4_tpt4_seg.py'))
+    assert full.model.type == 'VPTTPTSemanticSegmentor'
+    assert full.model.segmentor.model_name == \
+        'BiomedCLIP-PubMedBERT_256-vit_base_patch16_224'
+    assert (full.model.segmentor.num_visual_prompts,
+            full.model.segmentor.num_text_prompts) == (4, 4)
+    assert full.custom_imports.imports == ['plugins']
+    assert full.default_hooks.visualization.type == 'SemSegVisualizationHook'
+    demo = Config.fromfile(
+        str(repo_root / 'configs/_demo_/vpt_tpt_tiny_toy.py'))
+    assert demo.model.segmentor.model_name == 'BiomedCLIP-Tiny-test'
+    assert demo.model.class_names == CLASSES
+    assert demo.train_dataloader.dataset.data_root == 'data/toy/'

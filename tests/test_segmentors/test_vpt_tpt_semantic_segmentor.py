@@ -88,6 +88,7 @@ def read_scalars(work_dir):
         return [json.loads(line) for line in f]
 
 
+@pytest.mark.slow
 def test_demo_config_trains_and_miou_rises(demo_cfg):
     """tools/train.py's runner on the toy masks: mIoU before vs after."""
     from mmengine.runner import Runner
@@ -107,6 +108,7 @@ def test_demo_config_trains_and_miou_rises(demo_cfg):
     assert after > before + 0.05
 
 
+@pytest.mark.slow
 def test_train_and_test_tools_run_the_demo(demo_cfg, repo_root, tmp_path):
     """tools/train.py then tools/test.py --show-dir on the demo config."""
     import sys
