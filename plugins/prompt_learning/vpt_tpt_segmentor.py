@@ -118,6 +118,13 @@ class VPTTPTSegmentor(nn.Module):
                  text_context_init_std: float = 0.02,
                  preprocess_cfg: Optional[Dict] = None) -> None:
         super().__init__()
+        if random_init not in (None, 'fan_in'):
+            raise ValueError(f"random_init {random_init!r}: expected None or "
+                             "'fan_in'")
+        if random_init is not None and pretrained is not None:
+            raise ValueError('random_init re-draws the CLIP weights; it '
+                             f'cannot be combined with pretrained '
+                             f'({pretrained})')
         if clip_model is None:
             clip_model, tokenizer = build_clip(model_name, pretrained)
         elif pretrained is not None:
@@ -125,14 +132,7 @@ class VPTTPTSegmentor(nn.Module):
                              '(load weights into clip_model yourself)')
         if tokenizer is None:
             raise ValueError('clip_model needs its tokenizer')
-        if random_init is not None:
-            if random_init != 'fan_in':
-                raise ValueError(f"random_init {random_init!r}: expected "
-                                 "None or 'fan_in'")
-            if pretrained is not None:
-                raise ValueError('random_init re-draws the CLIP weights; it '
-                                 f'cannot be combined with pretrained '
-                                 f'({pretrained})')
+        if random_init == 'fan_in':
             fan_in_init_(clip_model)
         self.clip_model = clip_model
         self.clip_model.requires_grad_(False)

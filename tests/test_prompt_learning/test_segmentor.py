@@ -105,3 +105,25 @@ def test_cuda_and_bf16_autocast():
     out['H_semantic_maps'].float().sum().backward()
     assert seg.visual_prompt_learner.prompts.grad.abs().sum() > 0
     assert seg.text_prompt_learner.context.grad.abs().sum() > 0
+
+
+def test_fan_in_random_init_separates_class_names(tiny_biomedclip):
+    """open_clip's init gives near-identical class features when frozen;
+    the demo's fan-in init does not (and refuses pretrained weights)."""
+    import torch.nn.functional as F
+    names = ['circle', 'square', 'triangle', 'background']
+
+    def min_angle_gap(seg):
+        with torch.no_grad():
+            t = F.normalize(seg.encode_text(names), dim=-1)
+        return float(1 - (t @ t.T).fill_diagonal_(-1).max())
+
+    torch.manual_seed(0)
+    fan_in = VPTTPTSegmentor(model_name='BiomedCLIP-Tiny-test',
+                             random_init='fan_in')
+    assert min_angle_gap(tiny_biomedclip) < 1e-3
+    assert min_angle_gap(fan_in) > 1e-3
+    with pytest.raises(ValueError, match='cannot be combined'):
+        VPTTPTSegmentor(pretrained='x.bin', random_init='fan_in')
+    with pytest.raises(ValueError, match='random_init'):
+        VPTTPTSegmentor(random_init='xavier')
