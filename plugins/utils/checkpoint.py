@@ -167,7 +167,12 @@ def _load_pickle(path: Path, map_location, extra_globals: Iterable) -> Any:
             with torch.serialization._open_zipfile_reader(str(path)) as zf:
                 if is_torchscript_archive(zf):
                     return load_torchscript_tensors(zf, map_location)
-        with torch.serialization.safe_globals(allowed):
+        # Only what is not allow-listed already: the context manager removes
+        # its globals on exit, which would also drop process-wide entries
+        # (e.g. mmengine's, which --resume needs later in the same process).
+        present = set(torch.serialization.get_safe_globals())
+        missing = [g for g in allowed if g not in present]
+        with torch.serialization.safe_globals(missing):
             return torch.load(
                 str(path), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:

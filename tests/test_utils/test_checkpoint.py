@@ -238,3 +238,14 @@ def test_torchscript_archive_with_foreign_global_is_refused(tmp_path):
     with pytest.raises(UnsafeCheckpointError, match='system'):
         safe_load(out)
     assert not marker.exists()
+
+
+def test_safe_load_keeps_process_wide_allow_list(tmp_path):
+    """A safe_load must not remove globals allow-listed by someone else."""
+    import numpy as np
+    marker = np.dtype  # one of the classes plugins.engine allow-lists
+    torch.serialization.add_safe_globals([marker])
+    path = tmp_path / 'w.pth'
+    torch.save({'w': torch.zeros(2)}, path)
+    safe_load(path)
+    assert marker in torch.serialization.get_safe_globals()
