@@ -1,0 +1,612 @@
+"""ConceptCLIP (medical concept-enhanced CLIP), built offline.
+
+ConceptCLIP pairs a SigLIP ``so400m`` image tower (timm
+``vit_so400m_patch14_siglip_384``: patch 14, 384 px input, 27 x 27 = 729
+tokens, width 1152, no class token, attention-pool head) with a PubMedBERT
+text tower, both as in open_clip (``TimmModel`` / ``HFTextEncoder``), plus:
+
+* ``image_proj``: ``Linear(1152, 1152)`` mapping image *tokens* into the
+  text-aligned space (region/concept alignment);
+* ``text_proj``: ``Linear(768, 1152)`` mapping text tokens likewise;
+* SigLIP-style ``logit_scale`` / ``logit_bias`` (image-text) and
+  ``concept_logit_scale`` / ``concept_logit_bias`` (token-concept).
+
+The published model is a Hugging Face folder whose loader executes remote
+code; here the architecture is built from the shipped open_clip configs
+(``model_configs/ConceptCLIP-*.json``) and the folder's safetensors are read
+as data and mapped onto it by key (:func:`load_concept_clip_weights`).
+
+Scales are stored in log space like open_clip's (``logit_scale.exp()`` is
+the multiplier); :meth:`ConceptCLIP.forward` returns them exponentiated, as
+the HF model's output dict does.
+"""
+import json
+import logging
+import math
+import os
+from contextlib import nullcontext
+from pathlib import Path
+from typing import (Callable, Dict, Iterable, Mapping, Optional, Sequence,
+                    Tuple, Union)
+
+import open_clip
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from open_clip.hf_model import HFTextEncoder
+from open_clip.timm_model import TimmModel
+from timm.models import build_model_with_cfg, register_model
+from timm.models.vision_transformer import VisionTransformer as TimmViT
+
+from plugins.utils import (check_state_dict, rename_keys, safe_load,
+                           strip_prefix)
+
+from .open_clip_factory import (HF_CONFIG_DIR, build_preprocess,
+                                build_tokenizer, create_model,
+                                get_model_config, register_model_configs)
+from .weights import find_weights_file
+
+# timm's register_model appends each model name to the module's __all__
+__all__ = [
+    'CONCEPT_CLIP_MODEL_NAME', 'CONCEPT_CLIP_TINY_MODEL_NAME',
+    'CONCEPT_CLIP_MEAN', 'CONCEPT_CLIP_STD', 'CONCEPT_CLIP_WEIGHT_FILE_NAMES',
+    'ConceptCLIP', 'ConceptCLIPForScoring', 'build_concept_clip',
+    'convert_concept_clip_state_dict', 'load_concept_clip_weights',
+    'read_concept_clip_weights', 'resolve_config_name'
+]
+
+logger = logging.getLogger(__name__)
+
+StateDict = Dict[str, torch.Tensor]
+
+#: Shipped config of the released model (SigLIP so400m/14 at 384 +
+#: PubMedBERT, joint width 1152).
+CONCEPT_CLIP_MODEL_NAME = 'ConceptCLIP-SO400M-14-384'
+#: Same classes, tiny sizes (width 64, 4 blocks, patch 14, 112 px input,
+#: 2-layer BERT) for tests and demos.
+CONCEPT_CLIP_TINY_MODEL_NAME = 'ConceptCLIP-Tiny-test'
+#: ConceptCLIP's image statistics (RGB, [0, 1] scale), as SigLIP's.
+CONCEPT_CLIP_MEAN = (0.5, 0.5, 0.5)
+CONCEPT_CLIP_STD = (0.5, 0.5, 0.5)
+
+#: File names looked for in a model folder, best first: the HF export
+#: (single or sharded), then open_clip-style names.
+CONCEPT_CLIP_WEIGHT_FILE_NAMES = ('model.safetensors',
+                                  'model.safetensors.index.json',
+                                  'pytorch_model.bin',
+                                  'pytorch_model.bin.index.json',
+                                  'open_clip_model.safetensors',
+                                  'open_clip_pytorch_model.bin')
+#: Module prefixes a wrapper may put in front of every key (stripped when
+#: *all* keys carry one).
+WRAPPER_PREFIXES = ('module.', 'model.', 'conceptclip.', 'clip.')
+
+#: Shown when a checkpoint does not match.
+KEY_RULES_HINT = (
+    'the file may use other module names than this build of ConceptCLIP; '
+    'pass key_rules=[(regex, replacement), ...] to rename them (e.g. '
+    "[(r'^vision_model\\.', 'visual.trunk.')]) and compare with "
+    'ConceptCLIP(...).state_dict().keys()')
+
+_TINY_TIMM_NAME = 'vit_conceptclip_test_patch14_112'
+
+
+@register_model
+def vit_conceptclip_test_patch14_112(pretrained: bool = False,
+                                     **kwargs) -> TimmViT:
+    """SigLIP-style timm ViT at test size: the so400m layout (patch 14, no
+    class token, attention-pool head, mlp ratio 3.7362) at width 64, 4
+    blocks, 2 heads, 112 px (8 x 8 patches).  Random weights only."""
+    if pretrained:
+        raise ValueError(f'{_TINY_TIMM_NAME} has no pretrained weights')
+    if kwargs.get('pretrained_cfg') is None:
+        kwargs['pretrained_cfg'] = dict(
+            architecture=_TINY_TIMM_NAME,
+            input_size=(3, 112, 112),
+            interpolation='bicubic',
+            mean=CONCEPT_CLIP_MEAN,
+            std=CONCEPT_CLIP_STD,
+            num_classes=0)
+    model_args = dict(
+        img_size=112,
+        patch_size=14,
+        embed_dim=64,
+        depth=4,
+        num_heads=2,
+        mlp_ratio=3.7362,
+        class_token=False,
+        global_pool='map')
+    return build_model_with_cfg(TimmViT, _TINY_TIMM_NAME, False,
+                                **dict(model_args, **kwargs))
+
+
+def resolve_config_name(config: Union[str, os.PathLike]) -> str:
+    """A model config name for ``config``: a registered name as is, or a
+    JSON file (open_clip config format) registered under its stem."""
+    register_model_configs()
+    path = Path(config)
+    if path.suffix == '.json' and path.is_file():
+        open_clip.add_model_config(path)
+        return path.stem
+    return str(config)
+
+
+class ConceptCLIP(nn.Module):
+    """ConceptCLIP image-text model (host-free).
+
+    Attributes:
+        visual (open_clip.timm_model.TimmModel): ``trunk`` = timm SigLIP
+            ViT, ``head`` = identity (pooling by the trunk's ``attn_pool``).
+        text (open_clip.hf_model.HFTextEncoder): BERT (PubMedBERT), CLS
+            pooling of the last hidden state, ``proj`` to the joint width.
+        image_proj (nn.Linear): image tokens -> joint width.
+        text_proj (nn.Linear): text tokens -> joint width.
+        logit_scale, logit_bias, concept_logit_scale, concept_logit_bias
+            (nn.Parameter): scalars; scales in log space.
+
+    Args:
+        model_name (str): config name (:data:`CONCEPT_CLIP_MODEL_NAME`,
+            :data:`CONCEPT_CLIP_TINY_MODEL_NAME`) or a JSON config path.
+        vision_only (bool): build a tiny stub text tower (for image-only
+            users such as the backbone). Default: False.
+        device (str): ``'cpu'``, ``'cuda'``, or ``'meta'`` (no weights
+            allocated; layout inspection). Default: ``'cpu'``.
+        proj_bias (bool): biases in ``image_proj``/``text_proj``.
+            Default: True.
+        init_concept_logit_scale (float): Default: ``log(10)`` (SigLIP).
+        init_concept_logit_bias (float): Default: -10 (SigLIP).
+
+    Example:
+        >>> import torch
+        >>> from plugins.models.concept_clip import ConceptCLIP
+        >>> model = ConceptCLIP('ConceptCLIP-Tiny-test').eval()
+        >>> img_cls, img_tokens = model.encode_image(torch.rand(2, 3, 112, 112))
+        >>> img_cls.shape, img_tokens.shape
+        (torch.Size([2, 64]), torch.Size([2, 64, 64]))
+        >>> model.image_proj(img_tokens).shape   # image_token_features
+        torch.Size([2, 64, 64])
+    """
+
+    def __init__(self,
+                 model_name: str = CONCEPT_CLIP_MODEL_NAME,
+                 vision_only: bool = False,
+                 device: str = 'cpu',
+                 proj_bias: bool = True,
+                 init_concept_logit_scale: float = math.log(10),
+                 init_concept_logit_bias: float = -10.0):
+        super().__init__()
+        self.model_name = resolve_config_name(model_name)
+        cfg = get_model_config(self.model_name)
+        clip = create_model(
+            self.model_name, device=device, vision_only=vision_only)
+        visual = clip.visual
+        if not (isinstance(visual, TimmModel)
+                and isinstance(visual.trunk, TimmViT)):
+            raise TypeError(
+                f"ConceptCLIP needs a timm ViT image tower; '{model_name}' "
+                f'has {type(visual).__name__}')
+        if not isinstance(clip.text, HFTextEncoder):
+            raise TypeError(
+                f"ConceptCLIP needs a BERT text tower (hf_model_name); "
+                f"'{model_name}' has {type(clip.text).__name__}")
+        self.embed_dim = int(cfg['embed_dim'])
+        self.vision_only = bool(vision_only)
+        self.visual = visual
+        self.text = clip.text
+        self.logit_scale = clip.logit_scale
+        self.logit_bias = clip.logit_bias
+        with torch.device('meta') if str(device) == 'meta' else nullcontext():
+            if self.logit_bias is None:  # configs without init_logit_bias
+                self.logit_bias = nn.Parameter(torch.full((), -10.0))
+            self.image_proj = nn.Linear(
+                visual.trunk.num_features, self.embed_dim, bias=proj_bias)
+            self.text_proj = nn.Linear(
+                self.text.config.hidden_size, self.embed_dim, bias=proj_bias)
+            self.concept_logit_scale = nn.Parameter(
+                torch.full((), float(init_concept_logit_scale)))
+            self.concept_logit_bias = nn.Parameter(
+                torch.full((), float(init_concept_logit_bias)))
+        if str(device) not in ('cpu', 'meta'):
+            self.to(device)
+        # ConceptCLIP was trained on squashed (not cropped) 384 px images
+        # with SigLIP statistics; open_clip's default would be OpenAI's.
+        visual.preprocess_cfg = dict(
+            getattr(visual, 'preprocess_cfg', None) or {},
+            size=tuple(visual.image_size),
+            mean=CONCEPT_CLIP_MEAN,
+            std=CONCEPT_CLIP_STD,
+            interpolation='bicubic',
+            resize_mode='squash')
+
+    # ------------------------------------------------------------------
+    @property
+    def trunk(self) -> TimmViT:
+        return self.visual.trunk
+
+    @property
+    def image_size(self) -> Tuple[int, int]:
+        return tuple(self.visual.image_size)
+
+    @property
+    def mean(self) -> Tuple[float, float, float]:
+        return tuple(self.visual.preprocess_cfg['mean'])
+
+    @property
+    def std(self) -> Tuple[float, float, float]:
+        return tuple(self.visual.preprocess_cfg['std'])
+
+    def encode_image(
+            self,
+            pixel_values: torch.Tensor,
+            normalize: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Encode normalised images.
+
+        Args:
+            pixel_values (Tensor): ``(B, 3, 384, 384)`` (the config's size),
+                normalised with :attr:`mean`/:attr:`std` (see
+                :meth:`preprocess_tensor`).
+            normalize (bool): L2-normalise the pooled embedding.
+                Default: True.
+
+        Returns:
+            tuple: ``img_cls (B, embed_dim)`` -- the attention-pooled image
+            embedding (SigLIP has no class token; this is ConceptCLIP's
+            ``image_features``) -- and ``img_tokens (B, 729, width)``, the
+            trunk's patch tokens after its final norm (not normalised;
+            ``image_proj(img_tokens)`` are the ``image_token_features``).
+        """
+        tokens = self.trunk.forward_features(pixel_values)
+        pooled = self.visual.head(self.trunk.forward_head(tokens))
+        if normalize:
+            pooled = F.normalize(pooled, dim=-1)
+        return pooled, tokens
+
+    def encode_text(
+        self,
+        input_ids: torch.Tensor,
+        normalize: bool = True,
+        attention_mask: Optional[torch.Tensor] = None
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Encode token ids.
+
+        Args:
+            input_ids (Tensor): ``(N, L)`` BERT ids (``[CLS] ... [SEP]
+                [PAD]...``), e.g. from the tokenizer of
+                :func:`build_concept_clip`.
+            normalize (bool): L2-normalise the pooled embedding.
+                Default: True.
+            attention_mask (Tensor, optional): ``(N, L)``; default: ids
+                different from the pad id.
+
+        Returns:
+            tuple: ``txt_cls (N, embed_dim)`` (``text.proj`` of the CLS
+            token's last hidden state) and ``txt_tokens (N, L, hidden)``
+            (last hidden states, 768 for PubMedBERT; ``text_proj`` maps
+            them to the joint width).
+        """
+        text = self.text
+        if attention_mask is None:
+            attention_mask = (input_ids != text.config.pad_token_id).long()
+        out = text.transformer(
+            input_ids=input_ids, attention_mask=attention_mask)
+        pooled = text.proj(text.pooler(out, attention_mask))
+        if normalize:
+            pooled = F.normalize(pooled, dim=-1)
+        return pooled, out.last_hidden_state
+
+    def forward(self,
+                pixel_values: Optional[torch.Tensor] = None,
+                input_ids: Optional[torch.Tensor] = None,
+                attention_mask: Optional[torch.Tensor] = None
+                ) -> Dict[str, torch.Tensor]:
+        """The HF model's output dict.
+
+        Returns:
+            dict: ``image_features (B, D)``, ``image_token_features
+            (B, 729, D)`` (with images), ``text_features (N, D)``,
+            ``text_token_features (N, L, D)`` (with ids), and the
+            exponentiated ``logit_scale``, ``logit_bias``,
+            ``concept_logit_scale``, ``concept_logit_bias`` (0-dim), so
+            ``logit_scale * image_features @ text_features.T + logit_bias``
+            are the (sigmoid) logits.
+        """
+        out = {}
+        if pixel_values is not None:
+            img, tokens = self.encode_image(pixel_values)
+            out['image_features'] = img
+            out['image_token_features'] = self.image_proj(tokens)
+        if input_ids is not None:
+            txt, tokens = self.encode_text(
+                input_ids, attention_mask=attention_mask)
+            out['text_features'] = txt
+            out['text_token_features'] = self.text_proj(tokens)
+        out.update(
+            logit_scale=self.logit_scale.exp(),
+            logit_bias=self.logit_bias,
+            concept_logit_scale=self.concept_logit_scale.exp(),
+            concept_logit_bias=self.concept_logit_bias)
+        return out
+
+    def logits(self,
+               image_features: torch.Tensor,
+               text_features: torch.Tensor,
+               concept: bool = False) -> torch.Tensor:
+        """SigLIP-style logits ``scale.exp() * img @ txt.T + bias``
+        (``sigmoid`` gives per-pair probabilities).
+
+        Args:
+            image_features (Tensor): ``(B, D)`` normalised.
+            text_features (Tensor): ``(N, D)`` normalised.
+            concept (bool): use the concept scale/bias. Default: False.
+
+        Returns:
+            Tensor: ``(B, N)``.
+        """
+        scale, bias = ((self.concept_logit_scale, self.concept_logit_bias)
+                       if concept else (self.logit_scale, self.logit_bias))
+        return scale.exp() * image_features @ text_features.t() + bias
+
+    def preprocess_tensor(self, images: torch.Tensor) -> torch.Tensor:
+        """Images already in ``[0, 1]`` -> model input (no rescaling).
+
+        Resizes ``(B, 3, H, W)`` (or ``(3, H, W)``) to the model's size the
+        way it was trained (bicubic, squashed, anti-aliased) and normalises
+        with :attr:`mean`/:attr:`std`.
+        """
+        if images.dim() == 3:
+            images = images.unsqueeze(0)
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError('ConceptCLIP.preprocess_tensor expects images '
+                             f'(B, 3, H, W) in [0, 1], got '
+                             f'{tuple(images.shape)}')
+        images = images.float()
+        if tuple(images.shape[-2:]) != self.image_size:
+            images = F.interpolate(
+                images,
+                size=self.image_size,
+                mode='bicubic',
+                align_corners=False,
+                antialias=True).clamp_(0, 1)
+        mean = images.new_tensor(self.mean).view(1, 3, 1, 1)
+        std = images.new_tensor(self.std).view(1, 3, 1, 1)
+        return (images - mean) / std
+
+    def for_scoring(self) -> 'ConceptCLIPForScoring':
+        """An open_clip-style view for code written against open_clip's
+        model API (``encode_image``/``encode_text`` returning embeddings,
+        ``logit_scale``, ``logit_bias``); shares this model's weights."""
+        return ConceptCLIPForScoring(self)
+
+
+class ConceptCLIPForScoring(nn.Module):
+    """ConceptCLIP behind open_clip's SigLIP model interface.
+
+    Shares the wrapped model's modules and parameters (no copy).  Scoring
+    code written for open_clip SigLIP models works unchanged::
+
+        img = model.encode_image(x, normalize=True)     # (B, D)
+        txt = model.encode_text(ids, normalize=True)    # (N, D)
+        probs = torch.sigmoid(model.logit_scale.exp() * img @ txt.T
+                              + model.logit_bias)
+
+    Args:
+        model (ConceptCLIP): the model.
+
+    Attributes:
+        logit_scale (nn.Parameter): log-space scale (0-dim), as open_clip.
+        logit_bias (nn.Parameter): bias (0-dim); its presence marks a
+            sigmoid-style model.
+        visual: the image tower (``visual.preprocess_cfg`` has size and
+            mean/std).
+    """
+
+    def __init__(self, model: ConceptCLIP):
+        super().__init__()
+        self.model = model
+
+    @property
+    def logit_scale(self) -> nn.Parameter:
+        return self.model.logit_scale
+
+    @property
+    def logit_bias(self) -> nn.Parameter:
+        return self.model.logit_bias
+
+    @property
+    def visual(self) -> nn.Module:
+        return self.model.visual
+
+    def encode_image(self,
+                     image: torch.Tensor,
+                     normalize: bool = False) -> torch.Tensor:
+        """``(B, 3, H, W)`` normalised images -> ``(B, D)`` embeddings."""
+        return self.model.encode_image(image, normalize=normalize)[0]
+
+    def encode_text(self,
+                    text: torch.Tensor,
+                    normalize: bool = False) -> torch.Tensor:
+        """``(N, L)`` token ids -> ``(N, D)`` embeddings."""
+        return self.model.encode_text(text, normalize=normalize)[0]
+
+    def forward(self, image=None, text=None):
+        """open_clip's ``forward``: ``(image_features, text_features,
+        logit_scale.exp(), logit_bias)`` (normalised features)."""
+        img = self.encode_image(image, True) if image is not None else None
+        txt = self.encode_text(text, True) if text is not None else None
+        return img, txt, self.logit_scale.exp(), self.logit_bias
+
+
+# ----------------------------------------------------------------------
+# Weights
+# ----------------------------------------------------------------------
+def read_concept_clip_weights(path: Union[str, os.PathLike]) -> StateDict:
+    """Read a ConceptCLIP weights file or HF folder as a flat state dict.
+
+    A folder: the first of :data:`CONCEPT_CLIP_WEIGHT_FILE_NAMES` present;
+    a sharded export (``*.index.json``) is read shard by shard.  Every file
+    is read by :func:`plugins.utils.safe_load` (no code executed).
+    """
+    path = find_weights_file(path, CONCEPT_CLIP_WEIGHT_FILE_NAMES)
+    if path.name.endswith('.index.json'):
+        with open(path) as f:
+            weight_map = json.load(f).get('weight_map')
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise ValueError(f'{path} has no weight_map')
+        state = {}
+        for shard in sorted(set(weight_map.values())):
+            state.update(safe_load(path.parent / shard))
+        missing = sorted(set(weight_map) - set(state))
+        if missing:
+            raise ValueError(f'{path}: {len(missing)} keys listed in the '
+                             f'index are in no shard, e.g. {missing[:5]}')
+        return state
+    return safe_load(path)
+
+
+def convert_concept_clip_state_dict(
+        state: Mapping[str, torch.Tensor],
+        expected: Mapping[str, torch.Tensor],
+        key_rules: Iterable[Tuple[str, str]] = ()) -> StateDict:
+    """Map a loaded ConceptCLIP checkpoint onto ``expected``'s keys.
+
+    Strips a wrapper prefix carried by every key
+    (:data:`WRAPPER_PREFIXES`), applies ``key_rules`` (``(regex,
+    replacement)``, in order), drops buffers the model rebuilds (BERT's
+    ``position_ids``) and an unused BERT pooler, and reshapes 1-element
+    logit scales/biases to the model's shape.  Unknown keys stay, for the
+    strict check to report.
+    """
+    state = dict(state)
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in WRAPPER_PREFIXES:
+            if state and all(k.startswith(prefix) for k in state) and \
+                    not any(k.startswith(prefix) for k in expected):
+                state = strip_prefix(state, prefix)
+                stripped = True
+    key_rules = list(key_rules)
+    if key_rules:
+        state = rename_keys(state, key_rules)
+    for key in list(state):
+        if key in expected:
+            continue
+        if key.endswith('embeddings.position_ids') or \
+                key.startswith('text.transformer.pooler.'):
+            del state[key]
+    for key in ('logit_scale', 'logit_bias', 'concept_logit_scale',
+                'concept_logit_bias'):
+        if key in state and key in expected and \
+                state[key].numel() == expected[key].numel() == 1:
+            state[key] = state[key].reshape(expected[key].shape)
+    return state
+
+
+def load_concept_clip_weights(
+        model: nn.Module,
+        source: Union[str, os.PathLike, Mapping[str, torch.Tensor]],
+        strict: bool = True,
+        key_rules: Iterable[Tuple[str, str]] = (),
+        keep_prefixes: Optional[Sequence[str]] = None) -> StateDict:
+    """Load ConceptCLIP weights into ``model``, checking every key.
+
+    Args:
+        model: a :class:`ConceptCLIP` (or a module holding a part of it
+            under the same names, e.g. ``visual.`` and ``image_proj.``).
+        source: HF folder, weights file, or a loaded state dict.
+        strict (bool): raise
+            :class:`plugins.utils.StateDictMismatchError` (missing,
+            unexpected and shape-mismatched keys) unless everything
+            matches. Default: True.
+        key_rules: extra ``(regex, replacement)`` renames.
+        keep_prefixes (Sequence[str], optional): keep only checkpoint keys
+            under these prefixes (e.g. ``('visual.', 'image_proj.')`` for
+            an image-only module); default: all.
+
+    Returns:
+        dict: the converted state dict that was loaded.
+    """
+    name = None
+    if isinstance(source, Mapping):
+        state = dict(source)
+    else:
+        name = str(source)
+        state = read_concept_clip_weights(source)
+    expected = model.state_dict()
+    state = convert_concept_clip_state_dict(state, expected, key_rules)
+    if keep_prefixes is not None:
+        state = {
+            k: v
+            for k, v in state.items() if k.startswith(tuple(keep_prefixes))
+        }
+    if strict:
+        check_state_dict(
+            expected,
+            state,
+            source=name,
+            target=type(model).__name__,
+            hint=KEY_RULES_HINT)
+    model.load_state_dict(state, strict=strict)
+    return state
+
+
+# ----------------------------------------------------------------------
+# Builder
+# ----------------------------------------------------------------------
+def build_concept_clip(
+        path: Optional[Union[str, os.PathLike]] = None,
+        *,
+        config: Union[str, os.PathLike] = CONCEPT_CLIP_MODEL_NAME,
+        tokenizer: Optional[Union[str, os.PathLike]] = None,
+        device: str = 'cpu',
+        strict: bool = True,
+        key_rules: Iterable[Tuple[str, str]] = ()
+) -> Tuple[ConceptCLIP, Callable, Optional[Callable]]:
+    """Build ConceptCLIP offline and load a local HF folder's weights.
+
+    No remote code runs: the architecture comes from ``config``, the
+    folder's safetensors (or ``pytorch_model.bin``) are read as data and
+    mapped by key.
+
+    Args:
+        path (str, optional): the downloaded HF folder (``model.safetensors``
+            or a sharded ``model.safetensors.index.json``; ``vocab.txt``),
+            or a weights file. None: random weights.
+        config (str): :data:`CONCEPT_CLIP_MODEL_NAME` (default),
+            :data:`CONCEPT_CLIP_TINY_MODEL_NAME`, another registered name,
+            or an open_clip-format JSON file.
+        tokenizer (str, optional): ``vocab.txt`` or a folder with one;
+            default: the one in ``path``'s folder, else the shipped text
+            config folder, else the tiny test vocabulary (with a warning).
+        device (str): Default: ``'cpu'``.
+        strict (bool): every key must match. Default: True.
+        key_rules: extra ``(regex, replacement)`` key renames, for exports
+            that name modules differently.
+
+    Returns:
+        tuple: ``(model, preprocess, tokenizer)`` -- the
+        :class:`ConceptCLIP` in eval mode; ``preprocess`` the PIL transform
+        (squash-resize to 384, bicubic, mean/std 0.5); ``tokenizer`` maps
+        texts to ``LongTensor (N, context_length)`` (None if no vocabulary
+        could be found).  Use ``model.for_scoring()`` for an open_clip-style
+        interface.
+    """
+    model = ConceptCLIP(config)
+    if path is not None:
+        load_concept_clip_weights(
+            model, path, strict=strict, key_rules=key_rules)
+        if tokenizer is None:
+            folder = Path(path)
+            folder = folder if folder.is_dir() else folder.parent
+            if (folder / 'vocab.txt').is_file():
+                tokenizer = folder
+    model.to(device).eval()
+    tok = build_tokenizer(model.model_name, tokenizer)
+    if tok is None:
+        test_vocab = HF_CONFIG_DIR / 'BiomedBERT-tiny-test' / 'vocab.txt'
+        logger.warning(
+            f'{model.model_name}: no vocab.txt given or found; using the '
+            f'tiny test vocabulary {test_vocab}. Pass the ConceptCLIP folder '
+            '(or tokenizer=<vocab.txt>) for the real tokenizer.')
+        tok = build_tokenizer(model.model_name, test_vocab)
+    return model, build_preprocess(model), tok
