@@ -86,7 +86,8 @@ def test_multiply_and_filter(tmp_path, image, tiny_clip, stub_detector_type):
         torch.tensor([0.9, 0.5, 0.01]) * torch.tensor(expected + [1.0]))
     # filter mode keeps regions whose multiplier reaches the threshold
     thr = min(expected) + 1e-3
-    det = build(stub_detector_type, scorer, mode='filter', min_multiplier=thr)
+    det = build(stub_detector_type, scorer, mode='filter', min_multiplier=thr,
+                score_thr=0.05)
     out = det.predict(torch.zeros(1, 3, 8, 8), samples(tmp_path, image))
     kept = [m for m in expected + [1.0] if m >= thr]
     torch.testing.assert_close(out[0].pred_instances.semantic_multipliers,
