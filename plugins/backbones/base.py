@@ -473,8 +473,9 @@ class CLIPBackboneBase(BaseModule, metaclass=ABCMeta):
             raise RuntimeError(f'{type(self).__name__}.__init__ must call '
                                'self._init_backbone() after building')
         x, grid = self.prepare_input(x)
-        tokens = self.embed_tokens(x, grid)
-        outs = self.forward_blocks(tokens, grid)
+        # no local name for the embedded tokens: the blocks' first input is
+        # freed as soon as the first block has run (lower peak memory)
+        outs = self.forward_blocks(self.embed_tokens(x, grid), grid)
         return tuple(self.tokens_to_map(t, grid) for t in outs)
 
 
