@@ -2,7 +2,7 @@
 # Both run `make setup` first; set-up caches everything it builds, so a
 # second run only checks the caches.
 PY := .venv/bin/python
-DEMO_CONFIG ?= configs/_demo_/dino-4scale_r18-tiny_toy.py
+DEMO_CONFIG ?= configs/_demo_/dino_surgeryclip-tiny_deformneck_toy.py
 DEMO_WORK_DIR ?= work_dirs/demo
 PYTEST_ARGS ?=
 

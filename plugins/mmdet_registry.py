@@ -18,14 +18,10 @@ ADAPTER_MODULES = [
     'plugins.necks',
     'plugins.attention',
     'plugins.segmentors',
+    'plugins.scoring_mmdet',
 ]
-# Adapters that land in later releases of a component register when present.
-OPTIONAL_ADAPTER_MODULES = ['plugins.scoring_mmdet']
 
 allow_mmengine_checkpoint_classes()
 
 for _name in ADAPTER_MODULES:
     importlib.import_module(_name)
-for _name in OPTIONAL_ADAPTER_MODULES:
-    if importlib.util.find_spec(_name) is not None:
-        importlib.import_module(_name)
