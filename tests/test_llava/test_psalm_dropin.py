@@ -38,6 +38,10 @@ def dropin():
 @pytest.fixture
 def fake_psalm():
     """Import the fake PSALM fresh (patches must not leak between tests)."""
+    import logging
+    plugins_logger = logging.getLogger('plugins')
+    saved = (list(plugins_logger.handlers), plugins_logger.level,
+             plugins_logger.propagate)
     _forget_psalm()
     sys.path.insert(0, str(FAKE_ROOT))
     try:
@@ -45,6 +49,9 @@ def fake_psalm():
     finally:
         sys.path.remove(str(FAKE_ROOT))
         _forget_psalm()
+        plugins_logger.handlers[:] = saved[0]
+        plugins_logger.setLevel(saved[1])
+        plugins_logger.propagate = saved[2]
 
 
 def _model_args(**kw):
@@ -106,6 +113,18 @@ def _record_inputs(module):
     seen = []
     module.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
     return seen
+
+
+def test_projector_lines_are_printed(dropin, fake_psalm, capsys):
+    import logging
+    logging.getLogger('plugins').handlers.clear()  # restored by the fixture
+    dropin.apply()
+    model = _psalm_model()
+    model.get_model().initialize_vision_modules(_model_args())
+    err = capsys.readouterr().err
+    assert 'mm_projector type: MultiScaleDeformableCrossAttentionAlignment' \
+        in err
+    assert 'n_levels=4, n_heads=8, n_points=4' in err
 
 
 def test_encode_images_passes_all_four_maps(dropin, fake_psalm):

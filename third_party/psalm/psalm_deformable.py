@@ -161,11 +161,15 @@ def patch_initialize_vision_modules(cls) -> bool:
         result = original(self, model_args, *args, **kwargs)
         if adapter and ours:
             from plugins.llava.projector_weights import load_projector_weights
-            report = load_projector_weights(self.mm_projector, adapter,
+            result = load_projector_weights(self.mm_projector, adapter,
                                             strict=True)
-            logger.info('loaded pretrain_mm_mlp_adapter %s: %s', adapter,
-                        report)
-            print(f'load mm_projector {adapter} (strict): {report}')
+            # PSALM prints instead of logging; say the same in both.
+            message = (f'load mm_projector {adapter} (strict): '
+                       f'{len(result.loaded)} keys loaded, '
+                       f'{len(result.missing)} missing, '
+                       f'{len(result.unexpected)} unexpected')
+            logger.info(message)
+            print(message)
         return result
 
     setattr(initialize_vision_modules, _PATCHED, True)
@@ -190,6 +194,20 @@ def extend_model_arguments(model_args_cls):
 
 
 # -- everything ------------------------------------------------------------------
+def _show_plugin_logs() -> None:
+    """Print INFO records of the ``plugins`` loggers (the projector builder
+    logs its type and ``n_levels/n_heads/n_points`` there); PSALM configures
+    no logging, so they would otherwise be dropped."""
+    plugins_logger = logging.getLogger('plugins')
+    if plugins_logger.handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter('%(name)s: %(message)s'))
+    plugins_logger.addHandler(handler)
+    plugins_logger.setLevel(logging.INFO)
+    plugins_logger.propagate = False
+
+
 def _import_optional(name: str):
     try:
         return importlib.import_module(name)
@@ -214,6 +232,7 @@ def apply(package: str = 'psalm', patch_train: bool = True) -> Dict[str, list]:
         raise ImportError(f'PSALM package {package!r} is not importable; run '
                           'from the PSALM checkout or put it on PYTHONPATH '
                           f'({err})') from err
+    _show_plugin_logs()
     report: Dict[str, list] = dict(builder=[], encode_images=[],
                                    initialize_vision_modules=[],
                                    model_arguments=[])
