@@ -150,3 +150,25 @@ def test_prompt_loading(tmp_path):
     assert load_prompts(['x', ' ', 'y']) == ['x', 'y']
     with pytest.raises(ValueError, match='no prompts'):
         load_prompts([])
+
+
+def test_concept_clip_uses_sigmoid_head(image):
+    """The tiny ConceptCLIP (log-space logit_scale, logit_bias, tuple
+    outputs) scores with the sigmoid head, as its own get-logits does."""
+    from plugins.scoring import build_region_scorer
+    torch.manual_seed(0)
+    scorer = build_region_scorer('ConceptCLIP-Tiny-test',
+                                 positive_prompts=['a tumor', 'a cell'],
+                                 negative_prompts=['background'])
+    assert scorer.head == 'sigmoid'
+    model = scorer.model
+    crops = scorer.prepare_crops(image, BOXES[:2])
+    img = scorer.encode_crops(crops)
+    with torch.no_grad():
+        ids = scorer.tokenizer(['a tumor', 'a cell', 'background'])
+        txt = model.encode_text(ids, normalize=True)[0]
+        expected = torch.sigmoid(model.logit_scale.exp() * img @ txt.T +
+                                 model.logit_bias)
+    torch.testing.assert_close(scorer.probs(img), expected)
+    records = scorer.score(image, BOXES[:2])
+    assert set(records[0]) == set(RECORD_FIELDS)
