@@ -5,7 +5,7 @@ Usage::
 
     python tools/adapt_pretrain_to_deformable.py IN OUT --projector-outdim 2048
         [--swin-type base] [--mm-hidden-dim 256] [--mm-n-heads 8]
-        [--mm-n-points 4] [--seed 0]
+        [--mm-n-points 4] [--mm-num-tokens 256] [--mm-num-layers 2] [--seed 0]
 
 IN is read safely (safetensors or weights-only torch pickle), with or without
 the ``model.mm_projector.`` / ``mm_projector.`` prefix.  OUT keeps PSALM's
@@ -37,6 +37,8 @@ def parse_args(argv=None):
     parser.add_argument('--mm-hidden-dim', type=int, default=256)
     parser.add_argument('--mm-n-heads', type=int, default=8)
     parser.add_argument('--mm-n-points', type=int, default=4)
+    parser.add_argument('--mm-num-tokens', type=int, default=256)
+    parser.add_argument('--mm-num-layers', type=int, default=2)
     parser.add_argument('--seed', type=int, default=0)
     return parser.parse_args(argv)
 
@@ -47,6 +49,7 @@ def main(argv=None) -> int:
         safe_load(args.input), projector_outdim=args.projector_outdim,
         swin_type=args.swin_type, mm_hidden_dim=args.mm_hidden_dim,
         mm_n_heads=args.mm_n_heads, mm_n_points=args.mm_n_points,
+        mm_num_tokens=args.mm_num_tokens, mm_num_layers=args.mm_num_layers,
         seed=args.seed)
     print(format_report(report))
     out = {f'model.mm_projector.{k}': v.contiguous() for k, v in state.items()}

@@ -25,7 +25,8 @@ class AdaptReport(NamedTuple):
 def adapt_swin_conv_state(source: Dict[str, torch.Tensor], *,
                           projector_outdim: int, swin_type: str = 'base',
                           mm_hidden_dim: int = 256, mm_n_heads: int = 8,
-                          mm_n_points: int = 4, seed: int = 0):
+                          mm_n_points: int = 4, mm_num_tokens: int = 256,
+                          mm_num_layers: int = 2, seed: int = 0):
     """Initial ``deformable`` projector weights from a ``swin_conv`` file.
 
     Builds the deformable projector (fresh, seeded initialisation), copies
@@ -40,7 +41,8 @@ def adapt_swin_conv_state(source: Dict[str, torch.Tensor], *,
     projector = build_deformable_projector(SimpleNamespace(
         mm_projector_type='deformable', swin_type=swin_type,
         projector_outdim=projector_outdim, mm_hidden_dim=mm_hidden_dim,
-        mm_n_heads=mm_n_heads, mm_n_points=mm_n_points))
+        mm_n_heads=mm_n_heads, mm_n_points=mm_n_points,
+        mm_num_tokens=mm_num_tokens, mm_num_layers=mm_num_layers))
     state = projector.state_dict()
     transferred, dropped = [], []
     for key, value in sorted(source.items()):
