@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
+from torch.utils.checkpoint import checkpoint
 
 from plugins.utils import resample_pos_embed
 
@@ -320,6 +321,17 @@ class SurgeryCLIPVisual(nn.Module):
                              type(self).__name__)
         self.visual = visual
         self.surgery_depth = int(surgery_depth)
+        self.grad_checkpointing = False
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Checkpoint every block and surgery branch while training."""
+        self.grad_checkpointing = bool(enable)
+
+    def _call(self, fn, x):
+        if self.grad_checkpointing and self.training and \
+                torch.is_grad_enabled():
+            return checkpoint(fn, x, use_reentrant=False)
+        return fn(x)
 
     @property
     def patch_size(self) -> int:
@@ -370,6 +382,7 @@ class SurgeryCLIPVisual(nn.Module):
             self.visual.transformer.resblocks,
             x,
             self.surgery_depth,
+            call=self._call,
             keep_original=True)
         tokens = torch.cat([x_ori[:, :1], x_sur[:, 1:]], dim=1)
         tokens = self.visual.ln_post(tokens)
@@ -401,8 +414,11 @@ class SurgeryCLIPVisual(nn.Module):
             Tensor: ``(B, D, ceil(H/p), ceil(W/p))``.
         """
         x, grid = self.embed(images)
-        (x_sur, ), _ = surgery_forward(self.visual.transformer.resblocks, x,
-                                       self.surgery_depth)
+        (x_sur, ), _ = surgery_forward(
+            self.visual.transformer.resblocks,
+            x,
+            self.surgery_depth,
+            call=self._call)
         x = self.visual.ln_post(x_sur[:, 1:])
         if with_proj and self.visual.proj is not None:
             x = x @ self.visual.proj
