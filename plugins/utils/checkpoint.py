@@ -71,7 +71,7 @@ def _numpy_globals() -> list:
 SAFE_GLOBALS = [argparse.Namespace, *_numpy_globals()]
 
 _SAFETENSORS_EXT = ('.safetensors', )
-_REFUSED_GLOBAL = re.compile(r'GLOBAL ([\w.]+)|Unsupported global: ([\w.]+)'
+_REFUSED_GLOBAL = re.compile(r'GLOBAL ([\w.]+)|Unsupported global: (?:GLOBAL )?([\w.]+)'
                              r'|([\w.]+) was not an allowed global')
 
 

@@ -249,3 +249,10 @@ def test_safe_load_keeps_process_wide_allow_list(tmp_path):
     torch.save({'w': torch.zeros(2)}, path)
     safe_load(path)
     assert marker in torch.serialization.get_safe_globals()
+
+
+def test_refused_global_is_named_in_torch_2_14_wording():
+    from plugins.utils.checkpoint import _refused_global
+    message = ('Unsupported global: GLOBAL deepspeed.runtime.ZeroStageEnum '
+               'was not an allowed global by default.')
+    assert _refused_global(message) == 'deepspeed.runtime.ZeroStageEnum'
