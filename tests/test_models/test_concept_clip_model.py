@@ -1,0 +1,239 @@
+"""ConceptCLIP (host-free): architecture against open_clip's SigLIP
+so400m, encoders, scoring interface, HF-folder weights by key mapping."""
+import json
+import shutil
+
+import pytest
+import torch
+
+from plugins.models import HF_CONFIG_DIR, create_model
+from plugins.models.concept_clip import (CONCEPT_CLIP_MODEL_NAME,
+                                         CONCEPT_CLIP_TINY_MODEL_NAME,
+                                         ConceptCLIP, ConceptCLIPForScoring,
+                                         build_concept_clip,
+                                         load_concept_clip_weights)
+from plugins.utils import StateDictMismatchError, save_safetensors
+
+TINY = CONCEPT_CLIP_TINY_MODEL_NAME
+SIGLIP = 'ViT-SO400M-14-SigLIP-384'
+TINY_VOCAB = HF_CONFIG_DIR / 'BiomedBERT-tiny-test' / 'vocab.txt'
+
+
+def _randn(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _ids():
+    # [CLS] tokens [SEP] [PAD]... with the tiny vocabulary's special ids
+    return torch.tensor([[2, 10, 11, 12, 3, 0], [2, 13, 3, 0, 0, 0]])
+
+
+@pytest.fixture(scope='module')
+def tiny():
+    torch.manual_seed(0)
+    return ConceptCLIP(TINY).eval()
+
+
+@pytest.fixture(scope='module')
+def hf_folder(tiny, tmp_path_factory):
+    """The tiny model saved like an HF export: model.safetensors +
+    vocab.txt."""
+    folder = tmp_path_factory.mktemp('ConceptCLIP')
+    save_safetensors(tiny.state_dict(), folder / 'model.safetensors')
+    shutil.copy(TINY_VOCAB, folder / 'vocab.txt')
+    return folder
+
+
+def test_real_architecture_is_open_clips_siglip_so400m_trunk():
+    """Same image tower as open_clip's ViT-SO400M-14-SigLIP-384 (every key
+    and shape), built on the meta device (no weights allocated)."""
+    ours = ConceptCLIP(CONCEPT_CLIP_MODEL_NAME, device='meta')
+    ref = create_model(SIGLIP, device='meta', vision_only=True).visual
+    mine = ours.visual.state_dict()
+    theirs = ref.state_dict()
+    assert mine.keys() == theirs.keys()
+    assert all(mine[k].shape == theirs[k].shape for k in mine)
+    trunk = ours.trunk
+    assert (trunk.embed_dim, len(trunk.blocks), trunk.num_prefix_tokens,
+            tuple(trunk.patch_embed.patch_size)) == (1152, 27, 0, (14, 14))
+    assert tuple(trunk.patch_embed.grid_size) == (27, 27)  # 729 tokens
+    assert ours.image_size == (384, 384)
+    assert (ours.image_proj.in_features, ours.image_proj.out_features) == \
+        (1152, 1152)
+    assert (ours.text_proj.in_features, ours.text_proj.out_features) == \
+        (768, 1152)
+    assert ours.text.config.hidden_size == 768
+    assert ours.mean == ours.std == (0.5, 0.5, 0.5)
+    for name in ('logit_scale', 'logit_bias', 'concept_logit_scale',
+                 'concept_logit_bias'):
+        assert getattr(ours, name).shape == ()
+
+
+def test_tiny_image_encoder_equals_open_clip_and_timm_forward(tiny):
+    """Numerical parity on the tiny SigLIP-layout trunk: the pooled
+    embedding is open_clip's TimmModel forward, the tokens are timm's
+    final-norm tokens."""
+    ref = create_model(TINY, vision_only=True).visual.eval()
+    ref.load_state_dict(tiny.visual.state_dict())
+    x = _randn(2, 3, 112, 112)
+    with torch.no_grad():
+        img, tokens = tiny.encode_image(x, normalize=False)
+        torch.testing.assert_close(img, ref(x), rtol=0, atol=1e-5)
+        last = ref.trunk.forward_intermediates(
+            x, indices=[3], norm=True, output_fmt='NLC',
+            intermediates_only=True)[-1]
+        torch.testing.assert_close(tokens, last, rtol=0, atol=1e-5)
+        img_n, _ = tiny.encode_image(x)
+    assert img.shape == (2, 64) and tokens.shape == (2, 64, 64)  # 8 x 8
+    torch.testing.assert_close(img_n, torch.nn.functional.normalize(img))
+
+
+def test_text_encoder_equals_open_clips_hf_text_tower(tiny):
+    with torch.no_grad():
+        txt, tokens = tiny.encode_text(_ids(), normalize=False)
+        torch.testing.assert_close(txt, tiny.text(_ids()))
+    assert txt.shape == (2, 64) and tokens.shape == (2, 6, 64)
+
+
+def test_forward_dict_and_sigmoid_logits(tiny):
+    x = _randn(2, 3, 112, 112)
+    with torch.no_grad():
+        out = tiny(pixel_values=x, input_ids=_ids())
+        img, tok = tiny.encode_image(x)
+        torch.testing.assert_close(out['image_token_features'],
+                                   tiny.image_proj(tok))
+        logits = tiny.logits(out['image_features'], out['text_features'])
+    assert {k: tuple(v.shape) for k, v in out.items()} == {
+        'image_features': (2, 64),
+        'image_token_features': (2, 64, 64),
+        'text_features': (2, 64),
+        'text_token_features': (2, 6, 64),
+        'logit_scale': (),
+        'logit_bias': (),
+        'concept_logit_scale': (),
+        'concept_logit_bias': ()
+    }
+    # the HF output convention: exp'd scale, logits = scale * i @ t.T + bias
+    torch.testing.assert_close(
+        logits, out['logit_scale'] * out['image_features']
+        @ out['text_features'].T + out['logit_bias'])
+    assert out['logit_bias'] == -10
+
+
+def test_scoring_view_has_open_clips_interface(tiny):
+    view = tiny.for_scoring()
+    assert isinstance(view, ConceptCLIPForScoring)
+    assert view.logit_scale is tiny.logit_scale
+    assert view.logit_bias is tiny.logit_bias
+    assert not list(view.parameters(recurse=False))  # shares, no copies
+    x = _randn(2, 3, 112, 112)
+    with torch.no_grad():
+        img = view.encode_image(x, normalize=True)
+        txt = view.encode_text(_ids(), normalize=True)
+        i2, t2, scale, bias = view(x, _ids())
+    assert img.shape == (2, 64) and txt.shape == (2, 64)
+    torch.testing.assert_close(img, tiny.encode_image(x)[0])
+    torch.testing.assert_close(i2, img)
+    torch.testing.assert_close(scale, tiny.logit_scale.exp())
+    assert view.visual.preprocess_cfg['mean'] == (0.5, 0.5, 0.5)
+
+
+def test_preprocess_tensor_takes_unit_range_images(tiny):
+    x = torch.rand(2, 3, 112, 112)
+    torch.testing.assert_close(tiny.preprocess_tensor(x), x * 2 - 1)
+    big = tiny.preprocess_tensor(torch.rand(3, 300, 200))
+    assert big.shape == (1, 3, 112, 112)
+    assert big.min() >= -1 and big.max() <= 1
+    with pytest.raises(ValueError, match='in \\[0, 1\\]'):
+        tiny.preprocess_tensor(torch.rand(2, 1, 10, 10))
+
+
+def test_build_from_hf_folder_round_trip(tiny, hf_folder):
+    model, preprocess, tokenizer = build_concept_clip(
+        str(hf_folder), config=TINY)
+    state = model.state_dict()
+    assert state.keys() == tiny.state_dict().keys()
+    for k, v in tiny.state_dict().items():
+        torch.testing.assert_close(state[k], v, rtol=0, atol=0)
+    assert not model.training
+    assert tokenizer.vocab_file == hf_folder / 'vocab.txt'
+    ids = tokenizer(['a cell photo'])
+    assert ids.shape == (1, 32) and ids[0, 0] == 2
+    from PIL import Image
+    pixels = preprocess(Image.new('RGB', (50, 30), (255, 0, 0)))
+    assert pixels.shape == (3, 112, 112)
+    torch.testing.assert_close(pixels[0], torch.ones(112, 112))
+
+
+@pytest.mark.parametrize('layout', ['wrapped', 'sharded', 'bin', 'extras'])
+def test_other_export_layouts_load_every_key(tiny, tmp_path, layout):
+    state = tiny.state_dict()
+    if layout == 'wrapped':  # an HF model holding the CLIP as `model`
+        save_safetensors({'model.' + k: v
+                          for k, v in state.items()},
+                         tmp_path / 'model.safetensors')
+    elif layout == 'sharded':
+        keys = sorted(state)
+        shards = {'model-00001-of-00002.safetensors': keys[::2],
+                  'model-00002-of-00002.safetensors': keys[1::2]}
+        for name, part in shards.items():
+            save_safetensors({k: state[k] for k in part}, tmp_path / name)
+        index = {k: n for n, part in shards.items() for k in part}
+        (tmp_path / 'model.safetensors.index.json').write_text(
+            json.dumps({'metadata': {}, 'weight_map': index}))
+    elif layout == 'bin':
+        torch.save(state, tmp_path / 'pytorch_model.bin')
+    else:  # older transformers: position_ids, scalars saved as (1,)
+        extra = dict(state)
+        extra['text.transformer.embeddings.position_ids'] = \
+            torch.arange(512)[None]
+        extra['logit_scale'] = state['logit_scale'].reshape(1)
+        save_safetensors(extra, tmp_path / 'model.safetensors')
+    model = ConceptCLIP(TINY)
+    loaded = load_concept_clip_weights(model, tmp_path)
+    assert loaded.keys() == state.keys()
+    torch.testing.assert_close(model.image_proj.weight,
+                               tiny.image_proj.weight)
+
+
+def test_wrong_layout_lists_keys_and_key_rules_fix_it(tiny, tmp_path):
+    renamed = {
+        k.replace('visual.trunk.', 'vision_model.'): v
+        for k, v in tiny.state_dict().items()
+    }
+    save_safetensors(renamed, tmp_path / 'model.safetensors')
+    with pytest.raises(StateDictMismatchError) as info:
+        build_concept_clip(str(tmp_path), config=TINY)
+    msg = str(info.value)
+    assert 'missing keys: [visual.trunk.' in msg
+    assert 'unexpected keys: [vision_model.' in msg
+    assert 'key_rules' in msg
+    model, _, _ = build_concept_clip(
+        str(tmp_path),
+        config=TINY,
+        key_rules=[(r'^vision_model\.', 'visual.trunk.')])
+    torch.testing.assert_close(model.visual.trunk.pos_embed,
+                               tiny.visual.trunk.pos_embed)
+
+
+def test_missing_folder_and_random_build(tmp_path):
+    with pytest.raises(FileNotFoundError, match='model.safetensors'):
+        build_concept_clip(str(tmp_path), config=TINY)
+    model, _, tokenizer = build_concept_clip(None, config=TINY)
+    assert tokenizer is not None  # shipped tiny vocabulary
+
+
+def test_json_config_path(tmp_path):
+    from plugins.models import MODEL_CONFIG_DIR
+    cfg = json.loads((MODEL_CONFIG_DIR / f'{TINY}.json').read_text())
+    cfg['embed_dim'] = 48
+    path = tmp_path / 'ConceptCLIP-Custom-test.json'
+    path.write_text(json.dumps(cfg))
+    model = ConceptCLIP(str(path), vision_only=True)
+    assert model.model_name == 'ConceptCLIP-Custom-test'
+    assert model.image_proj.out_features == 48
+
+
+def test_rejects_non_siglip_configs():
+    with pytest.raises(TypeError, match='timm ViT'):
+        ConceptCLIP('ViT-Tiny-16-test')
