@@ -100,7 +100,9 @@ def benchmark_specs(tiny: bool) -> Dict[str, Tuple[Callable, Callable]]:
     }
     if hasattr(bb, 'SurgeryCLIPBackbone'):
         specs['surgeryclip'] = (
-            lambda: bb.SurgeryCLIPBackbone(model_name=vit, frozen=True),
+            lambda: bb.SurgeryCLIPBackbone(
+                model_name=vit, frozen=True, **(dict(
+                    surgery_depth=2) if tiny else {})),
             _open_clip_bare(vit, vit_last), f'SurgeryCLIP {vit}')
     if hasattr(bb, 'ConceptCLIPBackbone') and not tiny:
         so400m = 'ViT-SO400M-14-SigLIP-384'
@@ -164,10 +166,10 @@ def time_interleaved(fns: List[Callable], x: torch.Tensor, iters: int,
     return [statistics.median(t) for t in times]
 
 
-def _per_size(iters: List[int], n: int) -> List[int]:
-    if len(iters) not in (1, n):
-        raise SystemExit(f'--iters takes 1 or {n} values, got {iters}')
-    return iters * n if len(iters) == 1 else iters
+def _per_size(values: List[int], n: int, flag: str) -> List[int]:
+    if len(values) not in (1, n):
+        raise SystemExit(f'{flag} takes 1 or {n} values, got {values}')
+    return values * n if len(values) == 1 else values
 
 
 def run(args) -> List[dict]:
@@ -181,14 +183,16 @@ def run(args) -> List[dict]:
         build_ours, build_bare, label = specs[name]
         torch.manual_seed(0)
         ours = build_ours().to(device).eval()
-        for size, iters in zip(args.sizes,
-                               _per_size(args.iters, len(args.sizes))):
+        n = len(args.sizes)
+        for size, iters, warmup in zip(args.sizes,
+                                       _per_size(args.iters, n, '--iters'),
+                                       _per_size(args.warmup, n, '--warmup')):
             bare_module, bare = build_bare(size)
             bare_module.to(device)
             x = torch.randn(args.batch, 3, *size, device=device)
             with torch.no_grad():
                 t_ours, t_bare = time_interleaved([ours, bare], x, iters,
-                                                  args.warmup)
+                                                  warmup)
                 mem_ours = peak_memory(ours, x)
                 mem_bare = peak_memory(bare, x)
             row = dict(
@@ -240,10 +244,11 @@ def section_text(rows: List[dict], args) -> str:
         f'torch {torch.__version__}, random weights, frozen, eval, '
         '`torch.no_grad()`; median of '
         f'{"/".join(map(str, args.iters))} interleaved runs (per '
-        f'size) after {args.warmup} warm-up. '
+        f'size) after {"/".join(map(str, args.warmup))} warm-up runs. '
         '"upstream" is the bare open_clip/timm forward of the same '
         'architecture built for that input size (see the tool\'s '
-        'docstring); time overhead = ours / upstream - 1. Memory: '
+        'docstring); time overhead = ours / upstream - 1 (the median time '
+        'per image). Memory: '
         'peak tensor memory allocated during one forward (CUDA '
         'allocator statistics; on CPU replayed from profiler '
         'allocation events).', '', HEADER
@@ -288,7 +293,9 @@ def parse_args(argv=None):
         default=[5],
         help='timed runs per variant; one value, or one '
         'per --sizes entry')
-    parser.add_argument('--warmup', type=int, default=1)
+    parser.add_argument('--warmup', type=int, nargs='+', default=[1],
+                        help='untimed runs first; one value, or one per '
+                        '--sizes entry')
     parser.add_argument(
         '--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument(
