@@ -3,9 +3,9 @@
 One random 512x512 image with ``--regions`` random boxes (each with a mask)
 is scored by :class:`plugins.scoring.RegionScorer` (random weights, COCO-80
 positives + background negatives, text features cached by a warm-up call).
-Two numbers per model and strategy, the best of ``--reps`` runs (as
-``timeit`` does: on a shared, loaded machine the fastest run is the one
-least disturbed by other processes):
+Two numbers per model and strategy, the best of ``--reps`` interleaved
+runs (as ``timeit`` does: on a shared, loaded machine the fastest run is
+the one least disturbed by other processes):
 
 * ``end-to-end``: ``scorer.score(image, boxes, masks)``: crop, mask,
   preprocess (PIL resize + normalise), encode in batches, head, records;
@@ -46,13 +46,16 @@ def random_regions(n, size, seed=0):
     return image, boxes, masks
 
 
-def best_time(fn, reps):
-    times = []
+def best_times(fns, reps):
+    """Best wall time of each function, runs interleaved so that load from
+    other processes hits all of them alike."""
+    best = [float('inf')] * len(fns)
     for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+        for i, fn in enumerate(fns):
+            t = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - t)
+    return best
 
 
 def bench(model_name, strategies, n_regions, batch_size, reps):
@@ -63,17 +66,20 @@ def bench(model_name, strategies, n_regions, batch_size, reps):
     for strategy in strategies:
         scorer.strategy = strategy
         scorer.score(image, boxes[:2], masks[:2])  # warm-up, text cache
-        t_all = best_time(lambda: scorer.score(image, boxes, masks), reps)
         crops = scorer.prepare_crops(image, boxes, masks)
-        t_enc = best_time(lambda: scorer.encode_crops(crops), reps)
+        t_all, t_enc = best_times([
+            lambda: scorer.score(image, boxes, masks),
+            lambda: scorer.encode_crops(crops)
+        ], reps)
         rows.append(
-            dict(
-                model=model_name,
-                strategy=strategy,
-                e2e=n_regions / t_all,
-                enc=n_regions / t_enc))
-        print(f'{model_name} {strategy}: {rows[-1]["e2e"]:.1f} regions/s '
-              f'end-to-end, {rows[-1]["enc"]:.1f} encode only', flush=True)
+            dict(model=model_name,
+                 strategy=strategy,
+                 e2e=n_regions / t_all,
+                 enc=n_regions / t_enc))
+        print(
+            f'{model_name} {strategy}: {rows[-1]["e2e"]:.1f} regions/s '
+            f'end-to-end, {rows[-1]["enc"]:.1f} encode only',
+            flush=True)
     return rows
 
 
@@ -93,7 +99,8 @@ def write_section(path, body):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--models', nargs='+',
+    p.add_argument('--models',
+                   nargs='+',
                    default=['ViT-Tiny-16-test', 'ViT-B-32'])
     p.add_argument('--strategies', nargs='+', default=['gray', 'soft'])
     p.add_argument('--regions', type=int, default=64)
@@ -110,8 +117,7 @@ def main(argv=None):
         rows += bench(name, args.strategies, args.regions, args.batch_size,
                       args.reps)
     lines = [
-        SECTION, '',
-        f'`python tools/benchmark_region_scoring.py` on CPU '
+        SECTION, '', f'`python tools/benchmark_region_scoring.py` on CPU '
         f'({platform.processor() or platform.machine()}, '
         f'{args.threads} threads, torch {torch.__version__}): '
         f'{args.regions} masked regions of a 512x512 image, batch '

@@ -37,34 +37,49 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 #: --show colours (RGB) by multiplier value (defaults of the rule).
-COLOURS = {2.0: (0, 200, 0), 1.0: (255, 215, 0), 0.5: (255, 140, 0),
-           0.1: (220, 0, 0)}
+COLOURS = {
+    2.0: (0, 200, 0),
+    1.0: (255, 215, 0),
+    0.5: (255, 140, 0),
+    0.1: (220, 0, 0)
+}
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('input', help='image, folder of images, or COCO results '
+    p.add_argument('input',
+                   help='image, folder of images, or COCO results '
                    'JSON')
     p.add_argument('--regions', help='regions JSON (image or folder input)')
     p.add_argument('--ann', help='COCO annotation JSON (results input)')
     p.add_argument('--image-root', help='image folder (results input)')
     p.add_argument('--model', default='ViT-B-32', help='open_clip config')
-    p.add_argument('--weights', help='open_clip_model.safetensors / '
+    p.add_argument('--weights',
+                   help='open_clip_model.safetensors / '
                    '.bin or a folder holding one (default: random weights)')
-    p.add_argument('--pretrained-tag', help='open_clip release of the '
+    p.add_argument('--pretrained-tag',
+                   help='open_clip release of the '
                    'weights, for its mean/std (e.g. laion2b_s34b_b79k)')
-    p.add_argument('--positive', default='coco80', help="prompts: 'coco80',"
+    p.add_argument('--positive',
+                   default='coco80',
+                   help="prompts: 'coco80',"
                    ' a file (one per line) or a comma-separated list')
     p.add_argument('--negative', default='background')
-    p.add_argument('--strategy', default='gray',
+    p.add_argument('--strategy',
+                   default='gray',
                    choices=['gray', 'raw', 'soft'])
     p.add_argument('--soft-alpha', type=float, default=0.4)
     p.add_argument('--batch-size', type=int, default=32)
     p.add_argument('--device', default='cpu')
-    p.add_argument('--rule', nargs='*', default=[], metavar='KEY=VALUE',
+    p.add_argument('--rule',
+                   nargs='*',
+                   default=[],
+                   metavar='KEY=VALUE',
                    help='multiplier overrides, e.g. neg_thr=0.6')
     p.add_argument('--out', default='scores.json')
-    p.add_argument('--show', action='store_true', help='write each image '
+    p.add_argument('--show',
+                   action='store_true',
+                   help='write each image '
                    'with its regions coloured by multiplier')
     p.add_argument('--show-dir', help='default: <out stem>_show/')
     return p.parse_args(argv)
@@ -147,7 +162,8 @@ def draw(image: np.ndarray, boxes, records, path: Path) -> None:
         m = rec['semantic_multiplier']
         colour = COLOURS.get(m, (0, 120, 255))
         d.rectangle(box, outline=colour, width=2)
-        d.text((box[0] + 2, box[1] + 1), f'x{m:g} {rec["s_pos_text"]}',
+        d.text((box[0] + 2, box[1] + 1),
+               f'x{m:g} {rec["s_pos_text"]}',
                fill=colour)
     path.parent.mkdir(parents=True, exist_ok=True)
     im.save(path)
@@ -160,20 +176,19 @@ def main(argv=None) -> dict:
 
     from plugins.scoring import build_region_scorer, load_image
     jobs = collect_jobs(args)
-    scorer = build_region_scorer(
-        args.model,
-        args.weights,
-        positive_prompts=args.positive,
-        negative_prompts=args.negative,
-        strategy=args.strategy,
-        soft_alpha=args.soft_alpha,
-        batch_size=args.batch_size,
-        multiplier=parse_rule(args.rule),
-        device=args.device,
-        pretrained_tag=args.pretrained_tag)
+    scorer = build_region_scorer(args.model,
+                                 args.weights,
+                                 positive_prompts=args.positive,
+                                 negative_prompts=args.negative,
+                                 strategy=args.strategy,
+                                 soft_alpha=args.soft_alpha,
+                                 batch_size=args.batch_size,
+                                 multiplier=parse_rule(args.rule),
+                                 device=args.device,
+                                 pretrained_tag=args.pretrained_tag)
     out_path = Path(args.out)
-    show_dir = Path(args.show_dir or out_path.with_name(out_path.stem +
-                                                        '_show'))
+    show_dir = Path(args.show_dir
+                    or out_path.with_name(out_path.stem + '_show'))
     records = []
     for path, regions in tqdm(jobs.items(), desc='images', unit='img'):
         image = load_image(path)
@@ -193,15 +208,14 @@ def main(argv=None) -> dict:
             records.append(row)
         if args.show:
             draw(image, boxes, scored, show_dir / (Path(path).stem + '.png'))
-    result = dict(
-        model=args.model,
-        weights=args.weights,
-        strategy=args.strategy,
-        head=scorer.head,
-        multiplier_rule=scorer.rule.to_dict(),
-        positive_prompts=scorer.positive_prompts,
-        negative_prompts=scorer.negative_prompts,
-        records=records)
+    result = dict(model=args.model,
+                  weights=args.weights,
+                  strategy=args.strategy,
+                  head=scorer.head,
+                  multiplier_rule=scorer.rule.to_dict(),
+                  positive_prompts=scorer.positive_prompts,
+                  negative_prompts=scorer.negative_prompts,
+                  records=records)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(result, indent=1))
     print(f'{len(records)} regions of {len(jobs)} images -> {out_path}')

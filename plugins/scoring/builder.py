@@ -34,8 +34,9 @@ def build_region_scorer(model: str = 'ViT-B-32',
     """
     if model.startswith('ConceptCLIP'):
         from plugins.models.concept_clip import build_concept_clip
-        clip, preprocess, tokenizer = build_concept_clip(
-            weights, config=model, device=device)
+        clip, preprocess, tokenizer = build_concept_clip(weights,
+                                                         config=model,
+                                                         device=device)
     else:
         from plugins.models import build_open_clip
         clip, preprocess, tokenizer = build_open_clip(
@@ -43,13 +44,12 @@ def build_region_scorer(model: str = 'ViT-B-32',
     if tokenizer is None:
         raise ValueError(f"model '{model}' has no offline tokenizer; pass "
                          'a model whose vocabulary is available locally')
-    return RegionScorer(
-        clip,
-        tokenizer,
-        preprocess,
-        positive_prompts=positive_prompts,
-        negative_prompts=negative_prompts,
-        strategy=strategy,
-        soft_alpha=soft_alpha,
-        batch_size=batch_size,
-        multiplier=multiplier)
+    return RegionScorer(clip,
+                        tokenizer,
+                        preprocess,
+                        positive_prompts=positive_prompts,
+                        negative_prompts=negative_prompts,
+                        strategy=strategy,
+                        soft_alpha=soft_alpha,
+                        batch_size=batch_size,
+                        multiplier=multiplier)

@@ -87,7 +87,8 @@ def apply_strategy(crop: np.ndarray,
     raise ValueError(f"unknown strategy '{strategy}' (known: {STRATEGIES})")
 
 
-def crop_box(image: np.ndarray, box: Sequence[float],
+def crop_box(image: np.ndarray,
+             box: Sequence[float],
              mask: Optional[np.ndarray] = None):
     """Cut the box ``[x1, y1, x2, y2]`` (pixels) out of an image and mask.
 

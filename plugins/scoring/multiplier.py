@@ -1,4 +1,4 @@
-"""The semantic multiplier: a region's prompt probabilities -> a score factor."""
+"""The semantic multiplier: prompt probabilities -> a score factor."""
 from dataclasses import asdict, dataclass
 
 

@@ -1,5 +1,4 @@
 """Zero-shot scoring of candidate regions against positive/negative prompts."""
-import logging
 import os
 from collections.abc import Mapping
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -15,8 +14,6 @@ from .masking import STRATEGIES, apply_strategy, crop_box
 from .multiplier import MultiplierRule
 from .prompts import PromptSource, load_prompts
 
-logger = logging.getLogger(__name__)
-
 #: Fields of a region record, in output order.
 RECORD_FIELDS = ('s_pos', 's_neg', 's_pos_text', 's_neg_text', 'p_pos_sum',
                  'p_neg_sum', 'semantic_multiplier')
@@ -27,8 +24,8 @@ def _first(output):
     return output[0] if isinstance(output, (tuple, list)) else output
 
 
-def load_image(image: Union[str, os.PathLike, Image.Image,
-                            np.ndarray]) -> np.ndarray:
+def load_image(
+        image: Union[str, os.PathLike, Image.Image, np.ndarray]) -> np.ndarray:
     """An RGB uint8 ``(H, W, 3)`` array from a path, PIL image or array."""
     if isinstance(image, np.ndarray):
         if image.ndim == 2:
@@ -136,8 +133,8 @@ class RegionScorer:
             self.negative_prompts)
         feats = self._text_cache.get(key)
         if feats is None or feats.device != self.device:
-            tokens = self.tokenizer(
-                self.positive_prompts + self.negative_prompts)
+            tokens = self.tokenizer(self.positive_prompts +
+                                    self.negative_prompts)
             if isinstance(tokens, Mapping):
                 tokens = tokens['input_ids']
             feats = _first(self.model.encode_text(tokens.to(self.device)))
@@ -147,10 +144,10 @@ class RegionScorer:
 
     # images --------------------------------------------------------------
     def prepare_crops(
-            self,
-            image,
-            boxes: Sequence[Sequence[float]],
-            masks: Optional[Sequence[Optional[np.ndarray]]] = None
+        self,
+        image,
+        boxes: Sequence[Sequence[float]],
+        masks: Optional[Sequence[Optional[np.ndarray]]] = None
     ) -> List[np.ndarray]:
         """Cropped, masked uint8 ``(h, w, 3)`` arrays, one per box.
 
@@ -211,14 +208,13 @@ class RegionScorer:
         for k in range(probs.shape[0]):
             p_pos, p_neg = float(pos_sum[k]), float(neg_sum[k])
             out.append(
-                dict(
-                    s_pos=float(s_pos[k]),
-                    s_neg=float(s_neg[k]),
-                    s_pos_text=self.positive_prompts[int(i_pos[k])],
-                    s_neg_text=self.negative_prompts[int(i_neg[k])],
-                    p_pos_sum=p_pos,
-                    p_neg_sum=p_neg,
-                    semantic_multiplier=self.rule(p_pos, p_neg)))
+                dict(s_pos=float(s_pos[k]),
+                     s_neg=float(s_neg[k]),
+                     s_pos_text=self.positive_prompts[int(i_pos[k])],
+                     s_neg_text=self.negative_prompts[int(i_neg[k])],
+                     p_pos_sum=p_pos,
+                     p_neg_sum=p_neg,
+                     semantic_multiplier=self.rule(p_pos, p_neg)))
         return out
 
     def score(

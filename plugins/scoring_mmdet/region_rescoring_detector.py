@@ -2,7 +2,6 @@
 from typing import Optional, Union
 
 import numpy as np
-import torch
 from mmdet.models.detectors.base import BaseDetector
 from mmdet.registry import MODELS
 from mmdet.structures import DetDataSample, OptSampleList, SampleList
@@ -96,7 +95,8 @@ class RegionRescoringDetector(BaseDetector):
     def loss(self, batch_inputs: Tensor, batch_data_samples: SampleList):
         return self.detector.loss(batch_inputs, batch_data_samples)
 
-    def _forward(self, batch_inputs: Tensor,
+    def _forward(self,
+                 batch_inputs: Tensor,
                  batch_data_samples: OptSampleList = None):
         return self.detector._forward(batch_inputs, batch_data_samples)
 
@@ -108,15 +108,18 @@ class RegionRescoringDetector(BaseDetector):
                 batch_data_samples: SampleList,
                 rescale: bool = True) -> SampleList:
         """Inner detector's predictions, re-scored (see the class doc)."""
-        results = self.detector.predict(
-            batch_inputs, batch_data_samples, rescale=rescale)
+        results = self.detector.predict(batch_inputs,
+                                        batch_data_samples,
+                                        rescale=rescale)
         scorer = self.scorer
         scorer.model.to(batch_inputs.device)
         for sample in results:
             self.rescore(sample, scorer, rescale)
         return results
 
-    def rescore(self, sample: DetDataSample, scorer: RegionScorer,
+    def rescore(self,
+                sample: DetDataSample,
+                scorer: RegionScorer,
                 rescale: bool = True) -> DetDataSample:
         """Re-score ``sample.pred_instances`` in place (and return it)."""
         inst = sample.pred_instances
@@ -138,8 +141,7 @@ class RegionRescoringDetector(BaseDetector):
                     m for m in inst.masks[todo].detach().cpu().numpy().astype(
                         bool)
                 ]
-            records = scorer.score(
-                load_image(path), boxes.tolist(), masks)
+            records = scorer.score(load_image(path), boxes.tolist(), masks)
             multipliers[todo] = scores.new_tensor(
                 np.array([r['semantic_multiplier'] for r in records]))
         inst.raw_scores = scores

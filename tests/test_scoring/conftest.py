@@ -14,5 +14,6 @@ def tiny_clip():
 
 @pytest.fixture
 def image():
-    return np.random.RandomState(0).randint(
-        0, 256, (48, 64, 3), dtype=np.uint8)
+    return np.random.RandomState(0).randint(0,
+                                            256, (48, 64, 3),
+                                            dtype=np.uint8)

@@ -52,8 +52,8 @@ def test_soft_alpha_extremes_and_half():
 
 
 def test_no_mask_means_all_inside():
-    np.testing.assert_array_equal(
-        apply_strategy(rgb(PIX), None, 'gray'), rgb([[11, 105], [255, 0]]))
+    np.testing.assert_array_equal(apply_strategy(rgb(PIX), None, 'gray'),
+                                  rgb([[11, 105], [255, 0]]))
 
 
 def test_per_channel_values():

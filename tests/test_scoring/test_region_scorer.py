@@ -18,7 +18,6 @@ def masks_for(image):
     return [m, None, m, m]
 
 
-
 def count_encode_text(model):
     calls = []
     original = model.encode_text
@@ -34,10 +33,9 @@ def count_encode_text(model):
 @pytest.mark.parametrize('strategy', ['gray', 'raw', 'soft'])
 def test_batched_equals_one_at_a_time(tiny_clip, image, strategy):
     model, preprocess, tokenizer = tiny_clip
-    kw = dict(
-        positive_prompts=['a cat', 'a dog'],
-        negative_prompts=['sky', 'a texture', 'background'],
-        strategy=strategy)
+    kw = dict(positive_prompts=['a cat', 'a dog'],
+              negative_prompts=['sky', 'a texture', 'background'],
+              strategy=strategy)
     batched = RegionScorer(model, tokenizer, preprocess, batch_size=3, **kw)
     single = RegionScorer(model, tokenizer, preprocess, batch_size=1, **kw)
     masks = masks_for(image)
@@ -107,8 +105,8 @@ def stub_tokenizer(texts):
 
 
 def stub_preprocess(pil):
-    return torch.from_numpy(np.asarray(pil.resize((8, 8)),
-                                       np.float32)).permute(2, 0, 1) / 255
+    return torch.from_numpy(np.asarray(pil.resize(
+        (8, 8)), np.float32)).permute(2, 0, 1) / 255
 
 
 def test_model_with_logit_bias_uses_sigmoid_head(image):
@@ -120,10 +118,10 @@ def test_model_with_logit_bias_uses_sigmoid_head(image):
     crops = scorer.prepare_crops(image, BOXES)
     img = F.normalize(scorer.encode_crops(crops), dim=-1)
     with torch.no_grad():
-        txt = F.normalize(
-            model.encode_text(stub_tokenizer(['a cat', 'a big dog', 'sky',
-                                              'a texture'])['input_ids'])[0],
-            dim=-1)
+        txt = F.normalize(model.encode_text(
+            stub_tokenizer(['a cat', 'a big dog', 'sky',
+                            'a texture'])['input_ids'])[0],
+                          dim=-1)
         expected = torch.sigmoid(10.0 * img @ txt.T - 2.0)
     probs = scorer.probs(img)
     torch.testing.assert_close(probs, expected, rtol=1e-5, atol=1e-6)
@@ -131,10 +129,10 @@ def test_model_with_logit_bias_uses_sigmoid_head(image):
     assert (probs.sum(1) - 1).abs().max() > 1e-3
     records = scorer.score(image, BOXES)
     for rec, p in zip(records, expected.double()):
-        assert rec['p_pos_sum'] == pytest.approx(
-            float(1 - (1 - p[:2]).prod()), abs=1e-6)
-        assert rec['p_neg_sum'] == pytest.approx(
-            float(1 - (1 - p[2:]).prod()), abs=1e-6)
+        assert rec['p_pos_sum'] == pytest.approx(float(1 - (1 - p[:2]).prod()),
+                                                 abs=1e-6)
+        assert rec['p_neg_sum'] == pytest.approx(float(1 - (1 - p[2:]).prod()),
+                                                 abs=1e-6)
         assert rec['s_pos'] == pytest.approx(float(p[:2].max()), abs=1e-6)
 
 

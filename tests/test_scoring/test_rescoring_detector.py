@@ -1,5 +1,4 @@
 """RegionRescoringDetector: re-scores / filters any detector's predictions."""
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -38,8 +37,8 @@ def stub_detector_type(mmdet_scope):
         def predict(self, inputs, samples, rescale=True):
             for s in samples:
                 s.pred_instances = InstanceData(
-                    bboxes=torch.tensor([[0., 0., 30., 20.],
-                                         [10., 5., 60., 40.],
+                    bboxes=torch.tensor([[0., 0., 30.,
+                                          20.], [10., 5., 60., 40.],
                                          [1., 1., 5., 5.]]),
                     scores=torch.tensor([0.9, 0.5, 0.01]),
                     labels=torch.tensor([0, 1, 2]))
@@ -51,11 +50,10 @@ def stub_detector_type(mmdet_scope):
 def build(stub_detector_type, scorer, **kw):
     from mmdet.registry import MODELS
     return MODELS.build(
-        dict(
-            type='RegionRescoringDetector',
-            detector=dict(type=stub_detector_type),
-            scorer=scorer,
-            **kw))
+        dict(type='RegionRescoringDetector',
+             detector=dict(type=stub_detector_type),
+             scorer=scorer,
+             **kw))
 
 
 def samples(tmp_path, image):
@@ -79,14 +77,16 @@ def test_multiply_and_filter(tmp_path, image, tiny_clip, stub_detector_type):
     ]
     torch.testing.assert_close(inst.semantic_multipliers,
                                torch.tensor(expected + [1.0]))
-    torch.testing.assert_close(inst.raw_scores, torch.tensor([0.9, 0.5,
-                                                               0.01]))
+    torch.testing.assert_close(inst.raw_scores, torch.tensor([0.9, 0.5, 0.01]))
     torch.testing.assert_close(
         inst.scores,
         torch.tensor([0.9, 0.5, 0.01]) * torch.tensor(expected + [1.0]))
     # filter mode keeps regions whose multiplier reaches the threshold
     thr = min(expected) + 1e-3
-    det = build(stub_detector_type, scorer, mode='filter', min_multiplier=thr,
+    det = build(stub_detector_type,
+                scorer,
+                mode='filter',
+                min_multiplier=thr,
                 score_thr=0.05)
     out = det.predict(torch.zeros(1, 3, 8, 8), samples(tmp_path, image))
     kept = [m for m in expected + [1.0] if m >= thr]
@@ -98,7 +98,8 @@ def test_scorer_from_config_is_lazy_and_not_in_state_dict(
         tmp_path, image, stub_detector_type):
     det = build(
         stub_detector_type,
-        dict(model='ViT-Tiny-16-test', positive_prompts=['a cat'],
+        dict(model='ViT-Tiny-16-test',
+             positive_prompts=['a cat'],
              negative_prompts='background'))
     assert det._scorer is None
     assert list(det.state_dict()) == ['detector.w']

@@ -3,16 +3,19 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from plugins.scoring import RECORD_FIELDS
 
-REGIONS = [{'box': [2, 3, 40, 30]},
-           {'bbox': [10, 10, 20, 25], 'score': 0.8,
-            'segmentation': [[10, 10, 30, 10, 30, 35, 10, 35]]}]
+REGIONS = [{
+    'box': [2, 3, 40, 30]
+}, {
+    'bbox': [10, 10, 20, 25],
+    'score': 0.8,
+    'segmentation': [[10, 10, 30, 10, 30, 35, 10, 35]]
+}]
 
 
 @pytest.fixture
@@ -70,21 +73,30 @@ def test_folder_and_coco_results_inputs(tmp_path, image, repo_root):
         Image.fromarray(image).save(folder / name)
     regions = tmp_path / 'regions.json'
     regions.write_text(json.dumps({'a.png': REGIONS, 'b.png': REGIONS[:1]}))
-    common = ['--model', 'ViT-Tiny-16-test', '--positive', 'a cat',
-              '--negative', 'sky,grass']
-    result = main([str(folder), '--regions', str(regions), '--out',
-                   str(tmp_path / 'f.json')] + common)
+    common = [
+        '--model', 'ViT-Tiny-16-test', '--positive', 'a cat', '--negative',
+        'sky,grass'
+    ]
+    result = main([
+        str(folder), '--regions',
+        str(regions), '--out',
+        str(tmp_path / 'f.json')
+    ] + common)
     check_records(result, 3)
     ann = tmp_path / 'ann.json'
     ann.write_text(json.dumps({'images': [{'id': 7, 'file_name': 'a.png'}]}))
     dets = tmp_path / 'dets.json'
-    dets.write_text(json.dumps([
-        dict(image_id=7, category_id=1, bbox=[1, 2, 30, 20], score=0.5),
-        dict(image_id=7, category_id=2, bbox=[5, 5, 10, 10], score=0.9)
-    ]))
-    result = main([str(dets), '--ann', str(ann), '--image-root',
-                   str(folder), '--out', str(tmp_path / 'c.json'),
-                   '--rule', 'default_value=0.25'] + common)
+    dets.write_text(
+        json.dumps([
+            dict(image_id=7, category_id=1, bbox=[1, 2, 30, 20], score=0.5),
+            dict(image_id=7, category_id=2, bbox=[5, 5, 10, 10], score=0.9)
+        ]))
+    result = main([
+        str(dets), '--ann',
+        str(ann), '--image-root',
+        str(folder), '--out',
+        str(tmp_path / 'c.json'), '--rule', 'default_value=0.25'
+    ] + common)
     check_records(result, 2)
     assert result['multiplier_rule']['default_value'] == 0.25
     assert [r['image_id'] for r in result['records']] == [7, 7]
