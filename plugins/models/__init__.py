@@ -10,6 +10,10 @@ from .open_clip_factory import (HF_CONFIG_DIR, MODEL_CONFIG_DIR,
                                 build_tokenizer, create_model,
                                 get_model_config, list_shipped_models,
                                 normalization_stats, register_model_configs)
+from .clip_surgery import build_clip_surgery, feature_surgery, similarity_map
+# registers ConceptCLIP's timm trunk names used by the shipped configs
+from .concept_clip import (CONCEPT_CLIP_MODEL_NAME,
+                           CONCEPT_CLIP_TINY_MODEL_NAME, build_concept_clip)
 from .tokenizer import LocalBertTokenizer
 from .weights import (OPENAI_METADATA_KEYS, WEIGHT_FILE_NAMES,
                       convert_to_open_clip, find_weights_file,
@@ -21,10 +25,12 @@ register_model_configs()
 OPEN_CLIP_TINY_MODEL_NAME = 'ViT-Tiny-16-test'
 
 __all__ = [
-    'BIOMEDCLIP_MODEL_NAME', 'BIOMEDCLIP_TINY_MODEL_NAME',
-    'OPEN_CLIP_TINY_MODEL_NAME', 'build_biomedclip', 'HF_CONFIG_DIR',
-    'MODEL_CONFIG_DIR', 'build_open_clip', 'build_preprocess',
-    'build_tokenizer', 'create_model', 'get_model_config',
+    'build_clip_surgery', 'feature_surgery', 'similarity_map',
+    'CONCEPT_CLIP_MODEL_NAME', 'CONCEPT_CLIP_TINY_MODEL_NAME',
+    'build_concept_clip', 'BIOMEDCLIP_MODEL_NAME',
+    'BIOMEDCLIP_TINY_MODEL_NAME', 'OPEN_CLIP_TINY_MODEL_NAME',
+    'build_biomedclip', 'HF_CONFIG_DIR', 'MODEL_CONFIG_DIR', 'build_open_clip',
+    'build_preprocess', 'build_tokenizer', 'create_model', 'get_model_config',
     'list_shipped_models', 'normalization_stats', 'register_model_configs',
     'LocalBertTokenizer', 'OPENAI_METADATA_KEYS', 'WEIGHT_FILE_NAMES',
     'convert_to_open_clip', 'find_weights_file', 'is_openai_state_dict',

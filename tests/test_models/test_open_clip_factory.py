@@ -147,3 +147,10 @@ def test_vision_only_keeps_the_image_tower(name):
                  if not n.startswith('visual.'))
     assert n_text < sum(p.numel() for n, p in full.named_parameters()
                         if not n.startswith('visual.'))
+
+
+@pytest.mark.parametrize('name', list_shipped_models())
+def test_every_shipped_config_builds_offline(name):
+    """Shapes only (meta device): every shipped config, no network."""
+    model = create_model(name, device='meta')
+    assert hasattr(model, 'visual')
