@@ -13,8 +13,10 @@
 
 #if defined(__CUDACC__)
 #define MSDA_HOST_DEVICE __host__ __device__ __forceinline__
+#define MSDA_UNROLL _Pragma("unroll")
 #else
 #define MSDA_HOST_DEVICE inline __attribute__((always_inline))
+#define MSDA_UNROLL
 #endif
 
 namespace plugins::msda {
@@ -68,7 +70,7 @@ MSDA_HOST_DEVICE bool bilinear_coefficients(acc_t loc_x, acc_t loc_y,
   b.dwdy[1] = -lx;
   b.dwdy[2] = hx;
   b.dwdy[3] = lx;
-#pragma unroll
+  MSDA_UNROLL
   for (int c = 0; c < 4; ++c) {
     if (!b.valid[c]) {
       b.w[c] = b.dwdx[c] = b.dwdy[c] = acc_t(0);

@@ -28,6 +28,9 @@
 
 #include <algorithm>
 #include <cstring>
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
 #include <type_traits>
 #include <vector>
 
@@ -169,7 +172,8 @@ MSDA_INLINE void plan_points(const Problem<scalar_t>& pb, int64_t i,
 // so while point j of a query is computed, the rows of point j of the
 // *next* query are prefetched (one point's own loads cannot hide the
 // latency; prefetching a whole query at once would overflow the miss
-// queues).
+// queues).  Prefetches go to L2, not L1: rows of one head are M * D apart,
+// so they compete for a few L1 sets and would evict each other before use.
 template <typename src_t, typename acc_t>
 MSDA_INLINE void prefetch_point(const Point<acc_t>& pt, const Head<src_t>& head,
                                 int64_t D) {
@@ -180,7 +184,7 @@ MSDA_INLINE void prefetch_point(const Point<acc_t>& pt, const Head<src_t>& head,
     const char* row = reinterpret_cast<const char*>(
         head.rows + (pt.level_start + pt.b.offset[c]) * head.stride);
     for (int64_t off = 0; off < bytes; off += 64) {
-      __builtin_prefetch(row + off, 0, 3);
+      __builtin_prefetch(row + off, 0, 2);
     }
   }
 }
@@ -195,9 +199,9 @@ MSDA_INLINE void prefetch_span(const T* p, int64_t count, bool write) {
   const int64_t bytes = count * static_cast<int64_t>(sizeof(T));
   for (int64_t off = 0; off < bytes; off += 64) {
     if (write) {
-      __builtin_prefetch(c + off, 1, 3);
+      __builtin_prefetch(c + off, 1, 2);
     } else {
-      __builtin_prefetch(c + off, 0, 3);
+      __builtin_prefetch(c + off, 0, 2);
     }
   }
 }
@@ -481,11 +485,28 @@ MSDA_CPU_CLONES void backward_queries(
 }
 
 // Writes the (S, D) float slab of head m of batch n into grad_value.
+// grad_value is written once and not read back here, so float rows go out
+// with non-temporal stores (no read-for-ownership of lines that are
+// overwritten anyway).
 template <typename scalar_t, typename acc_t>
 void store_head(const acc_t* __restrict__ slab, const Sizes& s, int64_t n,
                 int64_t m, scalar_t* __restrict__ grad_value) {
   scalar_t* dst = grad_value + n * s.S * s.M * s.D + m * s.D;
-  for (int64_t r = 0; r < s.S; ++r, dst += s.M * s.D, slab += s.D) {
+  const int64_t stride = s.M * s.D;
+#if defined(__SSE2__)
+  if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<acc_t, float>) {
+    if (s.D % 4 == 0 && reinterpret_cast<uintptr_t>(dst) % 16 == 0) {
+      for (int64_t r = 0; r < s.S; ++r, dst += stride, slab += s.D) {
+        for (int64_t d = 0; d < s.D; d += 4) {
+          _mm_stream_ps(dst + d, _mm_loadu_ps(slab + d));
+        }
+      }
+      _mm_sfence();
+      return;
+    }
+  }
+#endif
+  for (int64_t r = 0; r < s.S; ++r, dst += stride, slab += s.D) {
     for (int64_t d = 0; d < s.D; ++d) dst[d] = static_cast<scalar_t>(slab[d]);
   }
 }
