@@ -100,3 +100,21 @@ def test_folder_and_coco_results_inputs(tmp_path, image, repo_root):
     check_records(result, 2)
     assert result['multiplier_rule']['default_value'] == 0.25
     assert [r['image_id'] for r in result['records']] == [7, 7]
+
+
+def test_decode_mask_rle_and_polygon(repo_root):
+    import numpy as np
+    from pycocotools import mask as mask_utils
+    sys.path.insert(0, str(repo_root))
+    from tools.score_regions import decode_mask, to_xyxy
+    m = np.zeros((6, 8), np.uint8, order='F')
+    m[1:4, 2:6] = 1
+    rle = mask_utils.encode(m)
+    rle['counts'] = rle['counts'].decode()  # as stored in JSON
+    np.testing.assert_array_equal(decode_mask(rle, 6, 8), m.astype(bool))
+    poly = decode_mask([[2, 1, 6, 1, 6, 4, 2, 4]], 6, 8)
+    assert poly.shape == (6, 8) and poly[2, 3] and not poly[5, 7]
+    assert decode_mask(None, 6, 8) is None
+    assert to_xyxy({'bbox': [1, 2, 3, 4]}) == [1.0, 2.0, 4.0, 6.0]
+    with pytest.raises(ValueError, match="neither 'box' nor 'bbox'"):
+        to_xyxy({'score': 1})
