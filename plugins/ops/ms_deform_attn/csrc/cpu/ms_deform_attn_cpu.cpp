@@ -273,17 +273,19 @@ MSDA_CPU_CLONES void forward_queries(const Problem<scalar_t>& pb,
         int64_t d = 0;
         if constexpr (std::is_same_v<src_t, acc_t> && Simd<acc_t>::kSimd) {
           using V = Simd<acc_t>;
+          // Bracketed so only the final add depends on the previous point.
           for (; d + V::kLanes <= D; d += V::kLanes) {
-            V::store(acc + d, V::load(acc + d) + c0 * V::load(r0 + d) +
-                                  c1 * V::load(r1 + d) + c2 * V::load(r2 + d) +
-                                  c3 * V::load(r3 + d));
+            V::store(acc + d,
+                     V::load(acc + d) +
+                         ((c0 * V::load(r0 + d) + c1 * V::load(r1 + d)) +
+                          (c2 * V::load(r2 + d) + c3 * V::load(r3 + d))));
           }
         }
         for (; d < D; ++d) {
-          acc[d] += c0 * static_cast<acc_t>(r0[d]) +
-                    c1 * static_cast<acc_t>(r1[d]) +
-                    c2 * static_cast<acc_t>(r2[d]) +
-                    c3 * static_cast<acc_t>(r3[d]);
+          acc[d] += (c0 * static_cast<acc_t>(r0[d]) +
+                     c1 * static_cast<acc_t>(r1[d])) +
+                    (c2 * static_cast<acc_t>(r2[d]) +
+                     c3 * static_cast<acc_t>(r3[d]));
         }
         continue;
       }
@@ -484,12 +486,14 @@ MSDA_CPU_CLONES void backward_queries(
   }
 }
 
-// Writes the (S, D) float slab of head m of batch n into grad_value.
+// Writes the (S, D) float slab of head m of batch n into grad_value and
+// leaves the slab zeroed for the thread's next head (cheaper than a
+// separate memset: the lines are in cache right now).
 // grad_value is written once and not read back here, so float rows go out
 // with non-temporal stores (no read-for-ownership of lines that are
 // overwritten anyway).
 template <typename scalar_t, typename acc_t>
-void store_head(const acc_t* __restrict__ slab, const Sizes& s, int64_t n,
+void store_head(acc_t* __restrict__ slab, const Sizes& s, int64_t n,
                 int64_t m, scalar_t* __restrict__ grad_value) {
   scalar_t* dst = grad_value + n * s.S * s.M * s.D + m * s.D;
   const int64_t stride = s.M * s.D;
@@ -499,6 +503,7 @@ void store_head(const acc_t* __restrict__ slab, const Sizes& s, int64_t n,
       for (int64_t r = 0; r < s.S; ++r, dst += stride, slab += s.D) {
         for (int64_t d = 0; d < s.D; d += 4) {
           _mm_stream_ps(dst + d, _mm_loadu_ps(slab + d));
+          _mm_storeu_ps(slab + d, _mm_setzero_ps());
         }
       }
       _mm_sfence();
@@ -507,7 +512,10 @@ void store_head(const acc_t* __restrict__ slab, const Sizes& s, int64_t n,
   }
 #endif
   for (int64_t r = 0; r < s.S; ++r, dst += stride, slab += s.D) {
-    for (int64_t d = 0; d < s.D; ++d) dst[d] = static_cast<scalar_t>(slab[d]);
+    for (int64_t d = 0; d < s.D; ++d) {
+      dst[d] = static_cast<scalar_t>(slab[d]);
+      slab[d] = acc_t(0);
+    }
   }
 }
 
@@ -616,6 +624,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
           std::vector<acc_t> scratch(s.D);
           std::vector<Point<acc_t>> pts(2 * s.L * s.P);
           std::vector<acc_t> value_slab(plan.slab ? s.S * s.D : 0);
+          // Zero once; store_head leaves it zeroed after each head.
           std::vector<acc_t> grad_slab(plan.chunks > 1 ? 0 : s.S * s.D);
           int64_t slab_head = -1;
           for (int64_t task = begin; task < end; ++task) {
@@ -624,7 +633,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
             const int64_t q0 = chunk * plan.per_chunk;
             const int64_t q1 = std::min(s.Lq, q0 + plan.per_chunk);
             acc_t* gv = chunk_p ? chunk_p + task * s.S * s.D : grad_slab.data();
-            if (!chunk_p) std::memset(gv, 0, sizeof(acc_t) * s.S * s.D);
             if (plan.slab) {
               if (slab_head != nm) copy_head(pb, n, m, value_slab.data());
               slab_head = nm;
