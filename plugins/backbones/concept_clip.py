@@ -103,7 +103,7 @@ class ConceptCLIPBackbone(BiomedCLIPBackbone):
             state = {
                 k: v
                 for k, v in state.items()
-                if k.startswith(IMAGE_PREFIXES) or not k.startswith((
-                    'text.', 'text_proj.', 'logit_', 'concept_logit_'))
+                if k.startswith(IMAGE_PREFIXES) or not k.startswith(
+                    ('text.', 'text_proj.', 'logit_', 'concept_logit_'))
             }
         return state

@@ -24,8 +24,7 @@ Open-GroundingDino adapter run the same :func:`surgery_forward`.
 """
 import functools
 import os
-from typing import (Callable, Iterable, List, Optional, Sequence, Tuple,
-                    Union)
+from typing import (Callable, Iterable, List, Optional, Sequence, Tuple, Union)
 
 import torch
 import torch.nn as nn
@@ -46,7 +45,8 @@ def _plain_call(fn, x):
     return fn(x)
 
 
-def check_surgery_blocks(blocks: Sequence[nn.Module], surgery_depth: int,
+def check_surgery_blocks(blocks: Sequence[nn.Module],
+                         surgery_depth: int,
                          owner: str = 'CLIP Surgery') -> int:
     """Validate ``surgery_depth`` and the block type; return the first
     surgery block's index.
@@ -66,9 +66,8 @@ def check_surgery_blocks(blocks: Sequence[nn.Module], surgery_depth: int,
     for i in range(start, depth):
         block = blocks[i]
         attn = getattr(block, 'attn', None)
-        if not (isinstance(block, ResidualAttentionBlock)
-                and isinstance(attn, nn.MultiheadAttention)
-                and attn.batch_first):
+        if not (isinstance(block, ResidualAttentionBlock) and isinstance(
+                attn, nn.MultiheadAttention) and attn.batch_first):
             raise TypeError(
                 f'{owner}: block {i} is a {type(block).__name__} (attention '
                 f'{type(attn).__name__}); value-value attention needs '
@@ -124,12 +123,12 @@ def surgery_branch(block: ResidualAttentionBlock,
 
 
 def surgery_forward(
-        blocks: Sequence[nn.Module],
-        x: torch.Tensor,
-        surgery_depth: int,
-        out_indices: Optional[Iterable[int]] = None,
-        call: Optional[BlockCaller] = None,
-        keep_original: bool = False
+    blocks: Sequence[nn.Module],
+    x: torch.Tensor,
+    surgery_depth: int,
+    out_indices: Optional[Iterable[int]] = None,
+    call: Optional[BlockCaller] = None,
+    keep_original: bool = False
 ) -> Tuple[List[torch.Tensor], Optional[torch.Tensor]]:
     """Run transformer blocks along CLIP Surgery's two paths.
 
@@ -222,8 +221,8 @@ def feature_surgery(image_tokens: torch.Tensor,
             f'{tuple(text_features.shape)}')
     patches = image_tokens[:, num_prefix_tokens:]
     if redundant_features is not None:
-        return patches @ (text_features - redundant_features.reshape(
-            1, -1)).t()
+        return patches @ (text_features -
+                          redundant_features.reshape(1, -1)).t()
     if num_prefix_tokens < 1:
         raise ValueError('feature_surgery needs the class token '
                          '(num_prefix_tokens >= 1) for its class weights')
@@ -364,11 +363,15 @@ class SurgeryCLIPVisual(nn.Module):
         x = v.conv1(images).flatten(2).transpose(1, 2)
         cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1)
-        pos = resample_pos_embed(v.positional_embedding, grid,
-                                 tuple(v.grid_size), num_prefix_tokens=1)
+        pos = resample_pos_embed(
+            v.positional_embedding,
+            grid,
+            tuple(v.grid_size),
+            num_prefix_tokens=1)
         return v.ln_pre(x + pos.to(x.dtype)), grid
 
-    def forward_tokens(self, images: torch.Tensor,
+    def forward_tokens(self,
+                       images: torch.Tensor,
                        with_proj: bool = True) -> Tuple[torch.Tensor, Grid]:
         """All tokens: class token from the original path, patch tokens
         from the surgery path, after ``ln_post`` (and ``proj``).

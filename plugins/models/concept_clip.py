@@ -160,7 +160,8 @@ class ConceptCLIP(nn.Module):
         >>> import torch
         >>> from plugins.models.concept_clip import ConceptCLIP
         >>> model = ConceptCLIP('ConceptCLIP-Tiny-test').eval()
-        >>> img_cls, img_tokens = model.encode_image(torch.rand(2, 3, 112, 112))
+        >>> pixels = torch.rand(2, 3, 112, 112)
+        >>> img_cls, img_tokens = model.encode_image(pixels)
         >>> img_cls.shape, img_tokens.shape
         (torch.Size([2, 64]), torch.Size([2, 64, 64]))
         >>> model.image_proj(img_tokens).shape   # image_token_features
@@ -294,11 +295,12 @@ class ConceptCLIP(nn.Module):
             pooled = F.normalize(pooled, dim=-1)
         return pooled, out.last_hidden_state
 
-    def forward(self,
-                pixel_values: Optional[torch.Tensor] = None,
-                input_ids: Optional[torch.Tensor] = None,
-                attention_mask: Optional[torch.Tensor] = None
-                ) -> Dict[str, torch.Tensor]:
+    def forward(
+        self,
+        pixel_values: Optional[torch.Tensor] = None,
+        input_ids: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None
+    ) -> Dict[str, torch.Tensor]:
         """The HF model's output dict.
 
         Returns:
@@ -342,8 +344,9 @@ class ConceptCLIP(nn.Module):
         Returns:
             Tensor: ``(B, N)``.
         """
-        scale, bias = ((self.concept_logit_scale, self.concept_logit_bias)
-                       if concept else (self.logit_scale, self.logit_bias))
+        scale, bias = ((self.concept_logit_scale,
+                        self.concept_logit_bias) if concept else
+                       (self.logit_scale, self.logit_bias))
         return scale.exp() * image_features @ text_features.t() + bias
 
     def preprocess_tensor(self, images: torch.Tensor) -> torch.Tensor:
@@ -464,9 +467,10 @@ def read_concept_clip_weights(path: Union[str, os.PathLike]) -> StateDict:
 
 
 def convert_concept_clip_state_dict(
-        state: Mapping[str, torch.Tensor],
-        expected: Mapping[str, torch.Tensor],
-        key_rules: Iterable[Tuple[str, str]] = ()) -> StateDict:
+    state: Mapping[str, torch.Tensor],
+    expected: Mapping[str, torch.Tensor],
+    key_rules: Iterable[Tuple[str, str]] = ()
+) -> StateDict:
     """Map a loaded ConceptCLIP checkpoint onto ``expected``'s keys.
 
     Strips a wrapper prefix carried by every key
@@ -554,13 +558,13 @@ def load_concept_clip_weights(
 # Builder
 # ----------------------------------------------------------------------
 def build_concept_clip(
-        path: Optional[Union[str, os.PathLike]] = None,
-        *,
-        config: Union[str, os.PathLike] = CONCEPT_CLIP_MODEL_NAME,
-        tokenizer: Optional[Union[str, os.PathLike]] = None,
-        device: str = 'cpu',
-        strict: bool = True,
-        key_rules: Iterable[Tuple[str, str]] = ()
+    path: Optional[Union[str, os.PathLike]] = None,
+    *,
+    config: Union[str, os.PathLike] = CONCEPT_CLIP_MODEL_NAME,
+    tokenizer: Optional[Union[str, os.PathLike]] = None,
+    device: str = 'cpu',
+    strict: bool = True,
+    key_rules: Iterable[Tuple[str, str]] = ()
 ) -> Tuple[ConceptCLIP, Callable, Optional[Callable]]:
     """Build ConceptCLIP offline and load a local HF folder's weights.
 

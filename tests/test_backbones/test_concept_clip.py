@@ -123,7 +123,8 @@ def test_train_last_n_blocks_trains_exactly_the_last_two():
                          'visual.trunk.norm.'))
     }
     assert trainable == expected
-    assert not model.trunk.blocks[1].training and model.trunk.blocks[3].training
+    assert not model.trunk.blocks[1].training
+    assert model.trunk.blocks[3].training
     model(_images(28, 42))[0].sum().backward()
     assert all(p.grad is not None for n, p in model.named_parameters()
                if n in expected)
@@ -160,8 +161,7 @@ def test_backbone_weights_round_trip(tiny, tmp_path, fmt):
         torch.save({'state_dict': tiny.state_dict()}, path)
     model = ConceptCLIPBackbone(TINY, pretrained=str(path))
     assert set(model.state_dict()) == set(tiny.state_dict())
-    torch.testing.assert_close(model.image_proj.weight,
-                               tiny.image_proj.weight)
+    torch.testing.assert_close(model.image_proj.weight, tiny.image_proj.weight)
 
 
 def test_detector_checkpoint_with_prefix(tiny, tmp_path):

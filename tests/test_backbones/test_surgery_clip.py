@@ -48,8 +48,7 @@ def test_surgery_output_differs_and_original_path_is_untouched(tiny, plain):
         assert (ours - ref).abs().max() > 1e-2
         # the original path through the same blocks is CLIP's
         tokens = tiny.embed_tokens(*tiny.prepare_input(x))
-        _, x_ori = surgery_forward(
-            tiny.blocks, tokens, 2, keep_original=True)
+        _, x_ori = surgery_forward(tiny.blocks, tokens, 2, keep_original=True)
         plain_tokens = tokens
         for blk in plain.blocks:
             plain_tokens = blk(plain_tokens)

@@ -5,11 +5,9 @@ import torch
 import torch.nn as nn
 
 from plugins.models import create_model
-from plugins.models.clip_surgery import (SurgeryCLIPVisual,
-                                         build_clip_surgery,
-                                         check_surgery_blocks,
-                                         feature_surgery, similarity_map,
-                                         surgery_forward,
+from plugins.models.clip_surgery import (SurgeryCLIPVisual, build_clip_surgery,
+                                         check_surgery_blocks, feature_surgery,
+                                         similarity_map, surgery_forward,
                                          value_value_attention)
 from plugins.models.testing import save_clip_checkpoint
 
@@ -64,8 +62,7 @@ def test_surgery_forward_matches_the_method(clip, depth):
     blocks = clip.visual.transformer.resblocks
     x = _randn(2, 10, 64)
     with torch.no_grad():
-        (ours, ), ori = surgery_forward(
-            blocks, x, depth, keep_original=True)
+        (ours, ), ori = surgery_forward(blocks, x, depth, keep_original=True)
         ref_sur, ref_ori = _naive_dual_path(blocks, x, depth)
     torch.testing.assert_close(ours, ref_sur)
     torch.testing.assert_close(ori, ref_ori)
@@ -225,7 +222,6 @@ def test_build_clip_surgery_from_a_local_checkpoint(clip, tmp_path):
     x = _randn(1, 3, 224, 224)
     with torch.no_grad():
         tokens = tower(x, normalize=True)
-        text = model.encode_text(tokenizer(['a cat', 'a dog']),
-                                 normalize=True)
+        text = model.encode_text(tokenizer(['a cat', 'a dog']), normalize=True)
         maps = similarity_map(feature_surgery(tokens, text), 224)
     assert maps.shape == (1, 2, 224, 224)

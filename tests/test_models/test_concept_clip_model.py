@@ -80,7 +80,10 @@ def test_tiny_image_encoder_equals_open_clip_and_timm_forward(tiny):
         img, tokens = tiny.encode_image(x, normalize=False)
         torch.testing.assert_close(img, ref(x), rtol=0, atol=1e-5)
         last = ref.trunk.forward_intermediates(
-            x, indices=[3], norm=True, output_fmt='NLC',
+            x,
+            indices=[3],
+            norm=True,
+            output_fmt='NLC',
             intermediates_only=True)[-1]
         torch.testing.assert_close(tokens, last, rtol=0, atol=1e-5)
         img_n, _ = tiny.encode_image(x)
@@ -103,7 +106,10 @@ def test_forward_dict_and_sigmoid_logits(tiny):
         torch.testing.assert_close(out['image_token_features'],
                                    tiny.image_proj(tok))
         logits = tiny.logits(out['image_features'], out['text_features'])
-    assert {k: tuple(v.shape) for k, v in out.items()} == {
+    assert {
+        k: tuple(v.shape)
+        for k, v in out.items()
+    } == {
         'image_features': (2, 64),
         'image_token_features': (2, 64, 64),
         'text_features': (2, 64),
@@ -115,8 +121,9 @@ def test_forward_dict_and_sigmoid_logits(tiny):
     }
     # the HF output convention: exp'd scale, logits = scale * i @ t.T + bias
     torch.testing.assert_close(
-        logits, out['logit_scale'] * out['image_features']
-        @ out['text_features'].T + out['logit_bias'])
+        logits,
+        out['logit_scale'] * out['image_features'] @ out['text_features'].T +
+        out['logit_bias'])
     assert out['logit_bias'] == -10
 
 
@@ -169,18 +176,24 @@ def test_build_from_hf_folder_round_trip(tiny, hf_folder):
 def test_other_export_layouts_load_every_key(tiny, tmp_path, layout):
     state = tiny.state_dict()
     if layout == 'wrapped':  # an HF model holding the CLIP as `model`
-        save_safetensors({'model.' + k: v
-                          for k, v in state.items()},
-                         tmp_path / 'model.safetensors')
+        save_safetensors({
+            'model.' + k: v
+            for k, v in state.items()
+        }, tmp_path / 'model.safetensors')
     elif layout == 'sharded':
         keys = sorted(state)
-        shards = {'model-00001-of-00002.safetensors': keys[::2],
-                  'model-00002-of-00002.safetensors': keys[1::2]}
+        shards = {
+            'model-00001-of-00002.safetensors': keys[::2],
+            'model-00002-of-00002.safetensors': keys[1::2]
+        }
         for name, part in shards.items():
             save_safetensors({k: state[k] for k in part}, tmp_path / name)
         index = {k: n for n, part in shards.items() for k in part}
         (tmp_path / 'model.safetensors.index.json').write_text(
-            json.dumps({'metadata': {}, 'weight_map': index}))
+            json.dumps({
+                'metadata': {},
+                'weight_map': index
+            }))
     elif layout == 'bin':
         torch.save(state, tmp_path / 'pytorch_model.bin')
     else:  # older transformers: position_ids, scalars saved as (1,)
@@ -192,8 +205,7 @@ def test_other_export_layouts_load_every_key(tiny, tmp_path, layout):
     model = ConceptCLIP(TINY)
     loaded = load_concept_clip_weights(model, tmp_path)
     assert loaded.keys() == state.keys()
-    torch.testing.assert_close(model.image_proj.weight,
-                               tiny.image_proj.weight)
+    torch.testing.assert_close(model.image_proj.weight, tiny.image_proj.weight)
 
 
 def test_wrong_layout_lists_keys_and_key_rules_fix_it(tiny, tmp_path):

@@ -80,8 +80,7 @@ def test_forward_contract_and_mask(ckpts):
 
 def test_equals_the_mmdet_backbone_on_clip_normalised_input(ckpts):
     from plugins.backbones import SurgeryCLIPBackbone
-    backbone, _ = ogd.build_surgeryclip_backbone(
-        _args(ckpts['safetensors']))
+    backbone, _ = ogd.build_surgeryclip_backbone(_args(ckpts['safetensors']))
     ref = SurgeryCLIPBackbone(
         TINY,
         surgery_depth=2,
@@ -95,12 +94,12 @@ def test_equals_the_mmdet_backbone_on_clip_normalised_input(ckpts):
     mask = torch.zeros(2, 64, 96, dtype=torch.bool)
     with torch.no_grad():
         ours = backbone(ogd.NestedTensor(imagenet, mask))['0'].tensors
-        torch.testing.assert_close(ours, ref(clip_in)[0], atol=1e-5,
-                                   rtol=1e-5)
+        torch.testing.assert_close(ours, ref(clip_in)[0], atol=1e-5, rtol=1e-5)
         clip_normed, _ = ogd.build_surgeryclip_backbone(
             _args(ckpts['safetensors'], surgeryclip_input_norm='clip'))
         torch.testing.assert_close(
-            clip_normed(clip_in)['0'].tensors, ref(clip_in)[0])
+            clip_normed(clip_in)['0'].tensors,
+            ref(clip_in)[0])
 
 
 def test_openai_archive_loads_with_quick_gelu(ckpts):

@@ -69,8 +69,7 @@ class NestedTensor:
         mask (Tensor, optional): ``(B, H, W)`` bool, True on padding.
     """
 
-    def __init__(self, tensors: torch.Tensor,
-                 mask: Optional[torch.Tensor]):
+    def __init__(self, tensors: torch.Tensor, mask: Optional[torch.Tensor]):
         self.tensors = tensors
         self.mask = mask
 
@@ -148,9 +147,7 @@ class SurgeryCLIPGroundingBackbone(nn.Module):
         visual = surgery_visual.visual
         self.with_proj = bool(with_proj) and visual.proj is not None
         width = visual.conv1.out_channels
-        self.num_channels = [
-            visual.proj.shape[1] if self.with_proj else width
-        ]
+        self.num_channels = [visual.proj.shape[1] if self.with_proj else width]
         self.train_backbone = bool(train_backbone)
         surgery_visual.set_grad_checkpointing(use_checkpoint)
         # x_clip = (x * s_in + m_in - m_clip) / s_clip = x * scale + shift
