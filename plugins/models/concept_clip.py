@@ -52,7 +52,7 @@ __all__ = [
     'CONCEPT_CLIP_MEAN', 'CONCEPT_CLIP_STD', 'CONCEPT_CLIP_WEIGHT_FILE_NAMES',
     'ConceptCLIP', 'ConceptCLIPForScoring', 'build_concept_clip',
     'convert_concept_clip_state_dict', 'load_concept_clip_weights',
-    'read_concept_clip_weights', 'resolve_config_name'
+    'read_concept_clip_weights', 'resolve_config_name', 'CONFIG_ALIASES'
 ]
 
 logger = logging.getLogger(__name__)
@@ -120,10 +120,17 @@ def vit_conceptclip_test_patch14_112(pretrained: bool = False,
                                 **dict(model_args, **kwargs))
 
 
+#: Short names accepted for the shipped configs.
+CONFIG_ALIASES = {'ConceptCLIP': CONCEPT_CLIP_MODEL_NAME}
+
+
 def resolve_config_name(config: Union[str, os.PathLike]) -> str:
-    """A model config name for ``config``: a registered name as is, or a
-    JSON file (open_clip config format) registered under its stem."""
+    """A model config name for ``config``: a registered name as is (or an
+    alias of :data:`CONFIG_ALIASES`, e.g. ``'ConceptCLIP'``), or a JSON file
+    (open_clip config format) registered under its stem."""
     register_model_configs()
+    if str(config) in CONFIG_ALIASES:
+        return CONFIG_ALIASES[str(config)]
     path = Path(config)
     if path.suffix == '.json' and path.is_file():
         open_clip.add_model_config(path)
@@ -576,7 +583,8 @@ def build_concept_clip(
         path (str, optional): the downloaded HF folder (``model.safetensors``
             or a sharded ``model.safetensors.index.json``; ``vocab.txt``),
             or a weights file. None: random weights.
-        config (str): :data:`CONCEPT_CLIP_MODEL_NAME` (default),
+        config (str): :data:`CONCEPT_CLIP_MODEL_NAME` (default; alias
+            ``'ConceptCLIP'``),
             :data:`CONCEPT_CLIP_TINY_MODEL_NAME`, another registered name,
             or an open_clip-format JSON file.
         tokenizer (str, optional): ``vocab.txt`` or a folder with one;

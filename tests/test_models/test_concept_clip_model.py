@@ -47,7 +47,8 @@ def hf_folder(tiny, tmp_path_factory):
 def test_real_architecture_is_open_clips_siglip_so400m_trunk():
     """Same image tower as open_clip's ViT-SO400M-14-SigLIP-384 (every key
     and shape), built on the meta device (no weights allocated)."""
-    ours = ConceptCLIP(CONCEPT_CLIP_MODEL_NAME, device='meta')
+    ours = ConceptCLIP('ConceptCLIP', device='meta')  # alias of the default
+    assert ours.model_name == CONCEPT_CLIP_MODEL_NAME
     ref = create_model(SIGLIP, device='meta', vision_only=True).visual
     mine = ours.visual.state_dict()
     theirs = ref.state_dict()
