@@ -237,6 +237,7 @@ def test_apply_without_open_groundingdino_names_pythonpath():
         ogd.apply('models_that_do_not_exist.backbone')
 
 
+@pytest.mark.slow  # a fresh interpreter: ~10 s of imports
 def test_works_without_mmdet_or_mmengine(repo_root):
     """Open-GroundingDino environments have no OpenMMLab packages: the
     adapter and the host-free models must not need them."""
