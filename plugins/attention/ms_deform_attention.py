@@ -6,7 +6,7 @@ import torch
 from mmcv.ops import MultiScaleDeformableAttention
 from mmdet.registry import MODELS
 
-from plugins.ops import ms_deform_attn, sampling_locations
+from plugins.layers import ms_deform_attention_forward
 
 
 @MODELS.register_module()
@@ -106,22 +106,10 @@ class MSDeformAttention(MultiScaleDeformableAttention):
         if not self.batch_first:
             query = query.transpose(0, 1)
             value = value.transpose(0, 1)
-        N, Lq, _ = query.shape
-        S = value.shape[1]
-        M, L, P = self.num_heads, self.num_levels, self.num_points
-
-        value = self.value_proj(value)
-        if key_padding_mask is not None:
-            value = value.masked_fill(key_padding_mask[..., None], 0.0)
-        value = value.view(N, S, M, -1)
-        offsets = self.sampling_offsets(query).view(N, Lq, M, L, P, 2)
-        weights = self.attention_weights(query).view(N, Lq, M, L * P)
-        weights = weights.softmax(-1).view(N, Lq, M, L, P)
-        locations = sampling_locations(reference_points, offsets,
-                                       spatial_shapes)
-        output = self.output_proj(
-            ms_deform_attn(value, spatial_shapes, level_start_index,
-                           locations, weights))
+        output = ms_deform_attention_forward(self, query, value,
+                                             reference_points, spatial_shapes,
+                                             level_start_index,
+                                             key_padding_mask)
         if not self.batch_first:
             output = output.transpose(0, 1)
         return self.dropout(output) + identity

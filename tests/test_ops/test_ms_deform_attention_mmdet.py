@@ -93,15 +93,18 @@ def _tiny_dino():
 def test_tiny_dino_forward_matches_mmcv(monkeypatch):
     from mmdet.structures import DetDataSample
 
-    from plugins.attention import ms_deform_attention
+    # The attention module runs the shared forward of plugins.layers, which
+    # calls the op through this module attribute.
+    from plugins.layers import ms_deform_cross_attention
     calls = []
-    op = ms_deform_attention.ms_deform_attn
+    op = ms_deform_cross_attention.ms_deform_attn
 
     def counting_op(*args):
         calls.append(args[0].shape)
         return op(*args)
 
-    monkeypatch.setattr(ms_deform_attention, 'ms_deform_attn', counting_op)
+    monkeypatch.setattr(ms_deform_cross_attention, 'ms_deform_attn',
+                        counting_op)
     theirs = _tiny_dino()
     ours = copy.deepcopy(theirs)
     assert convert_ms_deform_attention(ours) == 2  # encoder + decoder layer
