@@ -344,7 +344,9 @@ MSDA_INLINE void backward_point_inside(const Point<acc_t>& pt,
       V::store(g2 + d, V::load(g2 + d) + k2 * gk);
       V::store(g3 + d, V::load(g3 + d) + k3 * gk);
     }
-    acc_t t0 = V::sum(s0), t1 = V::sum(s1), t2 = V::sum(s2), t3 = V::sum(s3);
+    acc_t t[4];
+    V::sum4(s0, s1, s2, s3, t);
+    acc_t t0 = t[0], t1 = t[1], t2 = t[2], t3 = t[3];
     for (; d < D; ++d) {
       const acc_t gk = go[d];
       t0 += gk * r0[d];
