@@ -41,7 +41,8 @@ if ROOT not in sys.path:
 from plugins.ops import ms_deform_attn, ms_deform_attn_reference  # noqa: E402
 from plugins.ops.ms_deform_attn import loader  # noqa: E402
 
-SECTION = '## Multi-scale deformable attention op'
+# One section per device in docs/benchmarks.md, e.g. '... op (CPU)'.
+SECTION = '## Multi-scale deformable attention op ({})'
 
 SHAPES = {
     'a': ('decoder', 300, [(64, 64), (32, 32), (16, 16), (8, 8)]),
@@ -206,14 +207,15 @@ def markdown_table(rows, device):
     return '\n'.join(lines)
 
 
-def write_section(path, body):
-    """Replace (or append) our own section of ``path``, leaving the others."""
+def write_section(path, heading, body):
+    """Replace (or append) our own section ``heading`` of ``path``, leaving
+    the others as they are."""
     text = open(path).read() if os.path.exists(path) else '# Benchmarks\n'
-    start = text.find(SECTION + '\n')
+    start = text.find(heading + '\n')
     if start < 0:
         text = text.rstrip('\n') + '\n\n' + body.rstrip('\n') + '\n'
     else:
-        end = text.find('\n## ', start + len(SECTION))
+        end = text.find('\n## ', start + len(heading))
         end = len(text) if end < 0 else end + 1
         text = text[:start] + body.rstrip('\n') + '\n' + (
             '\n' + text[end:] if end < len(text) else '')
@@ -284,8 +286,9 @@ def main(argv=None):
         command = 'python tools/benchmark_ms_deform_attn.py ' + ' '.join(
             argv if argv is not None else sys.argv[1:])
         cuda = f', CUDA {torch.version.cuda}' if device == 'cuda' else ''
+        heading = SECTION.format('CPU' if device == 'cpu' else 'CUDA')
         body = '\n'.join([
-            SECTION, '',
+            heading, '',
             f'`plugins.ops.ms_deform_attn` ("ours", {loader.status(device).get("source", "?")} '
             f'build) vs the PyTorch `grid_sample` reference and mmcv '
             f'{"(its CPU path is the same grid_sample algorithm)" if device == "cpu" else "(its CUDA kernel)"}.'
@@ -299,8 +302,8 @@ def main(argv=None):
             f'- command: `{command.strip()}`', '',
             markdown_table(rows, device), ''] +
             ([f'- {v}' for v in verdicts] + [''] if verdicts else []))
-        write_section(args.write, body)
-        print(f'wrote {args.write} ({SECTION[3:]})')
+        write_section(args.write, heading, body)
+        print(f'wrote {args.write} ({heading[3:]})')
     return 0
 
 
