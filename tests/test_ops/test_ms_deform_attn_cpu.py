@@ -68,6 +68,28 @@ def test_backward_matches_reference(inputs, dtype, tol):
         assert err <= tol, name
 
 
+@pytest.mark.parametrize('dtype,tol', [(torch.float64, 1e-12),
+                                       (torch.float32, 1e-5),
+                                       (torch.bfloat16, 1e-2)])
+@pytest.mark.parametrize('heads', [(1, 2), (4, 4)], ids=['split-queries',
+                                                       'one-task-per-head'])
+@pytest.mark.parametrize('Lq', [3, 48], ids=['decoder-like', 'encoder-like'])
+def test_work_splits(inputs, dtype, tol, heads, Lq):
+    """The kernel's strategies: few (batch, head) tasks split queries into
+    chunks; many queries per value row switch to per-head slabs."""
+    N, M = heads
+    args = inputs(N=N, Lq=Lq, M=M, D=32, shapes=((4, 3), (2, 2)), P=2,
+                  dtype=dtype, loc_range=(-0.05, 1.05))
+    grad_out = torch.rand(N, Lq, M * 32, dtype=torch.float64)
+    out, grads = _grads(ms_deform_attn, *args, grad_out)
+    ref_out, ref = _grads(_reference64, *args, grad_out)
+    relative = dtype == torch.bfloat16
+    assert (out.double() - ref_out).abs().max() <= tol * (
+        ref_out.abs().max() if relative else 1)
+    for g, r in zip(grads, ref):
+        assert (g.double() - r).abs().max() <= tol * r.abs().max().clamp(min=1)
+
+
 @pytest.mark.parametrize('channels,fast', [(4, False), (30, True), (32, True),
                                            (64, True), (71, True)])
 def test_gradcheck_float64(inputs, channels, fast):
