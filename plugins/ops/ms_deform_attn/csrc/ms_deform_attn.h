@@ -89,6 +89,10 @@ inline void check_levels_cpu(const at::Tensor& spatial_shapes,
     TORCH_CHECK(hw[2 * l] >= 0 && hw[2 * l + 1] >= 0,
                 "ms_deform_attn: spatial_shapes[", l, "] = (", hw[2 * l], ", ",
                 hw[2 * l + 1], ") must be non-negative");
+    // The kernels index within a level with 32-bit offsets.
+    TORCH_CHECK(hw[2 * l] * hw[2 * l + 1] < (int64_t{1} << 31),
+                "ms_deform_attn: level ", l, " has ", hw[2 * l], " x ",
+                hw[2 * l + 1], " positions, more than 2^31 - 1");
     TORCH_CHECK(st[l] == total, "ms_deform_attn: level_start_index[", l,
                 "] = ", st[l], " but the levels before it hold ", total,
                 " positions");
