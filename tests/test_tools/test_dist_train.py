@@ -23,6 +23,8 @@ def _options(data_root: Path, batch_per_proc: int) -> list:
         f'train_dataloader.batch_size={batch_per_proc}',
         f'train_dataloader.dataset.data_root={data_root}/',
         'train_dataloader.dataset.pipeline.2.scale=(128,128)',
+        f'val_dataloader.dataset.data_root={data_root}/',
+        f'val_evaluator.ann_file={data_root}/annotations/instances_val.json',
         'train_dataloader.dataset.pipeline.3.prob=0.0',
         'model.backbone.norm_eval=True',
         'model.backbone.norm_cfg.requires_grad=False',

@@ -25,6 +25,9 @@ def _train_cmd(data_root: Path, work_dir: Path, max_iters: int,
         'train_dataloader.batch_size=1',
         f'train_dataloader.dataset.data_root={data_root}/',
         'train_dataloader.dataset.pipeline.2.scale=(128,128)',
+        # The val loop is built at start even when it never runs.
+        f'val_dataloader.dataset.data_root={data_root}/',
+        f'val_evaluator.ann_file={data_root}/annotations/instances_val.json',
     ]
     return [sys.executable, 'tools/train.py', CONFIG, '--work-dir',
             str(work_dir), *extra, '--cfg-options', *options]
