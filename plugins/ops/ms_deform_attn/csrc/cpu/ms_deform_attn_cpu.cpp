@@ -58,25 +58,6 @@ namespace {
 
 constexpr int kLanes = 16;  // partial sums of the channel reductions
 
-// Level geometry read once from the (tiny) int64 tensors.
-struct Levels {
-  std::vector<int32_t> H, W;
-  std::vector<int64_t> start;
-
-  Levels(const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
-         int64_t L) {
-    const auto shapes = spatial_shapes.contiguous();
-    const auto starts = level_start_index.contiguous();
-    const int64_t* hw = shapes.const_data_ptr<int64_t>();
-    const int64_t* st = starts.const_data_ptr<int64_t>();
-    for (int64_t l = 0; l < L; ++l) {
-      H.push_back(static_cast<int32_t>(hw[2 * l]));
-      W.push_back(static_cast<int32_t>(hw[2 * l + 1]));
-      start.push_back(st[l]);
-    }
-  }
-};
-
 // How a call is split over threads.
 struct Plan {
   int64_t chunks;     // query chunks per (batch, head)
@@ -101,16 +82,41 @@ struct Plan {
   }
 };
 
-// Raw pointers and sizes of one call (inputs contiguous).
+// Raw pointers and sizes of one call (inputs contiguous), with the level
+// geometry repeated per point (point j of a query is on level j / P), so
+// that plan_points is a flat loop over the L * P points.
 template <typename scalar_t>
 struct Problem {
   const scalar_t* value;      // (N, S, M, D)
   const scalar_t* locations;  // (N, Lq, M, L, P, 2)
   const scalar_t* weights;    // (N, Lq, M, L, P)
-  const int32_t* H;           // (L,)
-  const int32_t* W;           // (L,)
-  const int64_t* start;       // (L,)
+  const int32_t* H;           // (L * P,) height of each point's level
+  const int32_t* W;           // (L * P,) width
+  const int32_t* start;       // (L * P,) first position of the level in S
   Sizes s;
+};
+
+// Level geometry read once from the (tiny) int64 tensors, per point.
+struct Levels {
+  std::vector<int32_t> H, W, start;
+
+  Levels(const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
+         const Sizes& s) {
+    // Positions within a batch element are 32-bit here.
+    TORCH_CHECK(s.S < (int64_t{1} << 31), "ms_deform_attn: S = ", s.S,
+                " positions per batch element, more than 2^31 - 1");
+    const auto shapes = spatial_shapes.contiguous();
+    const auto starts = level_start_index.contiguous();
+    const int64_t* hw = shapes.const_data_ptr<int64_t>();
+    const int64_t* st = starts.const_data_ptr<int64_t>();
+    for (int64_t l = 0; l < s.L; ++l) {
+      for (int64_t p = 0; p < s.P; ++p) {
+        H.push_back(static_cast<int32_t>(hw[2 * l]));
+        W.push_back(static_cast<int32_t>(hw[2 * l + 1]));
+        start.push_back(static_cast<int32_t>(st[l]));
+      }
+    }
+  }
 };
 
 template <typename scalar_t>
@@ -134,38 +140,128 @@ struct Head {
   int64_t stride;
 };
 
-// One sampling point of one (batch, query, head), ready to apply.
+// The L * P sampling points of one (batch, query, head), planned as
+// structure-of-arrays so that plan_points vectorises across the points.
+template <typename acc_t>
+struct Points {
+  acc_t* lx;       // fractional x of the point within its corner cell
+  acc_t* ly;       // fractional y
+  int32_t* x0;     // column of the top-left corner
+  int32_t* y0;     // row of the top-left corner
+  int32_t* base;   // position in S of the top-left corner (maybe outside)
+  int32_t* state;  // kOutside, kBorder (some corners outside) or kInside
+};
+constexpr int32_t kOutside = 0, kBorder = 1, kInside = 2;
+
+// Scratch for the points of `queries` queries.
+template <typename acc_t>
+struct PointsBuffer {
+  std::vector<acc_t> f;
+  std::vector<int32_t> i;
+  int64_t LP;
+
+  PointsBuffer(int64_t LP_, int64_t queries)
+      : f(2 * LP_ * queries), i(4 * LP_ * queries), LP(LP_) {}
+  Points<acc_t> query(int64_t k) {
+    acc_t* fp = f.data() + 2 * LP * k;
+    int32_t* ip = i.data() + 4 * LP * k;
+    return {fp, fp + LP, ip, ip + LP, ip + 2 * LP, ip + 3 * LP};
+  }
+};
+
+// Plans the L * P points of output row i = (n * Lq + q) * M + m: pixel
+// (x, y) = (loc_x * W - 0.5, loc_y * H - 0.5) (grid_sample,
+// align_corners=False), zeros outside the map; NaN locations count as
+// outside.  Written without branches (integer masks, floor as a corrected
+// truncation) so that it vectorises across the points (this needs
+// -fno-trapping-math, see build_config.py).
+template <typename scalar_t, typename acc_t>
+MSDA_INLINE void plan_points(const Problem<scalar_t>& pb, int64_t i,
+                             const Points<acc_t>& pts) {
+  const int64_t LP = pb.s.L * pb.s.P;
+  const scalar_t* __restrict__ loc = pb.locations + i * LP * 2;
+  acc_t* __restrict__ lx = pts.lx;
+  acc_t* __restrict__ ly = pts.ly;
+  int32_t* __restrict__ x0 = pts.x0;
+  int32_t* __restrict__ y0 = pts.y0;
+  int32_t* __restrict__ base = pts.base;
+  int32_t* __restrict__ state = pts.state;
+  // The outputs (scratch) never overlap the inputs.
+#pragma GCC ivdep
+  for (int64_t j = 0; j < LP; ++j) {
+    const int32_t W = pb.W[j], H = pb.H[j];
+    const acc_t Wf = static_cast<acc_t>(W), Hf = static_cast<acc_t>(H);
+    const acc_t x = static_cast<acc_t>(loc[2 * j]) * Wf - acc_t(0.5);
+    const acc_t y = static_cast<acc_t>(loc[2 * j + 1]) * Hf - acc_t(0.5);
+    const int32_t in = static_cast<int32_t>(x > acc_t(-1)) &
+                       static_cast<int32_t>(y > acc_t(-1)) &
+                       static_cast<int32_t>(x < Wf) & static_cast<int32_t>(y < Hf);
+    // Outside (or NaN) points are clamped so the conversions are defined.
+    const acc_t xc = in ? x : acc_t(0);
+    const acc_t yc = in ? y : acc_t(0);
+    const int32_t tx = static_cast<int32_t>(xc), ty = static_cast<int32_t>(yc);
+    const int32_t ix = tx - static_cast<int32_t>(static_cast<acc_t>(tx) > xc);
+    const int32_t iy = ty - static_cast<int32_t>(static_cast<acc_t>(ty) > yc);
+    lx[j] = xc - static_cast<acc_t>(ix);
+    ly[j] = yc - static_cast<acc_t>(iy);
+    x0[j] = ix;
+    y0[j] = iy;
+    base[j] = pb.start[j] + iy * W + ix;
+    const int32_t full = static_cast<int32_t>(ix >= 0) &
+                         static_cast<int32_t>(iy >= 0) &
+                         static_cast<int32_t>(ix + 1 < W) &
+                         static_cast<int32_t>(iy + 1 < H);
+    state[j] = in + (in & full);  // kOutside, kBorder or kInside
+  }
+}
+
+// One planned point, expanded into its four corners (the Bilinear of
+// ../bilinear.h, with offsets as positions in S): computed in registers
+// where it is used, so each consumer only pays for the fields it reads.
 template <typename acc_t>
 struct Point {
   Bilinear<acc_t> b;
-  int64_t level_start;  // first position of its level in S
-  acc_t a;              // attention weight
+  acc_t a;
   int32_t H, W;
-  bool inside;     // any corner inside the map
-  bool all_valid;  // all four corners inside (the common, fast case)
+  int32_t state;
 };
 
-// Coefficients of the L * P points of output row i = (n * Lq + q) * M + m.
 template <typename scalar_t, typename acc_t>
-MSDA_INLINE void plan_points(const Problem<scalar_t>& pb, int64_t i,
-                             Point<acc_t>* pts) {
-  const Sizes& s = pb.s;
-  const scalar_t* loc = pb.locations + i * s.L * s.P * 2;
-  const scalar_t* attn = pb.weights + i * s.L * s.P;
-  for (int64_t l = 0; l < s.L; ++l) {
-    for (int64_t p = 0; p < s.P; ++p, loc += 2, ++attn) {
-      Point<acc_t>& pt = pts[l * s.P + p];
-      pt.inside = bilinear_coefficients<acc_t>(static_cast<acc_t>(loc[0]),
-                                               static_cast<acc_t>(loc[1]),
-                                               pb.H[l], pb.W[l], pt.b);
-      pt.all_valid = pt.inside && pt.b.valid[0] && pt.b.valid[1] &&
-                     pt.b.valid[2] && pt.b.valid[3];
-      pt.level_start = pb.start[l];
-      pt.a = static_cast<acc_t>(*attn);
-      pt.H = pb.H[l];
-      pt.W = pb.W[l];
-    }
-  }
+MSDA_INLINE Point<acc_t> expand_point(const Problem<scalar_t>& pb,
+                                      const Points<acc_t>& pts, int64_t i,
+                                      int64_t j) {
+  Point<acc_t> pt;
+  pt.state = pts.state[j];
+  pt.a = static_cast<acc_t>(pb.weights[i * pb.s.L * pb.s.P + j]);
+  pt.W = pb.W[j];
+  pt.H = pb.H[j];
+  const acc_t lx = pts.lx[j], ly = pts.ly[j];
+  const acc_t hx = acc_t(1) - lx, hy = acc_t(1) - ly;
+  pt.b.w[0] = hy * hx;
+  pt.b.w[1] = hy * lx;
+  pt.b.w[2] = ly * hx;
+  pt.b.w[3] = ly * lx;
+  pt.b.dwdx[0] = -hy;
+  pt.b.dwdx[1] = hy;
+  pt.b.dwdx[2] = -ly;
+  pt.b.dwdx[3] = ly;
+  pt.b.dwdy[0] = -hx;
+  pt.b.dwdy[1] = -lx;
+  pt.b.dwdy[2] = hx;
+  pt.b.dwdy[3] = lx;
+  const int32_t base = pts.base[j];
+  pt.b.offset[0] = base;
+  pt.b.offset[1] = base + 1;
+  pt.b.offset[2] = base + pt.W;
+  pt.b.offset[3] = base + pt.W + 1;
+  const int32_t x0 = pts.x0[j], y0 = pts.y0[j];
+  const bool vx0 = x0 >= 0, vx1 = x0 + 1 < pt.W;
+  const bool vy0 = y0 >= 0, vy1 = y0 + 1 < pt.H;
+  pt.b.valid[0] = vy0 && vx0;
+  pt.b.valid[1] = vy0 && vx1;
+  pt.b.valid[2] = vy1 && vx0;
+  pt.b.valid[3] = vy1 && vx1;
+  return pt;
 }
 
 // Rows read in place are scattered over maps much larger than the caches,
@@ -174,15 +270,22 @@ MSDA_INLINE void plan_points(const Problem<scalar_t>& pb, int64_t i,
 // latency; prefetching a whole query at once would overflow the miss
 // queues).  Prefetches go to L2, not L1: rows of one head are M * D apart,
 // so they compete for a few L1 sets and would evict each other before use.
-template <typename src_t, typename acc_t>
-MSDA_INLINE void prefetch_point(const Point<acc_t>& pt, const Head<src_t>& head,
-                                int64_t D) {
-  if (!pt.inside) return;
+template <typename scalar_t, typename src_t, typename acc_t>
+MSDA_INLINE void prefetch_point(const Problem<scalar_t>& pb,
+                                const Points<acc_t>& pts, int64_t j,
+                                const Head<src_t>& head, int64_t D) {
+  const int32_t state = pts.state[j];
+  if (state == kOutside) return;
+  const int32_t W = pb.W[j], H = pb.H[j];
+  const int32_t x0 = pts.x0[j], y0 = pts.y0[j], base = pts.base[j];
+  const int32_t offset[4] = {base, base + 1, base + W, base + W + 1};
+  const bool valid[4] = {y0 >= 0 && x0 >= 0, y0 >= 0 && x0 + 1 < W,
+                         y0 + 1 < H && x0 >= 0, y0 + 1 < H && x0 + 1 < W};
   const int64_t bytes = D * static_cast<int64_t>(sizeof(src_t));
   for (int c = 0; c < 4; ++c) {
-    if (!pt.b.valid[c]) continue;
+    if (state == kBorder && !valid[c]) continue;
     const char* row = reinterpret_cast<const char*>(
-        head.rows + (pt.level_start + pt.b.offset[c]) * head.stride);
+        head.rows + static_cast<int64_t>(offset[c]) * head.stride);
     for (int64_t off = 0; off < bytes; off += 64) {
       __builtin_prefetch(row + off, 0, 2);
     }
@@ -235,22 +338,22 @@ MSDA_INLINE void copy_head(const Problem<scalar_t>& pb, int64_t n, int64_t m,
 }
 
 // Output rows of head m of batch n for queries [q_begin, q_end).
-// acc: scratch of D; pts: scratch of 2 * L * P points.
+// acc: scratch of D; buf: points of 2 queries.
 template <typename scalar_t, typename src_t, typename acc_t>
 MSDA_CPU_CLONES void forward_queries(const Problem<scalar_t>& pb,
                                      const Head<src_t> head, int64_t n,
                                      int64_t m, int64_t q_begin, int64_t q_end,
                                      bool prefetch, scalar_t* __restrict__ out,
                                      acc_t* __restrict__ acc,
-                                     Point<acc_t>* pts) {
+                                     PointsBuffer<acc_t>& buf) {
   const Sizes& s = pb.s;
   const int64_t LP = s.L * s.P, D = s.D;
   const int64_t stride = head.stride;
-  if (q_begin < q_end) plan_points(pb, (n * s.Lq + q_begin) * s.M + m, pts);
+  if (q_begin < q_end) plan_points(pb, (n * s.Lq + q_begin) * s.M + m, buf.query(0));
   for (int64_t q = q_begin; q < q_end; ++q) {
     const int64_t i = (n * s.Lq + q) * s.M + m;
-    Point<acc_t>* cur = pts + ((q - q_begin) % 2) * LP;
-    Point<acc_t>* next = pts + ((q + 1 - q_begin) % 2) * LP;
+    const Points<acc_t> cur = buf.query((q - q_begin) % 2);
+    const Points<acc_t> next = buf.query((q + 1 - q_begin) % 2);
     const bool has_next = q + 1 < q_end;
     if (has_next) plan_points(pb, i + s.M, next);
     if (q + kAhead < q_end) {
@@ -259,15 +362,14 @@ MSDA_CPU_CLONES void forward_queries(const Problem<scalar_t>& pb,
     }
     for (int64_t d = 0; d < D; ++d) acc[d] = acc_t(0);
     for (int64_t j = 0; j < LP; ++j) {
-      if (prefetch && has_next) prefetch_point(next[j], head, D);
-      const Point<acc_t>& pt = cur[j];
-      if (!pt.inside) continue;
-      const src_t* level = head.rows + pt.level_start * stride;
-      if (pt.all_valid) {
-        const src_t* __restrict__ r0 = level + pt.b.offset[0] * stride;
-        const src_t* __restrict__ r1 = level + pt.b.offset[1] * stride;
-        const src_t* __restrict__ r2 = level + pt.b.offset[2] * stride;
-        const src_t* __restrict__ r3 = level + pt.b.offset[3] * stride;
+      if (prefetch && has_next) prefetch_point(pb, next, j, head, D);
+      if (cur.state[j] == kOutside) continue;
+      const Point<acc_t> pt = expand_point(pb, cur, i, j);
+      if (pt.state == kInside) {
+        const src_t* __restrict__ r0 = head.rows + pt.b.offset[0] * stride;
+        const src_t* __restrict__ r1 = head.rows + pt.b.offset[1] * stride;
+        const src_t* __restrict__ r2 = head.rows + pt.b.offset[2] * stride;
+        const src_t* __restrict__ r3 = head.rows + pt.b.offset[3] * stride;
         const acc_t c0 = pt.a * pt.b.w[0], c1 = pt.a * pt.b.w[1],
                     c2 = pt.a * pt.b.w[2], c3 = pt.a * pt.b.w[3];
         int64_t d = 0;
@@ -291,7 +393,7 @@ MSDA_CPU_CLONES void forward_queries(const Problem<scalar_t>& pb,
       }
       for (int c = 0; c < 4; ++c) {
         if (!pt.b.valid[c]) continue;
-        const src_t* __restrict__ r = level + pt.b.offset[c] * stride;
+        const src_t* __restrict__ r = head.rows + pt.b.offset[c] * stride;
         const acc_t k = pt.a * pt.b.w[c];
         for (int64_t d = 0; d < D; ++d) acc[d] += k * static_cast<acc_t>(r[d]);
       }
@@ -311,6 +413,7 @@ MSDA_INLINE void backward_point_inside(const Point<acc_t>& pt,
                                        acc_t* gv_level,
                                        const acc_t* __restrict__ go, int64_t D,
                                        acc_t* g) {
+  // level / gv_level: the head's rows; offsets are positions in S.
   const src_t* __restrict__ r0 = level + pt.b.offset[0] * stride;
   const src_t* __restrict__ r1 = level + pt.b.offset[1] * stride;
   const src_t* __restrict__ r2 = level + pt.b.offset[2] * stride;
@@ -440,21 +543,21 @@ MSDA_INLINE void backward_point_border(const Point<acc_t>& pt,
 
 // All gradients of head m of batch n for queries [q_begin, q_end); the
 // grad_value rows of this head accumulate in the (S, D) slab gv.
-// go: scratch of D; pts: scratch of 2 * L * P points.
+// go: scratch of D; buf: points of 2 queries.
 template <typename scalar_t, typename src_t, typename acc_t>
 MSDA_CPU_CLONES void backward_queries(
     const Problem<scalar_t>& pb, const Head<src_t> head,
     const scalar_t* grad_output, int64_t n, int64_t m, int64_t q_begin,
     int64_t q_end, bool prefetch, acc_t* gv, scalar_t* grad_locations,
-    scalar_t* grad_weights, acc_t* __restrict__ go, Point<acc_t>* pts) {
+    scalar_t* grad_weights, acc_t* __restrict__ go, PointsBuffer<acc_t>& buf) {
   const Sizes& s = pb.s;
   const int64_t LP = s.L * s.P, D = s.D;
   const int64_t stride = head.stride;
-  if (q_begin < q_end) plan_points(pb, (n * s.Lq + q_begin) * s.M + m, pts);
+  if (q_begin < q_end) plan_points(pb, (n * s.Lq + q_begin) * s.M + m, buf.query(0));
   for (int64_t q = q_begin; q < q_end; ++q) {
     const int64_t i = (n * s.Lq + q) * s.M + m;
-    Point<acc_t>* cur = pts + ((q - q_begin) % 2) * LP;
-    Point<acc_t>* next = pts + ((q + 1 - q_begin) % 2) * LP;
+    const Points<acc_t> cur = buf.query((q - q_begin) % 2);
+    const Points<acc_t> next = buf.query((q + 1 - q_begin) % 2);
     const bool has_next = q + 1 < q_end;
     if (has_next) plan_points(pb, i + s.M, next);
     if (q + kAhead < q_end) {
@@ -469,21 +572,25 @@ MSDA_CPU_CLONES void backward_queries(
     scalar_t* gloc = grad_locations + i * LP * 2;
     scalar_t* gattn = grad_weights + i * LP;
     for (int64_t j = 0; j < LP; ++j) {
-      if (prefetch && has_next) prefetch_point(next[j], head, D);
-      const Point<acc_t>& pt = cur[j];
+      if (prefetch && has_next) prefetch_point(pb, next, j, head, D);
       acc_t g[3] = {0, 0, 0};
-      if (pt.all_valid) {
-        backward_point_inside(pt, head.rows + pt.level_start * stride, stride,
-                              gv + pt.level_start * D, go, D, g);
-      } else if (pt.inside) {
-        backward_point_border(pt, head.rows + pt.level_start * stride, stride,
-                              gv + pt.level_start * D, go, D, g);
+      acc_t a = 0;
+      int32_t W = 0, H = 0;
+      if (cur.state[j] != kOutside) {
+        const Point<acc_t> pt = expand_point(pb, cur, i, j);
+        a = pt.a;
+        W = pt.W;
+        H = pt.H;
+        if (pt.state == kInside) {
+          backward_point_inside(pt, head.rows, stride, gv, go, D, g);
+        } else {
+          backward_point_border(pt, head.rows, stride, gv, go, D, g);
+        }
       }
       gattn[j] = static_cast<scalar_t>(g[0]);
       // x = loc_x * W - 0.5, so d/dloc_x = W * d/dx (and H for y).
-      gloc[2 * j] = static_cast<scalar_t>(pt.a * g[1] * static_cast<acc_t>(pt.W));
-      gloc[2 * j + 1] =
-          static_cast<scalar_t>(pt.a * g[2] * static_cast<acc_t>(pt.H));
+      gloc[2 * j] = static_cast<scalar_t>(a * g[1] * static_cast<acc_t>(W));
+      gloc[2 * j + 1] = static_cast<scalar_t>(a * g[2] * static_cast<acc_t>(H));
     }
   }
 }
@@ -534,7 +641,7 @@ at::Tensor ms_deform_attn_forward_cpu(const at::Tensor& value,
   auto output = at::empty({s.N, s.Lq, s.M * s.D}, value.options());
   if (output.numel() == 0) return output;
   if (s.S == 0 || s.L == 0 || s.P == 0) return output.zero_();
-  const Levels lv(spatial_shapes, level_start_index, s.L);
+  const Levels lv(spatial_shapes, level_start_index, s);
   const Plan plan(s, /*forward=*/true);
   const auto v = value.contiguous();
   const auto loc = sampling_locations.contiguous();
@@ -547,7 +654,7 @@ at::Tensor ms_deform_attn_forward_cpu(const at::Tensor& value,
         at::parallel_for(0, s.N * s.M * plan.chunks, 1, [&](int64_t begin,
                                                             int64_t end) {
           std::vector<acc_t> acc(s.D);
-          std::vector<Point<acc_t>> pts(2 * s.L * s.P);
+          PointsBuffer<acc_t> pts(s.L * s.P, 2);
           std::vector<acc_t> slab(plan.slab ? s.S * s.D : 0);
           int64_t slab_head = -1;  // (n * M + m) held in slab
           for (int64_t task = begin; task < end; ++task) {
@@ -560,11 +667,11 @@ at::Tensor ms_deform_attn_forward_cpu(const at::Tensor& value,
               slab_head = nm;
               forward_queries<scalar_t, acc_t, acc_t>(
                   pb, {slab.data(), s.D}, n, m, q0, q1, false, out, acc.data(),
-                  pts.data());
+                  pts);
             } else {
               forward_queries<scalar_t, scalar_t, acc_t>(
                   pb, {pb.value + n * s.S * s.M * s.D + m * s.D, s.M * s.D}, n,
-                  m, q0, q1, true, out, acc.data(), pts.data());
+                  m, q0, q1, true, out, acc.data(), pts);
             }
           }
         });
@@ -596,7 +703,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
   auto grad_value = at::empty({s.N, s.S, s.M, s.D}, options);
   auto grad_locations = at::empty({s.N, s.Lq, s.M, s.L, s.P, 2}, options);
   auto grad_weights = at::empty({s.N, s.Lq, s.M, s.L, s.P}, options);
-  const Levels lv(spatial_shapes, level_start_index, s.L);
+  const Levels lv(spatial_shapes, level_start_index, s);
   const Plan plan(s, /*forward=*/false);
   const auto acc_type = at::toOpMathType(value.scalar_type());
   // With query chunks, each chunk's slab lives in this buffer until the
@@ -624,7 +731,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
         at::parallel_for(0, s.N * s.M * plan.chunks, 1, [&](int64_t begin,
                                                            int64_t end) {
           std::vector<acc_t> scratch(s.D);
-          std::vector<Point<acc_t>> pts(2 * s.L * s.P);
+          PointsBuffer<acc_t> pts(s.L * s.P, 2);
           std::vector<acc_t> value_slab(plan.slab ? s.S * s.D : 0);
           // Zero once; store_head leaves it zeroed after each head.
           std::vector<acc_t> grad_slab(plan.chunks > 1 ? 0 : s.S * s.D);
@@ -640,12 +747,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
               slab_head = nm;
               backward_queries<scalar_t, acc_t, acc_t>(
                   pb, {value_slab.data(), s.D}, go_p, n, m, q0, q1, false, gv,
-                  gloc, gattn, scratch.data(), pts.data());
+                  gloc, gattn, scratch.data(), pts);
             } else {
               backward_queries<scalar_t, scalar_t, acc_t>(
                   pb, {pb.value + n * s.S * s.M * s.D + m * s.D, s.M * s.D},
                   go_p, n, m, q0, q1, true, gv, gloc, gattn, scratch.data(),
-                  pts.data());
+                  pts);
             }
             if (!chunk_p) store_head(gv, s, n, m, gvalue);
           }
