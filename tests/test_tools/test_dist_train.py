@@ -28,8 +28,9 @@ def _options(data_root: Path, batch_per_proc: int) -> list:
         'train_dataloader.dataset.pipeline.3.prob=0.0',
         'model.backbone.norm_eval=True',
         'model.backbone.norm_cfg.requires_grad=False',
-        # mmdet asserts label_noise_scale > 0; 1e-12 flips no label in practice.
-        'model.dn_cfg.label_noise_scale=1e-12', 'model.dn_cfg.box_noise_scale=0.0',
+        # mmdet asserts both scales > 0; at 1e-12 no label flips and boxes
+        # move by ~1e-12, far below the tolerance.
+        'model.dn_cfg.label_noise_scale=1e-12', 'model.dn_cfg.box_noise_scale=1e-12',
         'model.dn_cfg.group_cfg.dynamic=False',
         'model.dn_cfg.group_cfg.num_groups=2',
     ]
