@@ -237,6 +237,14 @@ def device_name(device: str) -> str:
             f'({os.cpu_count()} cores visible)')
 
 
+def load_average() -> str:
+    import os
+    try:
+        return ', '.join(f'{v:.1f}' for v in os.getloadavg())
+    except OSError:
+        return 'n/a'
+
+
 def section_text(rows: List[dict], args) -> str:
     cmd = ' '.join(['python tools/benchmark_backbones.py'] + sys.argv[1:])
     lines = [
@@ -252,7 +260,12 @@ def section_text(rows: List[dict], args) -> str:
         'peak tensor memory allocated during one forward (CUDA '
         'allocator statistics; on CPU replayed from profiler '
         'allocation events).', '', HEADER
-    ] + [format_row(r) for r in rows] + ['']
+    ] + [format_row(r) for r in rows] + [
+        '', f'Load average at the end of the run: {load_average()} '
+        '(on a shared machine, other jobs add noise of several percent to '
+        'the CPU timings; the comparison is interleaved to share it fairly).',
+        ''
+    ]
     return '\n'.join(lines)
 
 
