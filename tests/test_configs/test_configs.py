@@ -16,6 +16,14 @@ DEMO_DETECTORS = sorted(p for p in (ROOT / 'configs' / '_demo_').glob('*.py')
                         .get('type') == 'CocoMetric')
 
 
+def test_demo_detectors_are_collected():
+    # The parametrised demo test below must never run over an empty list.
+    names = {p.name for p in DEMO_DETECTORS}
+    assert {'dino_surgeryclip-tiny_deformneck_toy.py',
+            'grounding_dino_surgeryclip-tiny_deformneck_toy.py'} <= names
+    assert len(ALL_CONFIGS) > len(DEMO_DETECTORS) >= 8
+
+
 def _rel(path: Path) -> str:
     return str(path.relative_to(ROOT))
 
