@@ -4,9 +4,10 @@
 PY := .venv/bin/python
 DEMO_CONFIG ?= configs/_demo_/dino_surgeryclip-tiny_deformneck_toy.py
 DEMO_WORK_DIR ?= work_dirs/demo
+GROUNDING_CONFIG ?= configs/_demo_/grounding_dino_surgeryclip-tiny_deformneck_toy.py
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test toy-data clean-work
+.PHONY: setup demo demo-grounding test toy-data tiny-bert clean-work
 
 setup:
 	@bash tools/setup_env.sh
@@ -16,6 +17,14 @@ toy-data: setup
 
 demo: setup toy-data
 	@bash tools/run_demo.sh "$(DEMO_CONFIG)" "$(DEMO_WORK_DIR)"
+
+# GroundingDINO's text encoder needs a local BERT folder: a tiny random one.
+tiny-bert: setup
+	@test -f data/tiny_bert/config.json || $(PY) tools/make_tiny_bert.py --out data/tiny_bert
+
+# The GroundingDINO demo: the toy category names are the text prompt.
+demo-grounding: setup toy-data tiny-bert
+	@bash tools/run_demo.sh "$(GROUNDING_CONFIG)" work_dirs/demo_grounding
 
 test: setup
 	@bash tools/run_tests.sh $(PYTEST_ARGS)
