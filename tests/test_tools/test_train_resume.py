@@ -140,3 +140,20 @@ def test_checkpoint_loads_weights_only_with_allow_list(
         torch.serialization.add_safe_globals(saved)
     assert set(MMENGINE_CHECKPOINT_CLASSES) <= set(
         torch.serialization.get_safe_globals())
+
+
+@pytest.mark.slow
+def test_deterministic_flag_makes_training_bitwise_reproducible(
+        repo_root, toy_data_root, tmp_path):
+    """`randomness.deterministic=True` (the config's determinism switch):
+    two runs from the same seed end with bit-identical weights on CPU."""
+    flag = ('--cfg-options', 'randomness.deterministic=True')
+    for run in ('a', 'b'):
+        # _train_cmd puts its own --cfg-options last; argparse merges both.
+        _train(repo_root, toy_data_root, tmp_path / run, 3, *flag,
+               ckpt_interval=3)
+    a = _weights(tmp_path / 'a' / 'iter_3.pth')['state_dict']
+    b = _weights(tmp_path / 'b' / 'iter_3.pth')['state_dict']
+    assert a.keys() == b.keys()
+    for key, value in a.items():
+        assert torch.equal(value, b[key]), key
