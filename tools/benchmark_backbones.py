@@ -12,7 +12,11 @@ the same process, interleaved with ours (random weights, frozen, eval,
   intermediates_only=True)``;
 * ``surgeryclip`` / ``conceptclip``: when those classes exist, against the
   open_clip forward of the same ViT (``ViT-B-16``) / SigLIP
-  ``ViT-SO400M-14-SigLIP-384``.
+  ``ViT-SO400M-14-SigLIP-384`` (for SurgeryCLIP this includes the cost of
+  its second, value-value path, which plain CLIP does not compute);
+* ``surgeryclip-dualpath``: ``SurgeryCLIPBackbone`` against the host-free
+  ``plugins.models.clip_surgery.SurgeryCLIPVisual.forward_map`` (the same
+  dual path without the backbone around it).
 
 Upstream models have a fixed position-embedding size, so for each input
 size the upstream model is built for that size (``force_image_size``);
@@ -82,6 +86,23 @@ def _timm_bare(model_name: str, index: int):
     return build
 
 
+def _surgery_bare(model_name: str, surgery_depth: int):
+    """Factory: size -> the host-free CLIP Surgery tower's dense forward
+    (``SurgeryCLIPVisual.forward_map``): the same dual-path computation
+    without the backbone's bookkeeping, so the difference is the adapter's
+    overhead."""
+    from plugins.models import create_model
+    from plugins.models.clip_surgery import SurgeryCLIPVisual
+
+    def build(size):
+        visual = create_model(model_name, image_size=size).visual.eval()
+        visual.requires_grad_(False)
+        tower = SurgeryCLIPVisual(visual, surgery_depth).eval()
+        return tower, tower.forward_map
+
+    return build
+
+
 def benchmark_specs(tiny: bool) -> Dict[str, Tuple[Callable, Callable]]:
     """name -> (build ours, build bare(size)); guarded for optional ones."""
     import plugins.backbones as bb
@@ -104,6 +125,12 @@ def benchmark_specs(tiny: bool) -> Dict[str, Tuple[Callable, Callable]]:
                 model_name=vit, frozen=True, **(dict(
                     surgery_depth=2) if tiny else {})),
             _open_clip_bare(vit, vit_last), f'SurgeryCLIP {vit}')
+        surgery_depth = 2 if tiny else 6
+        specs['surgeryclip-dualpath'] = (
+            lambda: bb.SurgeryCLIPBackbone(
+                model_name=vit, frozen=True, surgery_depth=surgery_depth),
+            _surgery_bare(vit, surgery_depth),
+            f'SurgeryCLIP {vit} (vs its bare dual path)')
     if hasattr(bb, 'ConceptCLIPBackbone') and not tiny:
         so400m = 'ViT-SO400M-14-SigLIP-384'
         specs['conceptclip'] = (lambda: bb.ConceptCLIPBackbone(frozen=True),
@@ -292,7 +319,8 @@ def parse_args(argv=None):
     parser.add_argument(
         '--models',
         nargs='+',
-        default=['openclip', 'biomedclip', 'surgeryclip', 'conceptclip'])
+        default=['openclip', 'biomedclip', 'surgeryclip',
+                 'surgeryclip-dualpath', 'conceptclip'])
     parser.add_argument(
         '--sizes',
         nargs='+',

@@ -43,8 +43,42 @@ def load_config(args) -> Config:
     return cfg
 
 
+def prepare_cpu_distributed(cfg: Config) -> bool:
+    """Set up a ``--launcher pytorch`` job on a machine without a usable
+    GPU (CPU machines, CI); return whether it applied.
+
+    mmengine 0.10.7 assumes one GPU per process there: ``init_dist``
+    calls ``torch.cuda.set_device(LOCAL_RANK)`` (which raises on a CUDA
+    build of torch without a driver) and the default DDP wrapper passes
+    ``device_ids=[LOCAL_RANK]`` (which DDP refuses for CPU modules). So the
+    process group is started here (env:// rendezvous from torchrun,
+    backend from ``env_cfg.dist_cfg``, default gloo), which makes the
+    runner skip ``init_dist``, and the wrapper gets ``device_ids=None``.
+    """
+    import torch
+    import torch.distributed as dist
+    if cfg.get('launcher', 'none') != 'pytorch' or torch.cuda.is_available():
+        return False
+    if not dist.is_initialized():
+        dist_cfg = dict(cfg.get('env_cfg', {}).get('dist_cfg', {}))
+        backend = dist_cfg.pop('backend', 'gloo')
+        if backend == 'nccl':
+            raise RuntimeError(
+                f'{cfg.filename}: env_cfg.dist_cfg.backend is nccl but no '
+                'CUDA device is available; use gloo for CPU training '
+                '(--cfg-options env_cfg.dist_cfg.backend=gloo)')
+        dist.init_process_group(backend=backend, **dist_cfg)
+    wrapper = cfg.get('model_wrapper_cfg') or dict(
+        type='MMDistributedDataParallel', broadcast_buffers=False,
+        find_unused_parameters=cfg.get('find_unused_parameters', False))
+    wrapper.setdefault('device_ids', None)
+    cfg.model_wrapper_cfg = wrapper
+    return True
+
+
 def build_runner(cfg: Config) -> Runner:
     """A custom ``runner_type`` when the config names one, else ``Runner``."""
+    prepare_cpu_distributed(cfg)
     if 'runner_type' in cfg:
         return RUNNERS.build(cfg)
     return Runner.from_cfg(cfg)

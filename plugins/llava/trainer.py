@@ -60,12 +60,13 @@ def init_distributed() -> Tuple[int, int]:
                 import oneccl_bindings_for_pytorch  # noqa: F401
             except ImportError:
                 backend = 'gloo'
-        if os.environ['WORLD_SIZE'] == '1':
-            # DeepSpeed JIT-compiles a shared-memory all-reduce op for its
-            # CPU accelerator (about 2 minutes on 2 cores, again for every
-            # new interpreter path); a single process has nothing to reduce.
-            import deepspeed.ops
-            deepspeed.ops.__compatible_ops__['deepspeed_shm_comm'] = False
+        # DeepSpeed JIT-compiles a shared-memory all-reduce op for its CPU
+        # accelerator (about 2 minutes on 2 cores, again for every new
+        # interpreter path). Its TorchBackend uses that op only for
+        # `inference_all_reduce`; training reduces gradients through the
+        # process group (gloo) in any case, so the build buys nothing here.
+        import deepspeed.ops
+        deepspeed.ops.__compatible_ops__['deepspeed_shm_comm'] = False
     deepspeed.init_distributed(dist_backend=backend)
     return dist.get_rank(), dist.get_world_size()
 

@@ -4,6 +4,7 @@ Small on purpose (a few seconds of training per run); the 60-step run of
 the acceptance criteria is ``scripts/train_deformable.sh``.
 """
 import json
+import math
 import os
 import subprocess
 import sys
@@ -90,3 +91,40 @@ def test_resume_continues_exactly(deformable_run, repo_root, toy_data_root):
         assert record['loss'] == pytest.approx(
             original[record['step']]['loss'], rel=1e-4)
     assert (resumed_dir / f'checkpoint-{STEPS}' / 'model.safetensors').is_file()
+
+
+@pytest.mark.slow
+def test_two_process_zero2(repo_root, toy_data_root, tmp_path):
+    """ZeRO-2 over 2 CPU processes (torchrun, gloo): trains, logs the
+    rank-averaged losses, and writes one optimizer partition per rank."""
+    steps = 4
+    out_dir = tmp_path / 'ddp'
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node',
+           '2', '--master_port', str(_free_port()),
+           str(repo_root / 'tools' / 'train_llava.py'),
+           '--deepspeed', str(repo_root / 'configs/llava_phi/zero2.json'),
+           '--data_root', str(toy_data_root), '--output_dir', str(out_dir),
+           '--per_device_train_batch_size', '1', '--learning_rate', '1e-3',
+           '--warmup_ratio', '0', '--seed', '0',
+           '--mm_projector_type', 'deformable', '--max_steps', str(steps)]
+    env = dict(os.environ, OMP_NUM_THREADS='1', HF_HUB_OFFLINE='1')
+    for name in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_PORT'):
+        env.pop(name, None)
+    proc = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True,
+                          text=True, timeout=900)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    records = _metrics(out_dir)
+    assert [r['step'] for r in records] == list(range(1, steps + 1))
+    assert all(math.isfinite(r['loss']) for r in records)
+    ckpt = out_dir / f'checkpoint-{steps}'
+    partitions = sorted(p.name for p in ckpt.glob('*optim_states.pt'))
+    assert len(partitions) == 2, partitions  # ZeRO-2: one shard per rank
+    assert (ckpt / 'model.safetensors').is_file()
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
