@@ -127,3 +127,21 @@ def test_fan_in_random_init_separates_class_names(tiny_biomedclip):
         VPTTPTSegmentor(pretrained='x.bin', random_init='fan_in')
     with pytest.raises(ValueError, match='random_init'):
         VPTTPTSegmentor(random_init='xavier')
+
+
+def test_pretrained_weights_load_by_path(tmp_path):
+    """`pretrained=` loads a BiomedCLIP weights file through the same
+    builder users run: every CLIP tensor equals the saved one."""
+    torch.manual_seed(1)
+    source = VPTTPTSegmentor(model_name='BiomedCLIP-Tiny-test')
+    weights = {k: v.clone() for k, v in source.clip_model.state_dict().items()}
+    path = tmp_path / 'open_clip_pytorch_model.bin'
+    torch.save(weights, path)
+    torch.manual_seed(2)  # a different random init underneath
+    loaded = VPTTPTSegmentor(model_name='BiomedCLIP-Tiny-test',
+                             pretrained=str(path))
+    state = loaded.clip_model.state_dict()
+    assert state.keys() == weights.keys()
+    for key, value in weights.items():
+        assert torch.equal(state[key], value), key
+    assert not any(p.requires_grad for p in loaded.clip_model.parameters())
