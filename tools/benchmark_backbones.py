@@ -120,12 +120,11 @@ def benchmark_specs(tiny: bool) -> Dict[str, Tuple[Callable, Callable]]:
                                   biomed_last), f'BiomedCLIP ({biomed})'),
     }
     if hasattr(bb, 'SurgeryCLIPBackbone'):
+        surgery_depth = 2 if tiny else 6
         specs['surgeryclip'] = (
             lambda: bb.SurgeryCLIPBackbone(
-                model_name=vit, frozen=True, **(dict(
-                    surgery_depth=2) if tiny else {})),
+                model_name=vit, frozen=True, surgery_depth=surgery_depth),
             _open_clip_bare(vit, vit_last), f'SurgeryCLIP {vit}')
-        surgery_depth = 2 if tiny else 6
         specs['surgeryclip-dualpath'] = (
             lambda: bb.SurgeryCLIPBackbone(
                 model_name=vit, frozen=True, surgery_depth=surgery_depth),

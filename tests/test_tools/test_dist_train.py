@@ -78,3 +78,17 @@ def test_two_processes_match_one(repo_root, toy_data_root, tmp_path):
                 if one[k].is_floating_point())
     print('max weight change, iterations 2 -> 4:', moved)
     assert moved > 10 * 1e-5
+
+
+def test_cpu_launch_refuses_nccl(monkeypatch):
+    """A `--launcher pytorch` job without a GPU that asks for nccl is told
+    what to change (instead of mmengine's cuda.set_device traceback)."""
+    from mmengine.config import Config
+
+    from plugins.engine.cli import prepare_cpu_distributed
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    cfg = Config(dict(launcher='pytorch',
+                      env_cfg=dict(dist_cfg=dict(backend='nccl'))))
+    with pytest.raises(RuntimeError, match='backend=gloo'):
+        prepare_cpu_distributed(cfg)
+    assert not prepare_cpu_distributed(Config(dict(launcher='none')))
