@@ -15,14 +15,19 @@ import torch
 STEPS, SAVE_AT = 30, 15
 
 
-def _train(repo_root, data_root, out_dir, *extra, timeout=900):
-    cmd = [sys.executable, str(repo_root / 'tools' / 'train_llava.py'),
-           '--deepspeed', str(repo_root / 'configs/llava_phi/zero2.json'),
+def _train(repo_root, data_root, out_dir, *extra, ds_config='zero2.json',
+           launcher=(), timeout=900):
+    """tools/train_llava.py (after ``launcher``, e.g. torchrun's arguments);
+    later ``extra`` flags override the defaults here."""
+    cmd = [sys.executable, *launcher,
+           str(repo_root / 'tools' / 'train_llava.py'),
+           '--deepspeed', str(repo_root / 'configs' / 'llava_phi' / ds_config),
            '--data_root', str(data_root), '--output_dir', str(out_dir),
            '--per_device_train_batch_size', '2', '--learning_rate', '1e-3',
            '--warmup_ratio', '0', '--seed', '0', *extra]
     env = dict(os.environ, OMP_NUM_THREADS='1', HF_HUB_OFFLINE='1')
-    env.pop('RANK', None)
+    for name in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_PORT'):
+        env.pop(name, None)
     proc = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True,
                           text=True, timeout=timeout)
     log = proc.stdout + proc.stderr
@@ -101,21 +106,11 @@ def test_two_process_zero2(repo_root, toy_data_root, tmp_path):
     rank-averaged losses, and writes one optimizer partition per rank."""
     steps = 4
     out_dir = tmp_path / 'ddp'
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node',
-           '2', '--master_port', str(_free_port()),
-           str(repo_root / 'tools' / 'train_llava.py'),
-           '--deepspeed', str(repo_root / 'configs/llava_phi/zero2.json'),
-           '--data_root', str(toy_data_root), '--output_dir', str(out_dir),
-           '--per_device_train_batch_size', '1', '--learning_rate', '1e-3',
-           '--warmup_ratio', '0', '--seed', '0',
-           '--mm_projector_type', 'deformable', '--max_steps', str(steps)]
-    env = dict(os.environ, OMP_NUM_THREADS='1', HF_HUB_OFFLINE='1')
-    for name in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_PORT'):
-        env.pop(name, None)
-    proc = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True,
-                          text=True, timeout=900)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-4000:]
+    torchrun = ('-m', 'torch.distributed.run', '--nproc_per_node', '2',
+                '--master_port', str(_free_port()))
+    _train(repo_root, toy_data_root, out_dir, '--per_device_train_batch_size',
+           '1', '--mm_projector_type', 'deformable', '--max_steps', str(steps),
+           launcher=torchrun)
     records = _metrics(out_dir)
     assert [r['step'] for r in records] == list(range(1, steps + 1))
     assert all(math.isfinite(r['loss']) for r in records)
@@ -140,18 +135,9 @@ def test_zero3_trains_exports_and_resumes(repo_root, toy_data_root, tmp_path):
     steps = 4
 
     def run(out_dir, *extra):
-        cmd = [sys.executable, str(repo_root / 'tools' / 'train_llava.py'),
-               '--deepspeed', str(repo_root / 'configs/llava_phi/zero3.json'),
-               '--data_root', str(toy_data_root), '--output_dir', str(out_dir),
-               '--per_device_train_batch_size', '2', '--learning_rate', '1e-3',
-               '--warmup_ratio', '0', '--seed', '0', '--bf16', 'True',
+        _train(repo_root, toy_data_root, out_dir, '--bf16', 'True',
                '--mm_projector_type', 'deformable', '--max_steps', str(steps),
-               '--save_steps', '2', *extra]
-        env = dict(os.environ, OMP_NUM_THREADS='1', HF_HUB_OFFLINE='1')
-        env.pop('RANK', None)
-        proc = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True,
-                              text=True, timeout=900)
-        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+               '--save_steps', '2', *extra, ds_config='zero3.json')
         return {r['step']: r['loss'] for r in _metrics(out_dir)}
 
     full = run(tmp_path / 'zero3')
