@@ -1,5 +1,6 @@
 """Pieces shared by ``tools/train.py`` and ``tools/test.py``."""
 import argparse
+import atexit
 import os
 import os.path as osp
 
@@ -68,12 +69,23 @@ def prepare_cpu_distributed(cfg: Config) -> bool:
                 'CUDA device is available; use gloo for CPU training '
                 '(--cfg-options env_cfg.dist_cfg.backend=gloo)')
         dist.init_process_group(backend=backend, **dist_cfg)
+        # Tear the group down before interpreter shutdown: left to static
+        # destructors, gloo's worker threads can be destroyed while still
+        # joinable ("terminate called without an active exception", SIGABRT
+        # after training finished, seen in about 1 of 3 CPU runs).
+        atexit.register(_destroy_process_group)
     wrapper = cfg.get('model_wrapper_cfg') or dict(
         type='MMDistributedDataParallel', broadcast_buffers=False,
         find_unused_parameters=cfg.get('find_unused_parameters', False))
     wrapper.setdefault('device_ids', None)
     cfg.model_wrapper_cfg = wrapper
     return True
+
+
+def _destroy_process_group() -> None:
+    import torch.distributed as dist
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def build_runner(cfg: Config) -> Runner:
