@@ -104,6 +104,7 @@ def test_resume_continues_exactly(deformable_run, repo_root, toy_data_root):
 def test_two_process_zero2(repo_root, toy_data_root, tmp_path):
     """ZeRO-2 over 2 CPU processes (torchrun, gloo): trains, logs the
     rank-averaged losses, and writes one optimizer partition per rank."""
+    from plugins.llava.trainer import _free_port  # the trainer's own
     steps = 4
     out_dir = tmp_path / 'ddp'
     torchrun = ('-m', 'torch.distributed.run', '--nproc_per_node', '2',
@@ -118,13 +119,6 @@ def test_two_process_zero2(repo_root, toy_data_root, tmp_path):
     partitions = sorted(p.name for p in ckpt.glob('*optim_states.pt'))
     assert len(partitions) == 2, partitions  # ZeRO-2: one shard per rank
     assert (ckpt / 'model.safetensors').is_file()
-
-
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow

@@ -64,8 +64,7 @@ def test_two_processes_match_one(repo_root, toy_data_root, tmp_path):
     two = torch.load(tmp_path / 'two' / f'iter_{ITERS}.pth',
                      weights_only=True)['state_dict']
     assert one.keys() == two.keys()
-    print('max |two - one|:', max((two[k] - one[k]).abs().max().item()
-                                  for k in one if one[k].is_floating_point()))
+    print('max |two - one|:', _max_abs_difference(two, one))
     for key in one:
         # Tolerance 1e-5: only the order of the gradient all-reduce differs.
         torch.testing.assert_close(two[key], one[key], rtol=0, atol=1e-5,
@@ -74,10 +73,14 @@ def test_two_processes_match_one(repo_root, toy_data_root, tmp_path):
     # well over the tolerance.
     half = torch.load(tmp_path / 'one' / f'iter_{ITERS // 2}.pth',
                       weights_only=True)['state_dict']
-    moved = max((one[k] - half[k]).abs().max().item() for k in one
-                if one[k].is_floating_point())
+    moved = _max_abs_difference(one, half)
     print('max weight change, iterations 2 -> 4:', moved)
     assert moved > 10 * 1e-5
+
+
+def _max_abs_difference(a: dict, b: dict) -> float:
+    return max((a[k] - b[k]).abs().max().item() for k in a
+               if a[k].is_floating_point())
 
 
 def test_cpu_launch_refuses_nccl(monkeypatch):
