@@ -121,14 +121,15 @@ def benchmark_specs(tiny: bool) -> Dict[str, Tuple[Callable, Callable]]:
     }
     if hasattr(bb, 'SurgeryCLIPBackbone'):
         surgery_depth = 2 if tiny else 6
-        specs['surgeryclip'] = (
-            lambda: bb.SurgeryCLIPBackbone(
-                model_name=vit, frozen=True, surgery_depth=surgery_depth),
-            _open_clip_bare(vit, vit_last), f'SurgeryCLIP {vit}')
+
+        def surgery():
+            return bb.SurgeryCLIPBackbone(
+                model_name=vit, frozen=True, surgery_depth=surgery_depth)
+
+        specs['surgeryclip'] = (surgery, _open_clip_bare(vit, vit_last),
+                                f'SurgeryCLIP {vit}')
         specs['surgeryclip-dualpath'] = (
-            lambda: bb.SurgeryCLIPBackbone(
-                model_name=vit, frozen=True, surgery_depth=surgery_depth),
-            _surgery_bare(vit, surgery_depth),
+            surgery, _surgery_bare(vit, surgery_depth),
             f'SurgeryCLIP {vit} (vs its bare dual path)')
     if hasattr(bb, 'ConceptCLIPBackbone') and not tiny:
         so400m = 'ViT-SO400M-14-SigLIP-384'
