@@ -90,6 +90,26 @@ def test_work_splits(inputs, dtype, tol, heads, Lq):
         assert (g.double() - r).abs().max() <= tol * r.abs().max().clamp(min=1)
 
 
+@pytest.mark.parametrize('dtype,tol', [(torch.float64, 1e-12),
+                                       (torch.float32, 1e-5)])
+@pytest.mark.parametrize('vectors', [1, 2, 3, 4, 5])
+@pytest.mark.parametrize('Lq', [3, 48], ids=['decoder-like', 'encoder-like'])
+def test_channel_vector_forms(inputs, dtype, tol, vectors, Lq):
+    """D = 1..4 whole 64-byte vectors of the dtype run register-resident
+    forms of both passes (5 vectors: the generic one), on in-place values
+    (decoder-like) and per-head slabs (encoder-like), with border and
+    outside points."""
+    D = vectors * 64 // dtype.itemsize
+    args = inputs(N=2, Lq=Lq, M=2, D=D, shapes=((4, 3), (2, 2)), P=2,
+                  dtype=dtype, loc_range=(-0.2, 1.2))
+    grad_out = torch.rand(2, Lq, 2 * D, dtype=torch.float64)
+    out, grads = _grads(ms_deform_attn, *args, grad_out)
+    ref_out, ref = _grads(_reference64, *args, grad_out)
+    assert (out.double() - ref_out).abs().max() <= tol
+    for g, r in zip(grads, ref):
+        assert (g.double() - r).abs().max() <= tol * r.abs().max().clamp(min=1)
+
+
 @pytest.mark.parametrize('channels,fast', [(4, False), (30, True), (32, True),
                                            (64, True), (71, True)])
 def test_gradcheck_float64(inputs, channels, fast):

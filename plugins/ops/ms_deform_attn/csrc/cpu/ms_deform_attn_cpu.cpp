@@ -5,7 +5,11 @@
 // writes.  Within a task the bilinear coefficients of each sampling point
 // are computed once and applied to all D channels of its four corner rows
 // (the channel loops vectorise; the hot functions are compiled for
-// AVX-512, AVX2+FMA and the baseline, picked at load time).
+// AVX-512, AVX2+FMA and the baseline, picked at load time).  When D is one
+// to four 64-byte vectors (16 to 64 float channels), a query's output row
+// (forward) or grad_output row (backward) stays in vector registers for
+// all its points; other D go through the same loops with the row in
+// scratch memory.
 //
 // Memory: in value's (S, M, D) layout the rows of one head are M * D apart,
 // which maps them onto a fraction of the cache sets.  When each row is read
@@ -337,18 +341,117 @@ MSDA_INLINE void copy_head(const Problem<scalar_t>& pb, int64_t n, int64_t m,
   }
 }
 
-// Output rows of head m of batch n for queries [q_begin, q_end).
-// acc: scratch of D; buf: points of 2 queries.
-template <typename scalar_t, typename src_t, typename acc_t>
+// acc += the value of one point (a times its bilinear sample), any D.
+template <typename src_t, typename acc_t>
+MSDA_INLINE void accumulate_point(const Point<acc_t>& pt, const Head<src_t>& head,
+                                  acc_t* __restrict__ acc, int64_t D) {
+  const int64_t stride = head.stride;
+  if (pt.state == kInside) {
+    const src_t* __restrict__ r0 = head.rows + pt.b.offset[0] * stride;
+    const src_t* __restrict__ r1 = head.rows + pt.b.offset[1] * stride;
+    const src_t* __restrict__ r2 = head.rows + pt.b.offset[2] * stride;
+    const src_t* __restrict__ r3 = head.rows + pt.b.offset[3] * stride;
+    const acc_t c0 = pt.a * pt.b.w[0], c1 = pt.a * pt.b.w[1],
+                c2 = pt.a * pt.b.w[2], c3 = pt.a * pt.b.w[3];
+    for (int64_t d = 0; d < D; ++d) {
+      acc[d] += (c0 * static_cast<acc_t>(r0[d]) +
+                 c1 * static_cast<acc_t>(r1[d])) +
+                (c2 * static_cast<acc_t>(r2[d]) +
+                 c3 * static_cast<acc_t>(r3[d]));
+    }
+    return;
+  }
+  for (int c = 0; c < 4; ++c) {
+    if (!pt.b.valid[c]) continue;
+    const src_t* __restrict__ r = head.rows + pt.b.offset[c] * stride;
+    const acc_t k = pt.a * pt.b.w[c];
+    for (int64_t d = 0; d < D; ++d) acc[d] += k * static_cast<acc_t>(r[d]);
+  }
+}
+
+// The running sum of one output row.  Generic form: D channels of acc_t in
+// scratch memory, any D and value type.
+template <int NV, typename src_t, typename acc_t>
+struct RowSum {
+  acc_t* __restrict__ acc;
+  int64_t D;
+
+  static MSDA_INLINE RowSum make(acc_t* scratch, int64_t D) { return {scratch, D}; }
+  MSDA_INLINE void zero() { std::fill(acc, acc + D, acc_t(0)); }
+  MSDA_INLINE void add(const Point<acc_t>& pt, const Head<src_t>& head) {
+    accumulate_point(pt, head, acc, D);
+  }
+  template <typename scalar_t>
+  MSDA_INLINE void store(scalar_t* __restrict__ o) const {
+    for (int64_t d = 0; d < D; ++d) o[d] = static_cast<scalar_t>(acc[d]);
+  }
+};
+
+// Register form, for D = NV vectors of acc_t (the common 16/32/64 float
+// channels): the row lives in NV vector registers across the query's
+// points, so consecutive points do not chain through a store and a reload.
+template <int NV, typename acc_t>
+  requires(NV > 0)
+struct RowSum<NV, acc_t, acc_t> {
+  using V = Simd<acc_t>;
+  typename V::vec sum[NV];
+
+  static MSDA_INLINE RowSum make(acc_t*, int64_t) { return {}; }
+  MSDA_INLINE void zero() {
+    for (int v = 0; v < NV; ++v) sum[v] = V::zero();
+  }
+  MSDA_INLINE void add(const Point<acc_t>& pt, const Head<acc_t>& head) {
+    const int64_t stride = head.stride;
+    if (pt.state == kInside) {
+      const acc_t* r0 = head.rows + pt.b.offset[0] * stride;
+      const acc_t* r1 = head.rows + pt.b.offset[1] * stride;
+      const acc_t* r2 = head.rows + pt.b.offset[2] * stride;
+      const acc_t* r3 = head.rows + pt.b.offset[3] * stride;
+      const acc_t c0 = pt.a * pt.b.w[0], c1 = pt.a * pt.b.w[1],
+                  c2 = pt.a * pt.b.w[2], c3 = pt.a * pt.b.w[3];
+      for (int v = 0; v < NV; ++v) {
+        const int64_t d = v * V::kLanes;
+        // Bracketed so only the final add depends on the previous point.
+        sum[v] += (c0 * V::load(r0 + d) + c1 * V::load(r1 + d)) +
+                  (c2 * V::load(r2 + d) + c3 * V::load(r3 + d));
+      }
+      return;
+    }
+    for (int c = 0; c < 4; ++c) {
+      if (!pt.b.valid[c]) continue;
+      const acc_t* r = head.rows + pt.b.offset[c] * stride;
+      const acc_t k = pt.a * pt.b.w[c];
+      for (int v = 0; v < NV; ++v) sum[v] += k * V::load(r + v * V::kLanes);
+    }
+  }
+  template <typename scalar_t>
+  MSDA_INLINE void store(scalar_t* __restrict__ o) const {
+    for (int v = 0; v < NV; ++v) {
+      if constexpr (std::is_same_v<scalar_t, acc_t>) {
+        V::store(o + v * V::kLanes, sum[v]);
+      } else {
+        for (int k = 0; k < V::kLanes; ++k) {
+          o[v * V::kLanes + k] = static_cast<scalar_t>(sum[v][k]);
+        }
+      }
+    }
+  }
+};
+
+// Output rows of head m of batch n for queries [q_begin, q_end), summed
+// in a RowSum<NV> (scratch: D values for its generic form); buf: points
+// of 2 queries.  (The RowSum is built here, not passed in: the clones of
+// this function disagree on how 64-byte vectors are passed.)
+template <int NV, typename scalar_t, typename src_t, typename acc_t>
 MSDA_CPU_CLONES void forward_queries(const Problem<scalar_t>& pb,
                                      const Head<src_t> head, int64_t n,
                                      int64_t m, int64_t q_begin, int64_t q_end,
                                      bool prefetch, scalar_t* __restrict__ out,
-                                     acc_t* __restrict__ acc,
+                                     acc_t* __restrict__ scratch,
                                      PointsBuffer<acc_t>& buf) {
   const Sizes& s = pb.s;
+  auto row = RowSum<NV, src_t, acc_t>::make(scratch, s.D);
   const int64_t LP = s.L * s.P, D = s.D;
-  const int64_t stride = head.stride;
   if (q_begin < q_end) plan_points(pb, (n * s.Lq + q_begin) * s.M + m, buf.query(0));
   for (int64_t q = q_begin; q < q_end; ++q) {
     const int64_t i = (n * s.Lq + q) * s.M + m;
@@ -360,47 +463,32 @@ MSDA_CPU_CLONES void forward_queries(const Problem<scalar_t>& pb,
       prefetch_query_inputs(pb, i + kAhead * s.M);
       prefetch_span(out + (i + kAhead * s.M) * D, D, true);
     }
-    for (int64_t d = 0; d < D; ++d) acc[d] = acc_t(0);
+    row.zero();
     for (int64_t j = 0; j < LP; ++j) {
       if (prefetch && has_next) prefetch_point(pb, next, j, head, D);
       if (cur.state[j] == kOutside) continue;
-      const Point<acc_t> pt = expand_point(pb, cur, i, j);
-      if (pt.state == kInside) {
-        const src_t* __restrict__ r0 = head.rows + pt.b.offset[0] * stride;
-        const src_t* __restrict__ r1 = head.rows + pt.b.offset[1] * stride;
-        const src_t* __restrict__ r2 = head.rows + pt.b.offset[2] * stride;
-        const src_t* __restrict__ r3 = head.rows + pt.b.offset[3] * stride;
-        const acc_t c0 = pt.a * pt.b.w[0], c1 = pt.a * pt.b.w[1],
-                    c2 = pt.a * pt.b.w[2], c3 = pt.a * pt.b.w[3];
-        int64_t d = 0;
-        if constexpr (std::is_same_v<src_t, acc_t> && Simd<acc_t>::kSimd) {
-          using V = Simd<acc_t>;
-          // Bracketed so only the final add depends on the previous point.
-          for (; d + V::kLanes <= D; d += V::kLanes) {
-            V::store(acc + d,
-                     V::load(acc + d) +
-                         ((c0 * V::load(r0 + d) + c1 * V::load(r1 + d)) +
-                          (c2 * V::load(r2 + d) + c3 * V::load(r3 + d))));
-          }
-        }
-        for (; d < D; ++d) {
-          acc[d] += (c0 * static_cast<acc_t>(r0[d]) +
-                     c1 * static_cast<acc_t>(r1[d])) +
-                    (c2 * static_cast<acc_t>(r2[d]) +
-                     c3 * static_cast<acc_t>(r3[d]));
-        }
-        continue;
-      }
-      for (int c = 0; c < 4; ++c) {
-        if (!pt.b.valid[c]) continue;
-        const src_t* __restrict__ r = head.rows + pt.b.offset[c] * stride;
-        const acc_t k = pt.a * pt.b.w[c];
-        for (int64_t d = 0; d < D; ++d) acc[d] += k * static_cast<acc_t>(r[d]);
-      }
+      row.add(expand_point(pb, cur, i, j), head);
     }
-    scalar_t* o = out + i * D;
-    for (int64_t d = 0; d < D; ++d) o[d] = static_cast<scalar_t>(acc[d]);
+    row.store(out + i * D);
   }
+}
+
+// Calls f(std::integral_constant<int, NV>) with the form of RowSum and
+// PointGrads for D channels of src_t: NV vectors (1 to 4) of float/double
+// values in registers, otherwise 0 (the generic form).
+template <typename src_t, typename acc_t, typename F>
+void with_channel_vectors(int64_t D, F&& f) {
+  if constexpr (std::is_same_v<src_t, acc_t> && Simd<acc_t>::kSimd) {
+    constexpr int64_t lanes = Simd<acc_t>::kLanes;
+    switch (D) {
+      case lanes: return f(std::integral_constant<int, 1>{});
+      case 2 * lanes: return f(std::integral_constant<int, 2>{});
+      case 3 * lanes: return f(std::integral_constant<int, 3>{});
+      case 4 * lanes: return f(std::integral_constant<int, 4>{});
+      default: break;
+    }
+  }
+  f(std::integral_constant<int, 0>{});
 }
 
 // Gradients of one point whose four corners are all inside the map: one
@@ -541,18 +629,122 @@ MSDA_INLINE void backward_point_border(const Point<acc_t>& pt,
   }
 }
 
+// The gradients of one query's points.  Generic form: grad_output's row
+// in scratch memory, any D and value type.
+template <int NV, typename src_t, typename acc_t>
+struct PointGrads {
+  acc_t* __restrict__ go;
+  int64_t D;
+
+  static MSDA_INLINE PointGrads make(acc_t* scratch, int64_t D) { return {scratch, D}; }
+  template <typename scalar_t>
+  MSDA_INLINE void load(const scalar_t* __restrict__ row) {
+    for (int64_t d = 0; d < D; ++d) go[d] = static_cast<acc_t>(row[d]);
+  }
+  MSDA_INLINE void add(const Point<acc_t>& pt, const Head<src_t>& head,
+                       acc_t* gv, acc_t* g) const {
+    if (pt.state == kInside) {
+      backward_point_inside(pt, head.rows, head.stride, gv, go, D, g);
+    } else {
+      backward_point_border(pt, head.rows, head.stride, gv, go, D, g);
+    }
+  }
+};
+
+// Register form, for D = NV vectors of acc_t: the query's grad_output row
+// stays in NV vector registers for all its points.
+template <int NV, typename acc_t>
+  requires(NV > 0)
+struct PointGrads<NV, acc_t, acc_t> {
+  using V = Simd<acc_t>;
+  typename V::vec go[NV];
+
+  static MSDA_INLINE PointGrads make(acc_t*, int64_t) { return {}; }
+  template <typename scalar_t>
+  MSDA_INLINE void load(const scalar_t* __restrict__ row) {
+    for (int v = 0; v < NV; ++v) {
+      if constexpr (std::is_same_v<scalar_t, acc_t>) {
+        go[v] = V::load(row + v * V::kLanes);
+      } else {
+        for (int k = 0; k < V::kLanes; ++k) {
+          go[v][k] = static_cast<acc_t>(row[v * V::kLanes + k]);
+        }
+      }
+    }
+  }
+  // As backward_point_inside / backward_point_border: <go, v_c> per
+  // corner, a * w_c * go into grad row c; (d/da, d/dx, d/dy) into g.
+  MSDA_INLINE void add(const Point<acc_t>& pt, const Head<acc_t>& head,
+                       acc_t* gv, acc_t* g) const {
+    const int64_t stride = head.stride;
+    const int64_t D = NV * V::kLanes;
+    if (pt.state == kInside) {
+      const acc_t* r0 = head.rows + pt.b.offset[0] * stride;
+      const acc_t* r1 = head.rows + pt.b.offset[1] * stride;
+      const acc_t* r2 = head.rows + pt.b.offset[2] * stride;
+      const acc_t* r3 = head.rows + pt.b.offset[3] * stride;
+      acc_t* g0 = gv + pt.b.offset[0] * D;
+      acc_t* g1 = gv + pt.b.offset[1] * D;
+      acc_t* g2 = gv + pt.b.offset[2] * D;
+      acc_t* g3 = gv + pt.b.offset[3] * D;
+      const acc_t k0 = pt.a * pt.b.w[0], k1 = pt.a * pt.b.w[1],
+                  k2 = pt.a * pt.b.w[2], k3 = pt.a * pt.b.w[3];
+      typename V::vec s0 = V::zero(), s1 = V::zero(), s2 = V::zero(),
+                      s3 = V::zero();
+      for (int v = 0; v < NV; ++v) {
+        const int64_t d = v * V::kLanes;
+        s0 += go[v] * V::load(r0 + d);
+        s1 += go[v] * V::load(r1 + d);
+        s2 += go[v] * V::load(r2 + d);
+        s3 += go[v] * V::load(r3 + d);
+        V::store(g0 + d, V::load(g0 + d) + k0 * go[v]);
+        V::store(g1 + d, V::load(g1 + d) + k1 * go[v]);
+        V::store(g2 + d, V::load(g2 + d) + k2 * go[v]);
+        V::store(g3 + d, V::load(g3 + d) + k3 * go[v]);
+      }
+      acc_t t[4];
+      V::sum4(s0, s1, s2, s3, t);
+      g[0] = pt.b.w[0] * t[0] + pt.b.w[1] * t[1] + pt.b.w[2] * t[2] + pt.b.w[3] * t[3];
+      g[1] = pt.b.dwdx[0] * t[0] + pt.b.dwdx[1] * t[1] + pt.b.dwdx[2] * t[2] +
+             pt.b.dwdx[3] * t[3];
+      g[2] = pt.b.dwdy[0] * t[0] + pt.b.dwdy[1] * t[1] + pt.b.dwdy[2] * t[2] +
+             pt.b.dwdy[3] * t[3];
+      return;
+    }
+    g[0] = g[1] = g[2] = acc_t(0);
+    for (int c = 0; c < 4; ++c) {
+      if (!pt.b.valid[c]) continue;
+      const acc_t* r = head.rows + pt.b.offset[c] * stride;
+      acc_t* gr = gv + pt.b.offset[c] * D;
+      const acc_t k = pt.a * pt.b.w[c];
+      typename V::vec sv = V::zero();
+      for (int v = 0; v < NV; ++v) {
+        const int64_t d = v * V::kLanes;
+        sv += go[v] * V::load(r + d);
+        V::store(gr + d, V::load(gr + d) + k * go[v]);
+      }
+      const acc_t dot = V::sum(sv);
+      g[0] += pt.b.w[c] * dot;
+      g[1] += pt.b.dwdx[c] * dot;
+      g[2] += pt.b.dwdy[c] * dot;
+    }
+  }
+};
+
 // All gradients of head m of batch n for queries [q_begin, q_end); the
-// grad_value rows of this head accumulate in the (S, D) slab gv.
-// go: scratch of D; buf: points of 2 queries.
-template <typename scalar_t, typename src_t, typename acc_t>
+// grad_value rows of this head accumulate in the (S, D) slab gv.  Points
+// go through a PointGrads<NV> (scratch: D values for its generic form);
+// buf: points of 2 queries.
+template <int NV, typename scalar_t, typename src_t, typename acc_t>
 MSDA_CPU_CLONES void backward_queries(
     const Problem<scalar_t>& pb, const Head<src_t> head,
     const scalar_t* grad_output, int64_t n, int64_t m, int64_t q_begin,
     int64_t q_end, bool prefetch, acc_t* gv, scalar_t* grad_locations,
-    scalar_t* grad_weights, acc_t* __restrict__ go, PointsBuffer<acc_t>& buf) {
+    scalar_t* grad_weights, acc_t* __restrict__ scratch,
+    PointsBuffer<acc_t>& buf) {
   const Sizes& s = pb.s;
   const int64_t LP = s.L * s.P, D = s.D;
-  const int64_t stride = head.stride;
+  auto grads = PointGrads<NV, src_t, acc_t>::make(scratch, D);
   if (q_begin < q_end) plan_points(pb, (n * s.Lq + q_begin) * s.M + m, buf.query(0));
   for (int64_t q = q_begin; q < q_end; ++q) {
     const int64_t i = (n * s.Lq + q) * s.M + m;
@@ -567,8 +759,7 @@ MSDA_CPU_CLONES void backward_queries(
       prefetch_span(grad_locations + ahead * LP * 2, LP * 2, true);
       prefetch_span(grad_weights + ahead * LP, LP, true);
     }
-    const scalar_t* go_row = grad_output + i * D;
-    for (int64_t d = 0; d < D; ++d) go[d] = static_cast<acc_t>(go_row[d]);
+    grads.load(grad_output + i * D);
     scalar_t* gloc = grad_locations + i * LP * 2;
     scalar_t* gattn = grad_weights + i * LP;
     for (int64_t j = 0; j < LP; ++j) {
@@ -581,11 +772,7 @@ MSDA_CPU_CLONES void backward_queries(
         a = pt.a;
         W = pt.W;
         H = pt.H;
-        if (pt.state == kInside) {
-          backward_point_inside(pt, head.rows, stride, gv, go, D, g);
-        } else {
-          backward_point_border(pt, head.rows, stride, gv, go, D, g);
-        }
+        grads.add(pt, head, gv, g);
       }
       gattn[j] = static_cast<scalar_t>(g[0]);
       // x = loc_x * W - 0.5, so d/dloc_x = W * d/dx (and H for y).
@@ -665,13 +852,18 @@ at::Tensor ms_deform_attn_forward_cpu(const at::Tensor& value,
             if (plan.slab) {
               if (slab_head != nm) copy_head(pb, n, m, slab.data());
               slab_head = nm;
-              forward_queries<scalar_t, acc_t, acc_t>(
-                  pb, {slab.data(), s.D}, n, m, q0, q1, false, out, acc.data(),
-                  pts);
+              const Head<acc_t> head{slab.data(), s.D};
+              with_channel_vectors<acc_t, acc_t>(s.D, [&](auto nv) {
+                forward_queries<nv()>(pb, head, n, m, q0, q1, false, out,
+                                      acc.data(), pts);
+              });
             } else {
-              forward_queries<scalar_t, scalar_t, acc_t>(
-                  pb, {pb.value + n * s.S * s.M * s.D + m * s.D, s.M * s.D}, n,
-                  m, q0, q1, true, out, acc.data(), pts);
+              const Head<scalar_t> head{pb.value + n * s.S * s.M * s.D + m * s.D,
+                                        s.M * s.D};
+              with_channel_vectors<scalar_t, acc_t>(s.D, [&](auto nv) {
+                forward_queries<nv()>(pb, head, n, m, q0, q1, true, out,
+                                      acc.data(), pts);
+              });
             }
           }
         });
@@ -745,14 +937,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
             if (plan.slab) {
               if (slab_head != nm) copy_head(pb, n, m, value_slab.data());
               slab_head = nm;
-              backward_queries<scalar_t, acc_t, acc_t>(
-                  pb, {value_slab.data(), s.D}, go_p, n, m, q0, q1, false, gv,
-                  gloc, gattn, scratch.data(), pts);
+              const Head<acc_t> head{value_slab.data(), s.D};
+              with_channel_vectors<acc_t, acc_t>(s.D, [&](auto nv) {
+                backward_queries<nv()>(pb, head, go_p, n, m, q0, q1, false, gv,
+                                       gloc, gattn, scratch.data(), pts);
+              });
             } else {
-              backward_queries<scalar_t, scalar_t, acc_t>(
-                  pb, {pb.value + n * s.S * s.M * s.D + m * s.D, s.M * s.D},
-                  go_p, n, m, q0, q1, true, gv, gloc, gattn, scratch.data(),
-                  pts);
+              const Head<scalar_t> head{pb.value + n * s.S * s.M * s.D + m * s.D,
+                                        s.M * s.D};
+              with_channel_vectors<scalar_t, acc_t>(s.D, [&](auto nv) {
+                backward_queries<nv()>(pb, head, go_p, n, m, q0, q1, true, gv,
+                                       gloc, gattn, scratch.data(), pts);
+              });
             }
             if (!chunk_p) store_head(gv, s, n, m, gvalue);
           }
