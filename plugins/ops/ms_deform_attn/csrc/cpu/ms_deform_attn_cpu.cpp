@@ -31,6 +31,7 @@
 #include <ATen/ops/zeros.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #if defined(__SSE2__)
 #include <immintrin.h>
@@ -815,6 +816,23 @@ void store_head(acc_t* __restrict__ slab, const Sizes& s, int64_t n,
   }
 }
 
+// Runs worker(next_task) once on each intra-op thread; next_task() hands
+// out the tasks 0 .. total - 1 one at a time, then -1.  Handing them out
+// as threads get free (instead of fixed, equal ranges) keeps one thread
+// slowed down by the machine from holding up the whole call.  Which
+// thread runs a task never changes its result.
+template <typename Worker>
+void run_tasks(int64_t total, const Worker& worker) {
+  std::atomic<int64_t> next{0};
+  const int64_t workers = std::min<int64_t>(total, at::get_num_threads());
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    worker([&]() -> int64_t {
+      const int64_t task = next.fetch_add(1, std::memory_order_relaxed);
+      return task < total ? task : -1;
+    });
+  });
+}
+
 }  // namespace
 
 at::Tensor ms_deform_attn_forward_cpu(const at::Tensor& value,
@@ -838,13 +856,12 @@ at::Tensor ms_deform_attn_forward_cpu(const at::Tensor& value,
         using acc_t = at::opmath_type<scalar_t>;
         const auto pb = make_problem<scalar_t>(v, loc, attn, lv, s);
         scalar_t* out = output.mutable_data_ptr<scalar_t>();
-        at::parallel_for(0, s.N * s.M * plan.chunks, 1, [&](int64_t begin,
-                                                            int64_t end) {
+        run_tasks(s.N * s.M * plan.chunks, [&](auto next_task) {
           std::vector<acc_t> acc(s.D);
           PointsBuffer<acc_t> pts(s.L * s.P, 2);
           std::vector<acc_t> slab(plan.slab ? s.S * s.D : 0);
           int64_t slab_head = -1;  // (n * M + m) held in slab
-          for (int64_t task = begin; task < end; ++task) {
+          for (int64_t task; (task = next_task()) >= 0;) {
             const int64_t nm = task / plan.chunks, chunk = task % plan.chunks;
             const int64_t n = nm / s.M, m = nm % s.M;
             const int64_t q0 = chunk * plan.per_chunk;
@@ -920,15 +937,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
         scalar_t* gvalue = grad_value.mutable_data_ptr<scalar_t>();
         acc_t* chunk_p = plan.chunks > 1 ? chunk_slabs.mutable_data_ptr<acc_t>()
                                          : nullptr;
-        at::parallel_for(0, s.N * s.M * plan.chunks, 1, [&](int64_t begin,
-                                                           int64_t end) {
+        run_tasks(s.N * s.M * plan.chunks, [&](auto next_task) {
           std::vector<acc_t> scratch(s.D);
           PointsBuffer<acc_t> pts(s.L * s.P, 2);
           std::vector<acc_t> value_slab(plan.slab ? s.S * s.D : 0);
           // Zero once; store_head leaves it zeroed after each head.
           std::vector<acc_t> grad_slab(plan.chunks > 1 ? 0 : s.S * s.D);
           int64_t slab_head = -1;
-          for (int64_t task = begin; task < end; ++task) {
+          for (int64_t task; (task = next_task()) >= 0;) {
             const int64_t nm = task / plan.chunks, chunk = task % plan.chunks;
             const int64_t n = nm / s.M, m = nm % s.M;
             const int64_t q0 = chunk * plan.per_chunk;
