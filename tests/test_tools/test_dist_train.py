@@ -52,7 +52,8 @@ def test_two_processes_match_one(repo_root, toy_data_root, tmp_path):
     dist = ['bash', 'tools/dist_train.sh', CONFIG, '2', '--work-dir',
             str(tmp_path / 'two'), '--cfg-options',
             *_options(toy_data_root, 1)]
-    env = dict(os.environ, MASTER_PORT='29533',
+    from plugins.llava.trainer import _free_port  # a port nothing listens on
+    env = dict(os.environ, MASTER_PORT=str(_free_port()),
                OMP_NUM_THREADS='1', PYTHON=sys.executable)
     for cmd in (single, dist):
         result = subprocess.run(cmd, cwd=repo_root, capture_output=True,
