@@ -370,6 +370,42 @@ MSDA_INLINE void accumulate_point(const Point<acc_t>& pt, const Head<src_t>& hea
   }
 }
 
+// One row of D = NV * kLanes channels held in NV vector registers, with
+// loads and stores converting from/to the tensors' dtype.
+template <int NV, typename acc_t>
+struct VectorRow {
+  using V = Simd<acc_t>;
+  typename V::vec v[NV];
+
+  MSDA_INLINE void zero() {
+    for (int k = 0; k < NV; ++k) v[k] = V::zero();
+  }
+  template <typename scalar_t>
+  MSDA_INLINE void load(const scalar_t* __restrict__ row) {
+    for (int k = 0; k < NV; ++k) {
+      if constexpr (std::is_same_v<scalar_t, acc_t>) {
+        v[k] = V::load(row + k * V::kLanes);
+      } else {
+        for (int l = 0; l < V::kLanes; ++l) {
+          v[k][l] = static_cast<acc_t>(row[k * V::kLanes + l]);
+        }
+      }
+    }
+  }
+  template <typename scalar_t>
+  MSDA_INLINE void store(scalar_t* __restrict__ row) const {
+    for (int k = 0; k < NV; ++k) {
+      if constexpr (std::is_same_v<scalar_t, acc_t>) {
+        V::store(row + k * V::kLanes, v[k]);
+      } else {
+        for (int l = 0; l < V::kLanes; ++l) {
+          row[k * V::kLanes + l] = static_cast<scalar_t>(v[k][l]);
+        }
+      }
+    }
+  }
+};
+
 // The running sum of one output row.  Generic form: D channels of acc_t in
 // scratch memory, any D and value type.
 template <int NV, typename src_t, typename acc_t>
@@ -393,14 +429,11 @@ struct RowSum {
 // points, so consecutive points do not chain through a store and a reload.
 template <int NV, typename acc_t>
   requires(NV > 0)
-struct RowSum<NV, acc_t, acc_t> {
+struct RowSum<NV, acc_t, acc_t> : VectorRow<NV, acc_t> {
   using V = Simd<acc_t>;
-  typename V::vec sum[NV];
+  using VectorRow<NV, acc_t>::v;
 
   static MSDA_INLINE RowSum make(acc_t*, int64_t) { return {}; }
-  MSDA_INLINE void zero() {
-    for (int v = 0; v < NV; ++v) sum[v] = V::zero();
-  }
   MSDA_INLINE void add(const Point<acc_t>& pt, const Head<acc_t>& head) {
     const int64_t stride = head.stride;
     if (pt.state == kInside) {
@@ -410,11 +443,11 @@ struct RowSum<NV, acc_t, acc_t> {
       const acc_t* r3 = head.rows + pt.b.offset[3] * stride;
       const acc_t c0 = pt.a * pt.b.w[0], c1 = pt.a * pt.b.w[1],
                   c2 = pt.a * pt.b.w[2], c3 = pt.a * pt.b.w[3];
-      for (int v = 0; v < NV; ++v) {
-        const int64_t d = v * V::kLanes;
+      for (int j = 0; j < NV; ++j) {
+        const int64_t d = j * V::kLanes;
         // Bracketed so only the final add depends on the previous point.
-        sum[v] += (c0 * V::load(r0 + d) + c1 * V::load(r1 + d)) +
-                  (c2 * V::load(r2 + d) + c3 * V::load(r3 + d));
+        v[j] += (c0 * V::load(r0 + d) + c1 * V::load(r1 + d)) +
+                (c2 * V::load(r2 + d) + c3 * V::load(r3 + d));
       }
       return;
     }
@@ -422,19 +455,7 @@ struct RowSum<NV, acc_t, acc_t> {
       if (!pt.b.valid[c]) continue;
       const acc_t* r = head.rows + pt.b.offset[c] * stride;
       const acc_t k = pt.a * pt.b.w[c];
-      for (int v = 0; v < NV; ++v) sum[v] += k * V::load(r + v * V::kLanes);
-    }
-  }
-  template <typename scalar_t>
-  MSDA_INLINE void store(scalar_t* __restrict__ o) const {
-    for (int v = 0; v < NV; ++v) {
-      if constexpr (std::is_same_v<scalar_t, acc_t>) {
-        V::store(o + v * V::kLanes, sum[v]);
-      } else {
-        for (int k = 0; k < V::kLanes; ++k) {
-          o[v * V::kLanes + k] = static_cast<scalar_t>(sum[v][k]);
-        }
-      }
+      for (int j = 0; j < NV; ++j) v[j] += k * V::load(r + j * V::kLanes);
     }
   }
 };
@@ -656,23 +677,11 @@ struct PointGrads {
 // stays in NV vector registers for all its points.
 template <int NV, typename acc_t>
   requires(NV > 0)
-struct PointGrads<NV, acc_t, acc_t> {
+struct PointGrads<NV, acc_t, acc_t> : VectorRow<NV, acc_t> {
   using V = Simd<acc_t>;
-  typename V::vec go[NV];
+  using VectorRow<NV, acc_t>::v;  // grad_output's row
 
   static MSDA_INLINE PointGrads make(acc_t*, int64_t) { return {}; }
-  template <typename scalar_t>
-  MSDA_INLINE void load(const scalar_t* __restrict__ row) {
-    for (int v = 0; v < NV; ++v) {
-      if constexpr (std::is_same_v<scalar_t, acc_t>) {
-        go[v] = V::load(row + v * V::kLanes);
-      } else {
-        for (int k = 0; k < V::kLanes; ++k) {
-          go[v][k] = static_cast<acc_t>(row[v * V::kLanes + k]);
-        }
-      }
-    }
-  }
   // As backward_point_inside / backward_point_border: <go, v_c> per
   // corner, a * w_c * go into grad row c; (d/da, d/dx, d/dy) into g.
   MSDA_INLINE void add(const Point<acc_t>& pt, const Head<acc_t>& head,
@@ -692,16 +701,16 @@ struct PointGrads<NV, acc_t, acc_t> {
                   k2 = pt.a * pt.b.w[2], k3 = pt.a * pt.b.w[3];
       typename V::vec s0 = V::zero(), s1 = V::zero(), s2 = V::zero(),
                       s3 = V::zero();
-      for (int v = 0; v < NV; ++v) {
-        const int64_t d = v * V::kLanes;
-        s0 += go[v] * V::load(r0 + d);
-        s1 += go[v] * V::load(r1 + d);
-        s2 += go[v] * V::load(r2 + d);
-        s3 += go[v] * V::load(r3 + d);
-        V::store(g0 + d, V::load(g0 + d) + k0 * go[v]);
-        V::store(g1 + d, V::load(g1 + d) + k1 * go[v]);
-        V::store(g2 + d, V::load(g2 + d) + k2 * go[v]);
-        V::store(g3 + d, V::load(g3 + d) + k3 * go[v]);
+      for (int j = 0; j < NV; ++j) {
+        const int64_t d = j * V::kLanes;
+        s0 += v[j] * V::load(r0 + d);
+        s1 += v[j] * V::load(r1 + d);
+        s2 += v[j] * V::load(r2 + d);
+        s3 += v[j] * V::load(r3 + d);
+        V::store(g0 + d, V::load(g0 + d) + k0 * v[j]);
+        V::store(g1 + d, V::load(g1 + d) + k1 * v[j]);
+        V::store(g2 + d, V::load(g2 + d) + k2 * v[j]);
+        V::store(g3 + d, V::load(g3 + d) + k3 * v[j]);
       }
       acc_t t[4];
       V::sum4(s0, s1, s2, s3, t);
@@ -719,10 +728,10 @@ struct PointGrads<NV, acc_t, acc_t> {
       acc_t* gr = gv + pt.b.offset[c] * D;
       const acc_t k = pt.a * pt.b.w[c];
       typename V::vec sv = V::zero();
-      for (int v = 0; v < NV; ++v) {
-        const int64_t d = v * V::kLanes;
-        sv += go[v] * V::load(r + d);
-        V::store(gr + d, V::load(gr + d) + k * go[v]);
+      for (int j = 0; j < NV; ++j) {
+        const int64_t d = j * V::kLanes;
+        sv += v[j] * V::load(r + d);
+        V::store(gr + d, V::load(gr + d) + k * v[j]);
       }
       const acc_t dot = V::sum(sv);
       g[0] += pt.b.w[c] * dot;
