@@ -354,7 +354,18 @@ MSDA_INLINE void accumulate_point(const Point<acc_t>& pt, const Head<src_t>& hea
     const src_t* __restrict__ r3 = head.rows + pt.b.offset[3] * stride;
     const acc_t c0 = pt.a * pt.b.w[0], c1 = pt.a * pt.b.w[1],
                 c2 = pt.a * pt.b.w[2], c3 = pt.a * pt.b.w[3];
-    for (int64_t d = 0; d < D; ++d) {
+    int64_t d = 0;
+    if constexpr (std::is_same_v<src_t, acc_t> && Simd<acc_t>::kSimd) {
+      using V = Simd<acc_t>;
+      // Bracketed so only the final add depends on the previous point.
+      for (; d + V::kLanes <= D; d += V::kLanes) {
+        V::store(acc + d,
+                 V::load(acc + d) +
+                     ((c0 * V::load(r0 + d) + c1 * V::load(r1 + d)) +
+                      (c2 * V::load(r2 + d) + c3 * V::load(r3 + d))));
+      }
+    }
+    for (; d < D; ++d) {
       acc[d] += (c0 * static_cast<acc_t>(r0[d]) +
                  c1 * static_cast<acc_t>(r1[d])) +
                 (c2 * static_cast<acc_t>(r2[d]) +
