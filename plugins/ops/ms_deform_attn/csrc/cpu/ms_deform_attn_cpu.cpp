@@ -524,6 +524,24 @@ void with_channel_vectors(int64_t D, F&& f) {
   f(std::integral_constant<int, 0>{});
 }
 
+// The chain rule through corner c of a point: given dot = <go, v_c>,
+// adds its share to (d/da, d/dx, d/dy) in g.
+template <typename acc_t>
+MSDA_INLINE void add_corner_grads(const Point<acc_t>& pt, int c, acc_t dot,
+                                  acc_t* g) {
+  g[0] += pt.b.w[c] * dot;
+  g[1] += pt.b.dwdx[c] * dot;
+  g[2] += pt.b.dwdy[c] * dot;
+}
+
+// (d/da, d/dx, d/dy) of a point from the dot products of its 4 corners.
+template <typename acc_t>
+MSDA_INLINE void corner_grads(const Point<acc_t>& pt, const acc_t* dot,
+                              acc_t* g) {
+  g[0] = g[1] = g[2] = acc_t(0);
+  for (int c = 0; c < 4; ++c) add_corner_grads(pt, c, dot[c], g);
+}
+
 // Gradients of one point whose four corners are all inside the map: one
 // pass over the channels computes <go, sum_c coef_c * v_c> for the three
 // coefficient sets (w, dw/dx, dw/dy) and scatters a * w_c * go into the
@@ -582,9 +600,8 @@ MSDA_INLINE void backward_point_inside(const Point<acc_t>& pt,
       g2[d] += k2 * gk;
       g3[d] += k3 * gk;
     }
-    g[0] = w0 * t0 + w1 * t1 + w2 * t2 + w3 * t3;
-    g[1] = x0 * t0 + x1 * t1 + x2 * t2 + x3 * t3;
-    g[2] = y0 * t0 + y1 * t1 + y2 * t2 + y3 * t3;
+    const acc_t dots[4] = {t0, t1, t2, t3};
+    corner_grads(pt, dots, g);
     return;
   }
   acc_t pa[kLanes] = {}, px[kLanes] = {}, py[kLanes] = {};
@@ -656,9 +673,7 @@ MSDA_INLINE void backward_point_border(const Point<acc_t>& pt,
       gr[d] += k * go[d];
     }
     dot += tree_sum(part);
-    g[0] += pt.b.w[c] * dot;
-    g[1] += pt.b.dwdx[c] * dot;
-    g[2] += pt.b.dwdy[c] * dot;
+    add_corner_grads(pt, c, dot, g);
   }
 }
 
@@ -725,11 +740,7 @@ struct PointGrads<NV, acc_t, acc_t> : VectorRow<NV, acc_t> {
       }
       acc_t t[4];
       V::sum4(s0, s1, s2, s3, t);
-      g[0] = pt.b.w[0] * t[0] + pt.b.w[1] * t[1] + pt.b.w[2] * t[2] + pt.b.w[3] * t[3];
-      g[1] = pt.b.dwdx[0] * t[0] + pt.b.dwdx[1] * t[1] + pt.b.dwdx[2] * t[2] +
-             pt.b.dwdx[3] * t[3];
-      g[2] = pt.b.dwdy[0] * t[0] + pt.b.dwdy[1] * t[1] + pt.b.dwdy[2] * t[2] +
-             pt.b.dwdy[3] * t[3];
+      corner_grads(pt, t, g);
       return;
     }
     g[0] = g[1] = g[2] = acc_t(0);
@@ -744,10 +755,7 @@ struct PointGrads<NV, acc_t, acc_t> : VectorRow<NV, acc_t> {
         sv += v[j] * V::load(r + d);
         V::store(gr + d, V::load(gr + d) + k * v[j]);
       }
-      const acc_t dot = V::sum(sv);
-      g[0] += pt.b.w[c] * dot;
-      g[1] += pt.b.dwdx[c] * dot;
-      g[2] += pt.b.dwdy[c] * dot;
+      add_corner_grads(pt, c, V::sum(sv), g);
     }
   }
 };
