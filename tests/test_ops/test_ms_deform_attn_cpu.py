@@ -17,6 +17,19 @@ def _reference64(value, shapes, starts, loc, attn):
                                     loc.double(), attn.double())
 
 
+# How the kernel reads a head's values, by the reads per row that a task
+# makes (P = 2 points per level, queries per task 1..Lq whatever the thread
+# count): (queries, levels) that put every level in the same case.
+LAYOUTS = {
+    # in place: every level has more than Lq * P * 4 / 2 rows
+    'in-place': (3, ((5, 4), (5, 3))),
+    # the big level in place, the small one copied first (rows <= 4)
+    'small-levels-copied': (3, ((8, 8), (2, 2))),
+    # many reads of each row: the whole head copied into a slab
+    'slab': (48, ((4, 3), (2, 2))),
+}
+
+
 def _grads(fn, value, shapes, starts, loc, attn, grad_out):
     leaves = [t.detach().clone().requires_grad_() for t in (value, loc, attn)]
     out = fn(leaves[0], shapes, starts, leaves[1], leaves[2])
@@ -73,12 +86,14 @@ def test_backward_matches_reference(inputs, dtype, tol):
                                        (torch.bfloat16, 1e-2)])
 @pytest.mark.parametrize('heads', [(1, 2), (4, 4)], ids=['split-queries',
                                                        'one-task-per-head'])
-@pytest.mark.parametrize('Lq', [3, 48], ids=['decoder-like', 'encoder-like'])
-def test_work_splits(inputs, dtype, tol, heads, Lq):
+@pytest.mark.parametrize('layout', list(LAYOUTS))
+def test_work_splits(inputs, dtype, tol, heads, layout):
     """The kernel's strategies: few (batch, head) tasks split queries into
-    chunks; many queries per value row switch to per-head slabs."""
+    chunks; values are read in place, with small levels copied, or from
+    per-head slabs (see LAYOUTS)."""
     N, M = heads
-    args = inputs(N=N, Lq=Lq, M=M, D=32, shapes=((4, 3), (2, 2)), P=2,
+    Lq, shapes = LAYOUTS[layout]
+    args = inputs(N=N, Lq=Lq, M=M, D=32, shapes=shapes, P=2,
                   dtype=dtype, loc_range=(-0.05, 1.05))
     grad_out = torch.rand(N, Lq, M * 32, dtype=torch.float64)
     out, grads = _grads(ms_deform_attn, *args, grad_out)
@@ -93,14 +108,14 @@ def test_work_splits(inputs, dtype, tol, heads, Lq):
 @pytest.mark.parametrize('dtype,tol', [(torch.float64, 1e-12),
                                        (torch.float32, 1e-5)])
 @pytest.mark.parametrize('vectors', [1, 2, 3, 4, 5])
-@pytest.mark.parametrize('Lq', [3, 48], ids=['decoder-like', 'encoder-like'])
-def test_channel_vector_forms(inputs, dtype, tol, vectors, Lq):
+@pytest.mark.parametrize('layout', list(LAYOUTS))
+def test_channel_vector_forms(inputs, dtype, tol, vectors, layout):
     """D = 1..4 whole 64-byte vectors of the dtype run register-resident
-    forms of both passes (5 vectors: the generic one), on in-place values
-    (decoder-like) and per-head slabs (encoder-like), with border and
-    outside points."""
+    forms of both passes (5 vectors: the generic one), on each way of
+    reading the values (LAYOUTS), with border and outside points."""
     D = vectors * 64 // dtype.itemsize
-    args = inputs(N=2, Lq=Lq, M=2, D=D, shapes=((4, 3), (2, 2)), P=2,
+    Lq, shapes = LAYOUTS[layout]
+    args = inputs(N=2, Lq=Lq, M=2, D=D, shapes=shapes, P=2,
                   dtype=dtype, loc_range=(-0.2, 1.2))
     grad_out = torch.rand(2, Lq, 2 * D, dtype=torch.float64)
     out, grads = _grads(ms_deform_attn, *args, grad_out)

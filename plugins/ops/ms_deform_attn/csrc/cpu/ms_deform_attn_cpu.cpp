@@ -32,7 +32,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
+#include <memory>
 #if defined(__SSE2__)
 #include <immintrin.h>
 #endif
@@ -143,6 +145,7 @@ template <typename src_t>
 struct Head {
   const src_t* rows;
   int64_t stride;
+  bool prefetch;  // rows read in place (not from a cache-resident copy)
 };
 
 // The L * P sampling points of one (batch, query, head), planned as
@@ -280,7 +283,7 @@ MSDA_INLINE void prefetch_point(const Problem<scalar_t>& pb,
                                 const Points<acc_t>& pts, int64_t j,
                                 const Head<src_t>& head, int64_t D) {
   const int32_t state = pts.state[j];
-  if (state == kOutside) return;
+  if (state == kOutside || !head.prefetch) return;
   const int32_t W = pb.W[j], H = pb.H[j];
   const int32_t x0 = pts.x0[j], y0 = pts.y0[j], base = pts.base[j];
   const int32_t offset[4] = {base, base + 1, base + W, base + W + 1};
@@ -341,6 +344,82 @@ MSDA_INLINE void copy_head(const Problem<scalar_t>& pb, int64_t n, int64_t m,
     for (int64_t d = 0; d < s.D; ++d) slab[d] = static_cast<acc_t>(src[d]);
   }
 }
+
+// A level is copied out of value's layout when a task reads at least this
+// many corner rows per row of the level (decoder shape, one thread: copying
+// the three small levels made the forward 27 % faster, copying all four
+// made it slower than none).
+constexpr int64_t kCopyReadsPerRow = 2;
+
+// Per-point views (point j of a query is on level j / P) of the head a
+// task works on, for values read in place.  In value's (S, M, D) layout
+// the rows of one head share a fraction of the cache sets, so a small level
+// that is read many times keeps missing L2; such levels are first copied
+// into a contiguous per-thread buffer where they stay in L2.  Copied rows
+// keep their positions in S (only the copied levels' part of the buffer is
+// written), so the points' offsets are the same for both kinds of view.
+template <typename scalar_t>
+class HeadViews {
+ public:
+  // Unused (nothing allocated, nothing copied) when plan.slab holds.
+  HeadViews(const Problem<scalar_t>& pb, const Plan& plan)
+      : pb_(pb), views_(pb.s.L * pb.s.P), copied_(pb.s.L, 0) {
+    const Sizes& s = pb.s;
+    bool any = false;
+    for (int64_t l = 0; l < s.L && !plan.slab; ++l) {
+      const int64_t rows = level_rows(l);
+      copied_[l] = rows > 0 &&
+                   plan.per_chunk * s.P * 4 >= kCopyReadsPerRow * rows;
+      any = any || copied_[l];
+    }
+    if (any) buffer_.reset(new scalar_t[s.S * s.D]);
+  }
+
+  // The views of head m of batch n (copying its chosen levels, unless the
+  // previous task of this thread was on the same head).
+  const Head<scalar_t>* of(int64_t n, int64_t m) {
+    const Sizes& s = pb_.s;
+    const int64_t nm = n * s.M + m;
+    if (nm == head_) return views_.data();
+    head_ = nm;
+    const scalar_t* rows = pb_.value + n * s.S * s.M * s.D + m * s.D;
+    const int64_t stride = s.M * s.D;
+    for (int64_t l = 0; l < s.L; ++l) {
+      Head<scalar_t> view{rows, stride, /*prefetch=*/true};
+      if (copied_[l]) {
+        const int64_t begin = pb_.start[l * s.P];
+        copy_rows(rows, stride, begin, begin + level_rows(l), buffer_.get());
+        view = {buffer_.get(), s.D, /*prefetch=*/false};
+      }
+      std::fill_n(views_.begin() + l * s.P, s.P, view);
+    }
+    return views_.data();
+  }
+
+ private:
+  int64_t level_rows(int64_t l) const {
+    return static_cast<int64_t>(pb_.H[l * pb_.s.P]) * pb_.W[l * pb_.s.P];
+  }
+
+  // Rows [begin, end) of a head into the same rows of the (S, D) buffer,
+  // prefetching a few rows ahead (the rows are M * D apart, a stride the
+  // hardware prefetchers lose at every page).
+  void copy_rows(const scalar_t* rows, int64_t stride, int64_t begin,
+                 int64_t end, scalar_t* __restrict__ dst) const {
+    constexpr int64_t kAheadRows = 8;
+    const int64_t D = pb_.s.D;
+    for (int64_t r = begin; r < end; ++r) {
+      if (r + kAheadRows < end) prefetch_span(rows + (r + kAheadRows) * stride, D, false);
+      std::memcpy(dst + r * D, rows + r * stride, D * sizeof(scalar_t));
+    }
+  }
+
+  const Problem<scalar_t>& pb_;
+  std::vector<Head<scalar_t>> views_;  // (L * P,)
+  std::vector<char> copied_;           // (L,) level read from the buffer
+  std::unique_ptr<scalar_t[]> buffer_;  // (S, D), copied levels only
+  int64_t head_ = -1;                  // n * M + m of the current views
+};
 
 // acc += the value of one point (a times its bilinear sample), any D.
 template <typename src_t, typename acc_t>
@@ -477,9 +556,9 @@ struct RowSum<NV, acc_t, acc_t> : VectorRow<NV, acc_t> {
 // this function disagree on how 64-byte vectors are passed.)
 template <int NV, typename scalar_t, typename src_t, typename acc_t>
 MSDA_CPU_CLONES void forward_queries(const Problem<scalar_t>& pb,
-                                     const Head<src_t> head, int64_t n,
+                                     const Head<src_t>* heads, int64_t n,
                                      int64_t m, int64_t q_begin, int64_t q_end,
-                                     bool prefetch, scalar_t* __restrict__ out,
+                                     scalar_t* __restrict__ out,
                                      acc_t* __restrict__ scratch,
                                      PointsBuffer<acc_t>& buf) {
   const Sizes& s = pb.s;
@@ -498,9 +577,9 @@ MSDA_CPU_CLONES void forward_queries(const Problem<scalar_t>& pb,
     }
     row.zero();
     for (int64_t j = 0; j < LP; ++j) {
-      if (prefetch && has_next) prefetch_point(pb, next, j, head, D);
+      if (has_next) prefetch_point(pb, next, j, heads[j], D);
       if (cur.state[j] == kOutside) continue;
-      row.add(expand_point(pb, cur, i, j), head);
+      row.add(expand_point(pb, cur, i, j), heads[j]);
     }
     row.store(out + i * D);
   }
@@ -766,9 +845,9 @@ struct PointGrads<NV, acc_t, acc_t> : VectorRow<NV, acc_t> {
 // buf: points of 2 queries.
 template <int NV, typename scalar_t, typename src_t, typename acc_t>
 MSDA_CPU_CLONES void backward_queries(
-    const Problem<scalar_t>& pb, const Head<src_t> head,
+    const Problem<scalar_t>& pb, const Head<src_t>* heads,
     const scalar_t* grad_output, int64_t n, int64_t m, int64_t q_begin,
-    int64_t q_end, bool prefetch, acc_t* gv, scalar_t* grad_locations,
+    int64_t q_end, acc_t* gv, scalar_t* grad_locations,
     scalar_t* grad_weights, acc_t* __restrict__ scratch,
     PointsBuffer<acc_t>& buf) {
   const Sizes& s = pb.s;
@@ -792,7 +871,7 @@ MSDA_CPU_CLONES void backward_queries(
     scalar_t* gloc = grad_locations + i * LP * 2;
     scalar_t* gattn = grad_weights + i * LP;
     for (int64_t j = 0; j < LP; ++j) {
-      if (prefetch && has_next) prefetch_point(pb, next, j, head, D);
+      if (has_next) prefetch_point(pb, next, j, heads[j], D);
       acc_t g[3] = {0, 0, 0};
       acc_t a = 0;
       int32_t W = 0, H = 0;
@@ -801,7 +880,7 @@ MSDA_CPU_CLONES void backward_queries(
         a = pt.a;
         W = pt.W;
         H = pt.H;
-        grads.add(pt, head, gv, g);
+        grads.add(pt, heads[j], gv, g);
       }
       gattn[j] = static_cast<scalar_t>(g[0]);
       // x = loc_x * W - 0.5, so d/dloc_x = W * d/dx (and H for y).
@@ -888,6 +967,9 @@ at::Tensor ms_deform_attn_forward_cpu(const at::Tensor& value,
           std::vector<acc_t> acc(s.D);
           PointsBuffer<acc_t> pts(s.L * s.P, 2);
           std::vector<acc_t> slab(plan.slab ? s.S * s.D : 0);
+          const std::vector<Head<acc_t>> slab_views(
+              s.L * s.P, Head<acc_t>{slab.data(), s.D, false});
+          HeadViews<scalar_t> in_place(pb, plan);
           int64_t slab_head = -1;  // (n * M + m) held in slab
           for (int64_t task; (task = next_task()) >= 0;) {
             const int64_t nm = task / plan.chunks, chunk = task % plan.chunks;
@@ -897,16 +979,14 @@ at::Tensor ms_deform_attn_forward_cpu(const at::Tensor& value,
             if (plan.slab) {
               if (slab_head != nm) copy_head(pb, n, m, slab.data());
               slab_head = nm;
-              const Head<acc_t> head{slab.data(), s.D};
               with_channel_vectors<acc_t, acc_t>(s.D, [&](auto nv) {
-                forward_queries<nv()>(pb, head, n, m, q0, q1, false, out,
+                forward_queries<nv()>(pb, slab_views.data(), n, m, q0, q1, out,
                                       acc.data(), pts);
               });
             } else {
-              const Head<scalar_t> head{pb.value + n * s.S * s.M * s.D + m * s.D,
-                                        s.M * s.D};
+              const Head<scalar_t>* views = in_place.of(n, m);
               with_channel_vectors<scalar_t, acc_t>(s.D, [&](auto nv) {
-                forward_queries<nv()>(pb, head, n, m, q0, q1, true, out,
+                forward_queries<nv()>(pb, views, n, m, q0, q1, out,
                                       acc.data(), pts);
               });
             }
@@ -969,6 +1049,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
           std::vector<acc_t> scratch(s.D);
           PointsBuffer<acc_t> pts(s.L * s.P, 2);
           std::vector<acc_t> value_slab(plan.slab ? s.S * s.D : 0);
+          const std::vector<Head<acc_t>> slab_views(
+              s.L * s.P, Head<acc_t>{value_slab.data(), s.D, false});
+          HeadViews<scalar_t> in_place(pb, plan);
           // Zero once; store_head leaves it zeroed after each head.
           std::vector<acc_t> grad_slab(plan.chunks > 1 ? 0 : s.S * s.D);
           int64_t slab_head = -1;
@@ -981,17 +1064,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
             if (plan.slab) {
               if (slab_head != nm) copy_head(pb, n, m, value_slab.data());
               slab_head = nm;
-              const Head<acc_t> head{value_slab.data(), s.D};
               with_channel_vectors<acc_t, acc_t>(s.D, [&](auto nv) {
-                backward_queries<nv()>(pb, head, go_p, n, m, q0, q1, false, gv,
-                                       gloc, gattn, scratch.data(), pts);
+                backward_queries<nv()>(pb, slab_views.data(), go_p, n, m, q0,
+                                       q1, gv, gloc, gattn, scratch.data(), pts);
               });
             } else {
-              const Head<scalar_t> head{pb.value + n * s.S * s.M * s.D + m * s.D,
-                                        s.M * s.D};
+              const Head<scalar_t>* views = in_place.of(n, m);
               with_channel_vectors<scalar_t, acc_t>(s.D, [&](auto nv) {
-                backward_queries<nv()>(pb, head, go_p, n, m, q0, q1, true, gv,
-                                       gloc, gattn, scratch.data(), pts);
+                backward_queries<nv()>(pb, views, go_p, n, m, q0, q1, gv, gloc,
+                                       gattn, scratch.data(), pts);
               });
             }
             if (!chunk_p) store_head(gv, s, n, m, gvalue);
