@@ -16,7 +16,8 @@
 // often (encoder-like shapes) the task first copies its head into a
 // contiguous per-thread slab that stays in L2; otherwise (decoder-like
 // shapes) the rows are read in place and the next query's rows are
-// prefetched.  Backward accumulates grad_value of its head in a per-thread
+// prefetched, except those of the small levels that are still read several
+// times per row: they are copied out first (HeadViews).  Backward accumulates grad_value of its head in a per-thread
 // float slab (cache resident, no atomics, deterministic, float32
 // accumulation for half/bfloat16) and writes it out once, so grad_value is
 // never zero-filled nor read back.  Queries are split into chunks only when
