@@ -355,9 +355,10 @@ constexpr int64_t kCopyReadsPerRow = 2;
 
 // Per-point views (point j of a query is on level j / P) of the head a
 // task works on, for values read in place.  In value's (S, M, D) layout
-// the rows of one head share a fraction of the cache sets, so a small level
-// that is read many times keeps missing L2; such levels are first copied
-// into a contiguous per-thread buffer where they stay in L2.  Copied rows
+// the rows of one head map to a fraction of the cache sets, where the big
+// levels' rows keep evicting those of a small level before it is read
+// again; such levels are first copied into a contiguous per-thread buffer
+// where they stay in L2.  Copied rows
 // keep their positions in S (only the copied levels' part of the buffer is
 // written), so the points' offsets are the same for both kinds of view.
 template <typename scalar_t>
