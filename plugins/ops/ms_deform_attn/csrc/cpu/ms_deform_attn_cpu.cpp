@@ -335,14 +335,27 @@ MSDA_INLINE acc_t tree_sum(acc_t* part) {
   return part[0];
 }
 
-// Copies value[n, :, m, :] into a contiguous (S, D) slab of acc_t.
-template <typename scalar_t, typename acc_t>
-MSDA_INLINE void copy_head(const Problem<scalar_t>& pb, int64_t n, int64_t m,
-                           acc_t* __restrict__ slab) {
+// Rows [begin, end) of value[n, :, m, :] into the same rows of a contiguous
+// (S, D) buffer of dst_t, prefetching a few rows ahead (the rows are M * D
+// apart, a stride the hardware prefetchers lose at every page).
+template <typename scalar_t, typename dst_t>
+void copy_head_rows(const Problem<scalar_t>& pb, int64_t n, int64_t m,
+                    int64_t begin, int64_t end, dst_t* __restrict__ dst) {
+  constexpr int64_t kAheadRows = 8;
   const Sizes& s = pb.s;
-  const scalar_t* src = pb.value + n * s.S * s.M * s.D + m * s.D;
-  for (int64_t r = 0; r < s.S; ++r, src += s.M * s.D, slab += s.D) {
-    for (int64_t d = 0; d < s.D; ++d) slab[d] = static_cast<acc_t>(src[d]);
+  const int64_t stride = s.M * s.D;
+  const scalar_t* rows = pb.value + n * s.S * stride + m * s.D;
+  for (int64_t r = begin; r < end; ++r) {
+    if (r + kAheadRows < end) {
+      prefetch_span(rows + (r + kAheadRows) * stride, s.D, false);
+    }
+    const scalar_t* __restrict__ src = rows + r * stride;
+    dst_t* __restrict__ row = dst + r * s.D;
+    if constexpr (std::is_same_v<scalar_t, dst_t>) {
+      std::memcpy(row, src, s.D * sizeof(dst_t));
+    } else {
+      for (int64_t d = 0; d < s.D; ++d) row[d] = static_cast<dst_t>(src[d]);
+    }
   }
 }
 
@@ -386,12 +399,11 @@ class HeadViews {
     if (nm == head_) return views_.data();
     head_ = nm;
     const scalar_t* rows = pb_.value + n * s.S * s.M * s.D + m * s.D;
-    const int64_t stride = s.M * s.D;
     for (int64_t l = 0; l < s.L; ++l) {
-      Head<scalar_t> view{rows, stride, /*prefetch=*/true};
+      Head<scalar_t> view{rows, s.M * s.D, /*prefetch=*/true};
       if (copied_[l]) {
         const int64_t begin = pb_.start[l * s.P];
-        copy_rows(rows, stride, begin, begin + level_rows(l), buffer_.get());
+        copy_head_rows(pb_, n, m, begin, begin + level_rows(l), buffer_.get());
         view = {buffer_.get(), s.D, /*prefetch=*/false};
       }
       std::fill_n(views_.begin() + l * s.P, s.P, view);
@@ -402,21 +414,6 @@ class HeadViews {
  private:
   int64_t level_rows(int64_t l) const {
     return static_cast<int64_t>(pb_.H[l * pb_.s.P]) * pb_.W[l * pb_.s.P];
-  }
-
-  // Rows [begin, end) of a head into the same rows of the (S, D) buffer,
-  // prefetching a few rows ahead (the rows are M * D apart, a stride the
-  // hardware prefetchers lose at every page).
-  void copy_rows(const scalar_t* rows, int64_t stride, int64_t begin,
-                 int64_t end, scalar_t* __restrict__ dst) const {
-    constexpr int64_t kAheadRows = 8;
-    const int64_t D = pb_.s.D;
-    for (int64_t r = begin; r < end; ++r) {
-      if (r + kAheadRows < end) {
-        prefetch_span(rows + (r + kAheadRows) * stride, D, false);
-      }
-      std::memcpy(dst + r * D, rows + r * stride, D * sizeof(scalar_t));
-    }
   }
 
   const Problem<scalar_t>& pb_;
@@ -982,7 +979,7 @@ at::Tensor ms_deform_attn_forward_cpu(const at::Tensor& value,
             const int64_t q0 = chunk * plan.per_chunk;
             const int64_t q1 = std::min(s.Lq, q0 + plan.per_chunk);
             if (plan.slab) {
-              if (slab_head != nm) copy_head(pb, n, m, slab.data());
+              if (slab_head != nm) copy_head_rows(pb, n, m, 0, s.S, slab.data());
               slab_head = nm;
               with_channel_vectors<acc_t, acc_t>(s.D, [&](auto nv) {
                 forward_queries<nv()>(pb, slab_views.data(), n, m, q0, q1, out,
@@ -1067,7 +1064,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
             const int64_t q1 = std::min(s.Lq, q0 + plan.per_chunk);
             acc_t* gv = chunk_p ? chunk_p + task * s.S * s.D : grad_slab.data();
             if (plan.slab) {
-              if (slab_head != nm) copy_head(pb, n, m, value_slab.data());
+              if (slab_head != nm) {
+                copy_head_rows(pb, n, m, 0, s.S, value_slab.data());
+              }
               slab_head = nm;
               with_channel_vectors<acc_t, acc_t>(s.D, [&](auto nv) {
                 backward_queries<nv()>(pb, slab_views.data(), go_p, n, m, q0,
