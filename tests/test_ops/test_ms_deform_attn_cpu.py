@@ -125,6 +125,20 @@ def test_channel_vector_forms(inputs, dtype, tol, vectors, layout):
         assert (g.double() - r).abs().max() <= tol * r.abs().max().clamp(min=1)
 
 
+def test_large_fresh_outputs(inputs):
+    """A grad_value over 32 MiB comes straight from mmap (fresh pages, which
+    the kernel maps ahead of its tasks): still every element right."""
+    args = inputs(N=8, Lq=3, M=8, D=32, shapes=((64, 64), (8, 8)), P=2,
+                  dtype=torch.float32, loc_range=(-0.05, 1.05))
+    assert args[0].numel() * 4 > 32 * 2**20  # above glibc's mmap threshold
+    grad_out = torch.rand(8, 3, 8 * 32, dtype=torch.float64)
+    out, grads = _grads(ms_deform_attn, *args, grad_out)
+    ref_out, ref = _grads(_reference64, *args, grad_out)
+    assert (out.double() - ref_out).abs().max() <= 1e-5
+    for g, r in zip(grads, ref):
+        assert (g.double() - r).abs().max() <= 1e-5 * r.abs().max().clamp(min=1)
+
+
 @pytest.mark.parametrize('channels,fast', [(4, False), (30, True), (32, True),
                                            (64, True), (71, True)])
 def test_gradcheck_float64(inputs, channels, fast):

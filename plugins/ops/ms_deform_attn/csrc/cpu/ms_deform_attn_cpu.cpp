@@ -41,6 +41,9 @@
 #endif
 #include <type_traits>
 #include <vector>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include "../bilinear.h"
 #include "../ms_deform_attn.h"
@@ -925,6 +928,45 @@ void store_head(acc_t* __restrict__ slab, const Sizes& s, int64_t n,
   }
 }
 
+// Maps the pages of a freshly allocated output before the tasks write it.
+// Every task writes its head's D channels at every position, i.e. into
+// every page, so on the fresh pages of a large output (which comes
+// straight from mmap) all threads would fault on each page, contending in
+// the kernel.  Here each thread maps its own range once instead, in one
+// madvise(MADV_POPULATE_WRITE) call.  Reused heap memory is mapped
+// already; populating it again only costs, so a few sampled pages decide.
+// Without MADV_POPULATE_WRITE (not Linux, or a kernel before 5.14) the
+// pages fault as they are written.
+void map_pages(const at::Tensor& fresh) {
+#if defined(__linux__) && defined(MADV_POPULATE_WRITE)
+  constexpr int64_t kPage = 4096, kSamples = 8;
+  const int64_t bytes = fresh.numel() * static_cast<int64_t>(fresh.element_size());
+  if (bytes < 64 * kPage) return;  // small: from the heap
+  const auto page_of = [](const char* p) {
+    return reinterpret_cast<char*>(reinterpret_cast<uintptr_t>(p) &
+                                   ~static_cast<uintptr_t>(kPage - 1));
+  };
+  char* const data = static_cast<char*>(fresh.data_ptr());
+  bool all_mapped = true;
+  for (int64_t k = 0; k < kSamples && all_mapped; ++k) {
+    unsigned char resident = 0;
+    char* page = page_of(data + (bytes - 1) * k / (kSamples - 1));
+    all_mapped = mincore(page, kPage, &resident) == 0 && (resident & 1);
+  }
+  if (all_mapped) return;
+  const int64_t pages = bytes / kPage;
+  at::parallel_for(0, pages, 64, [&](int64_t p0, int64_t p1) {
+    // From the start of the page (which may hold other memory too:
+    // populating changes no byte) to the end of the range.
+    char* page = page_of(data + p0 * kPage);
+    char* end = p1 == pages ? data + bytes : data + p1 * kPage;
+    madvise(page, static_cast<size_t>(end - page), MADV_POPULATE_WRITE);
+  });
+#else
+  (void)fresh;
+#endif
+}
+
 // Runs worker(next_task) once on each intra-op thread; next_task() hands
 // out the tasks 0 .. total - 1 one at a time, then -1.  Handing them out
 // as threads get free (instead of fixed, equal ranges) keeps one thread
@@ -955,6 +997,7 @@ at::Tensor ms_deform_attn_forward_cpu(const at::Tensor& value,
   auto output = at::empty({s.N, s.Lq, s.M * s.D}, value.options());
   if (output.numel() == 0) return output;
   if (s.S == 0 || s.L == 0 || s.P == 0) return output.zero_();
+  map_pages(output);
   const Levels lv(spatial_shapes, level_start_index, s);
   const Plan plan(s, /*forward=*/true);
   const auto v = value.contiguous();
@@ -1020,6 +1063,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
   }
   // Every element of these is written by the kernel.
   auto grad_value = at::empty({s.N, s.S, s.M, s.D}, options);
+  map_pages(grad_value);
   auto grad_locations = at::empty({s.N, s.Lq, s.M, s.L, s.P, 2}, options);
   auto grad_weights = at::empty({s.N, s.Lq, s.M, s.L, s.P}, options);
   const Levels lv(spatial_shapes, level_start_index, s);
