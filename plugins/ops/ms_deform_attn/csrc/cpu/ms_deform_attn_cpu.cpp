@@ -43,6 +43,7 @@
 #include <vector>
 #if defined(__linux__)
 #include <sys/mman.h>
+#include <unistd.h>
 #endif
 
 #include "../bilinear.h"
@@ -939,9 +940,10 @@ void store_head(acc_t* __restrict__ slab, const Sizes& s, int64_t n,
 // pages fault as they are written.
 void map_pages(const at::Tensor& fresh) {
 #if defined(__linux__) && defined(MADV_POPULATE_WRITE)
-  constexpr int64_t kPage = 4096, kSamples = 8;
+  constexpr int64_t kSamples = 8;
+  static const int64_t kPage = sysconf(_SC_PAGESIZE);
   const int64_t bytes = fresh.numel() * static_cast<int64_t>(fresh.element_size());
-  if (bytes < 64 * kPage) return;  // small: from the heap
+  if (kPage <= 0 || bytes < 64 * kPage) return;  // small: from the heap
   const auto page_of = [](const char* p) {
     return reinterpret_cast<char*>(reinterpret_cast<uintptr_t>(p) &
                                    ~static_cast<uintptr_t>(kPage - 1));
