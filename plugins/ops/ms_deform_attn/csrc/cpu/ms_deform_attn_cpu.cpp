@@ -148,6 +148,7 @@ Problem<scalar_t> make_problem(const at::Tensor& value,
 // The values of head m of batch n: rows of D channels, `stride` apart.
 template <typename src_t>
 struct Head {
+  using value_type = src_t;
   const src_t* rows;
   int64_t stride;
   bool prefetch;  // rows read in place (not from a cache-resident copy)
@@ -371,60 +372,103 @@ void copy_head_rows(const Problem<scalar_t>& pb, int64_t n, int64_t m,
 constexpr int64_t kCopyReadsPerRow = 2;
 
 // Per-point views (point j of a query is on level j / P) of the head a
-// task works on, for values read in place.  In value's (S, M, D) layout
-// the rows of one head map to a fraction of the cache sets, where the big
+// task works on: each level either read in place or from a copy in a
+// contiguous per-thread buffer of view_t.  In value's (S, M, D) layout the
+// rows of one head map to a fraction of the cache sets, where the big
 // levels' rows keep evicting those of a small level before it is read
-// again; such levels are first copied into a contiguous per-thread buffer
-// where they stay in L2.  Copied rows
-// keep their positions in S (only the copied levels' part of the buffer is
-// written), so the points' offsets are the same for both kinds of view.
-template <typename scalar_t>
+// again; copied, a level stays in L2.  Copied rows keep their positions in
+// S (only the copied levels' part of the buffer is written), so the
+// points' offsets are the same for both kinds of view.  Levels can only be
+// read in place when view_t is value's own type.
+template <typename scalar_t, typename view_t>
 class HeadViews {
  public:
-  // Unused (nothing allocated, nothing copied) when plan.slab holds.
-  HeadViews(const Problem<scalar_t>& pb, const Plan& plan)
-      : pb_(pb), views_(pb.s.L * pb.s.P), copied_(pb.s.L, 0) {
-    const Sizes& s = pb.s;
-    bool any = false;
-    for (int64_t l = 0; l < s.L && !plan.slab; ++l) {
-      const int64_t rows = level_rows(l);
-      copied_[l] = rows > 0 &&
-                   plan.per_chunk * s.P * 4 >= kCopyReadsPerRow * rows;
-      any = any || copied_[l];
+  // copied: (L,) whether each level is copied; nothing is allocated when
+  // none is.
+  HeadViews(const Problem<scalar_t>& pb, std::vector<char> copied)
+      : pb_(pb), views_(pb.s.L * pb.s.P), copied_(std::move(copied)) {
+    if (std::find(copied_.begin(), copied_.end(), 1) != copied_.end()) {
+      buffer_.reset(new view_t[pb.s.S * pb.s.D]);
     }
-    if (any) buffer_.reset(new scalar_t[s.S * s.D]);
   }
 
   // The views of head m of batch n (copying its chosen levels, unless the
   // previous task of this thread was on the same head).
-  const Head<scalar_t>* of(int64_t n, int64_t m) {
+  const Head<view_t>* of(int64_t n, int64_t m) {
     const Sizes& s = pb_.s;
     const int64_t nm = n * s.M + m;
     if (nm == head_) return views_.data();
     head_ = nm;
-    const scalar_t* rows = pb_.value + n * s.S * s.M * s.D + m * s.D;
     for (int64_t l = 0; l < s.L; ++l) {
-      Head<scalar_t> view{rows, s.M * s.D, /*prefetch=*/true};
+      Head<view_t> view{buffer_.get(), s.D, /*prefetch=*/false};
       if (copied_[l]) {
         const int64_t begin = pb_.start[l * s.P];
-        copy_head_rows(pb_, n, m, begin, begin + level_rows(l), buffer_.get());
-        view = {buffer_.get(), s.D, /*prefetch=*/false};
+        copy_head_rows(pb_, n, m, begin, begin + level_rows(pb_, l),
+                       buffer_.get());
+      } else if constexpr (std::is_same_v<view_t, scalar_t>) {
+        view = {pb_.value + n * s.S * s.M * s.D + m * s.D, s.M * s.D,
+                /*prefetch=*/true};
+      } else {
+        TORCH_INTERNAL_ASSERT(false, "a level read in place must be ",
+                              "read in value's own dtype");
       }
       std::fill_n(views_.begin() + l * s.P, s.P, view);
     }
     return views_.data();
   }
 
- private:
-  int64_t level_rows(int64_t l) const {
-    return static_cast<int64_t>(pb_.H[l * pb_.s.P]) * pb_.W[l * pb_.s.P];
+  static int64_t level_rows(const Problem<scalar_t>& pb, int64_t l) {
+    return static_cast<int64_t>(pb.H[l * pb.s.P]) * pb.W[l * pb.s.P];
   }
 
+ private:
   const Problem<scalar_t>& pb_;
-  std::vector<Head<scalar_t>> views_;  // (L * P,)
-  std::vector<char> copied_;           // (L,) level read from the buffer
-  std::unique_ptr<scalar_t[]> buffer_;  // (S, D), copied levels only
-  int64_t head_ = -1;                  // n * M + m of the current views
+  std::vector<Head<view_t>> views_;  // (L * P,)
+  std::vector<char> copied_;         // (L,) level read from the buffer
+  std::unique_ptr<view_t[]> buffer_;  // (S, D), copied levels only
+  int64_t head_ = -1;                // n * M + m of the current views
+};
+
+// The values a task reads.  Encoder-like shapes (plan.slab): every level,
+// i.e. the whole head, copied and converted to acc_t.  Otherwise in place,
+// except the levels that a task reads at least kCopyReadsPerRow times per
+// row, copied in value's dtype.
+template <typename scalar_t, typename acc_t>
+class TaskValues {
+ public:
+  TaskValues(const Problem<scalar_t>& pb, const Plan& plan)
+      : slab_(pb, std::vector<char>(pb.s.L, plan.slab)),
+        in_place_(pb, plan.slab ? std::vector<char>(pb.s.L, 0)
+                                : often_read_levels(pb, plan)),
+        use_slab_(plan.slab) {}
+
+  // Calls f(views) with the per-point views of head m of batch n, a
+  // const Head<acc_t>* or a const Head<scalar_t>*.
+  template <typename F>
+  void with_head(int64_t n, int64_t m, F&& f) {
+    if (use_slab_) {
+      f(slab_.of(n, m));
+    } else {
+      f(in_place_.of(n, m));
+    }
+  }
+
+ private:
+  static std::vector<char> often_read_levels(const Problem<scalar_t>& pb,
+                                             const Plan& plan) {
+    std::vector<char> copied(pb.s.L, 0);
+    for (int64_t l = 0; l < pb.s.L; ++l) {
+      const int64_t rows = HeadViews<scalar_t, scalar_t>::level_rows(pb, l);
+      // corner rows a task reads on the level, against its rows
+      copied[l] = rows > 0 &&
+                  plan.per_chunk * pb.s.P * 4 >= kCopyReadsPerRow * rows;
+    }
+    return copied;
+  }
+
+  HeadViews<scalar_t, acc_t> slab_;
+  HeadViews<scalar_t, scalar_t> in_place_;
+  bool use_slab_;
 };
 
 // acc += the value of one point (a times its bilinear sample), any D.
@@ -1013,30 +1057,20 @@ at::Tensor ms_deform_attn_forward_cpu(const at::Tensor& value,
         run_tasks(s.N * s.M * plan.chunks, [&](auto next_task) {
           std::vector<acc_t> acc(s.D);
           PointsBuffer<acc_t> pts(s.L * s.P, 2);
-          std::vector<acc_t> slab(plan.slab ? s.S * s.D : 0);
-          const std::vector<Head<acc_t>> slab_views(
-              s.L * s.P, Head<acc_t>{slab.data(), s.D, false});
-          HeadViews<scalar_t> in_place(pb, plan);
-          int64_t slab_head = -1;  // (n * M + m) held in slab
+          TaskValues<scalar_t, acc_t> values(pb, plan);
           for (int64_t task; (task = next_task()) >= 0;) {
             const int64_t nm = task / plan.chunks, chunk = task % plan.chunks;
             const int64_t n = nm / s.M, m = nm % s.M;
             const int64_t q0 = chunk * plan.per_chunk;
             const int64_t q1 = std::min(s.Lq, q0 + plan.per_chunk);
-            if (plan.slab) {
-              if (slab_head != nm) copy_head_rows(pb, n, m, 0, s.S, slab.data());
-              slab_head = nm;
-              with_channel_vectors<acc_t, acc_t>(s.D, [&](auto nv) {
-                forward_queries<nv()>(pb, slab_views.data(), n, m, q0, q1, out,
-                                      acc.data(), pts);
-              });
-            } else {
-              const Head<scalar_t>* views = in_place.of(n, m);
-              with_channel_vectors<scalar_t, acc_t>(s.D, [&](auto nv) {
+            values.with_head(n, m, [&](const auto* views) {
+              using src_t = typename std::remove_pointer_t<
+                  decltype(views)>::value_type;
+              with_channel_vectors<src_t, acc_t>(s.D, [&](auto nv) {
                 forward_queries<nv()>(pb, views, n, m, q0, q1, out,
                                       acc.data(), pts);
               });
-            }
+            });
           }
         });
       });
@@ -1096,35 +1130,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
         run_tasks(s.N * s.M * plan.chunks, [&](auto next_task) {
           std::vector<acc_t> scratch(s.D);
           PointsBuffer<acc_t> pts(s.L * s.P, 2);
-          std::vector<acc_t> value_slab(plan.slab ? s.S * s.D : 0);
-          const std::vector<Head<acc_t>> slab_views(
-              s.L * s.P, Head<acc_t>{value_slab.data(), s.D, false});
-          HeadViews<scalar_t> in_place(pb, plan);
+          TaskValues<scalar_t, acc_t> values(pb, plan);
           // Zero once; store_head leaves it zeroed after each head.
           std::vector<acc_t> grad_slab(plan.chunks > 1 ? 0 : s.S * s.D);
-          int64_t slab_head = -1;
           for (int64_t task; (task = next_task()) >= 0;) {
             const int64_t nm = task / plan.chunks, chunk = task % plan.chunks;
             const int64_t n = nm / s.M, m = nm % s.M;
             const int64_t q0 = chunk * plan.per_chunk;
             const int64_t q1 = std::min(s.Lq, q0 + plan.per_chunk);
             acc_t* gv = chunk_p ? chunk_p + task * s.S * s.D : grad_slab.data();
-            if (plan.slab) {
-              if (slab_head != nm) {
-                copy_head_rows(pb, n, m, 0, s.S, value_slab.data());
-              }
-              slab_head = nm;
-              with_channel_vectors<acc_t, acc_t>(s.D, [&](auto nv) {
-                backward_queries<nv()>(pb, slab_views.data(), go_p, n, m, q0,
-                                       q1, gv, gloc, gattn, scratch.data(), pts);
-              });
-            } else {
-              const Head<scalar_t>* views = in_place.of(n, m);
-              with_channel_vectors<scalar_t, acc_t>(s.D, [&](auto nv) {
+            values.with_head(n, m, [&](const auto* views) {
+              using src_t = typename std::remove_pointer_t<
+                  decltype(views)>::value_type;
+              with_channel_vectors<src_t, acc_t>(s.D, [&](auto nv) {
                 backward_queries<nv()>(pb, views, go_p, n, m, q0, q1, gv, gloc,
                                        gattn, scratch.data(), pts);
               });
-            }
+            });
             if (!chunk_p) store_head(gv, s, n, m, gvalue);
           }
         });
