@@ -19,7 +19,7 @@ original path.  :func:`feature_surgery` and :func:`similarity_map` turn them
 into per-class explainability maps.
 
 Host-free: torch, open_clip and :mod:`plugins.utils` only.  The mmdet
-backbone (``plugins.backbones.SurgeryCLIPBackbone``) and the
+backbone (``plugins.mmdet_custom.models.backbones.SurgeryCLIPBackbone``) and the
 Open-GroundingDino adapter run the same :func:`surgery_forward`.
 """
 import functools

@@ -2,7 +2,7 @@
 context and the patch-text similarity segmentor built from them.
 
 Host-free: torch, open_clip, timm and transformers only (the mmengine wrapper
-for ``tools/train.py`` lives in :mod:`plugins.segmentors`).
+for ``tools/train.py`` lives in :mod:`plugins.mmdet_custom.models.segmentors`).
 """
 from .preprocess import (clip_preprocess_cfg, detect_value_range,
                          preprocess_tensor_images)

@@ -1,0 +1,109 @@
+"""ConceptCLIP's image tower (SigLIP so400m/14) as a backbone."""
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+from mmdet.registry import MODELS
+
+from plugins.models.concept_clip import (CONCEPT_CLIP_MEAN,
+                                         CONCEPT_CLIP_MODEL_NAME,
+                                         CONCEPT_CLIP_STD, ConceptCLIP,
+                                         convert_concept_clip_state_dict)
+
+from .base import CLIPBackboneBase
+from .biomed_clip import BiomedCLIPBackbone
+
+#: Checkpoint entries the backbone keeps: the image tower and the token
+#: projection into the text-aligned space.
+IMAGE_PREFIXES = ('visual.', 'image_proj.')
+
+
+@MODELS.register_module()
+class ConceptCLIPBackbone(BiomedCLIPBackbone):
+    """ConceptCLIP's image tower as a single-scale backbone.
+
+    The tower is :class:`plugins.models.concept_clip.ConceptCLIP`'s
+    ``visual`` (open_clip ``TimmModel`` around timm's
+    ``vit_so400m_patch14_siglip_384``: patch 14, 27 x 27 tokens at 384 px,
+    width 1152, no class token; its attention-pool head is unused and
+    frozen) plus ``image_proj`` (``Linear(1152, 1152)``, the token
+    projection into ConceptCLIP's text-aligned space), used by
+    ``with_proj=True``.  Tokens follow timm's path like
+    :class:`BiomedCLIPBackbone` (whose tower code this class shares).
+
+    Output: ``(B, 1152, ceil(H/14), ceil(W/14))``; at 384 x 384 a 27 x 27
+    map.  Normalisation: mean = std = ``(0.5, 0.5, 0.5)``.
+
+    Args:
+        model_name (str): ConceptCLIP config. Default:
+            ``'ConceptCLIP-SO400M-14-384'``; ``'ConceptCLIP-Tiny-test'``
+            (width 64, 4 blocks) for tests.
+        pretrained (str, optional): the downloaded ConceptCLIP folder
+            (``model.safetensors``) or a weights file (also a detector
+            checkpoint via ``init_cfg`` with ``prefix``).  Only
+            ``visual.*`` and ``image_proj.*`` are used.
+        key_rules (Iterable[tuple[str, str]]): extra ``(regex,
+            replacement)`` key renames for exports with other module names.
+        mean, std (Sequence[float], optional): normalisation overrides.
+        **kwargs: see :class:`CLIPBackboneBase`.
+
+    Example:
+        >>> import torch
+        >>> from plugins.mmdet_custom.models.backbones import ConceptCLIPBackbone
+        >>> m = ConceptCLIPBackbone('ConceptCLIP-Tiny-test').eval()
+        >>> [tuple(o.shape) for o in m(torch.rand(2, 3, 224, 224))]
+        [(2, 64, 16, 16)]
+    """
+
+    mean = CONCEPT_CLIP_MEAN
+    std = CONCEPT_CLIP_STD
+
+    def __init__(self,
+                 model_name: str = CONCEPT_CLIP_MODEL_NAME,
+                 pretrained: Optional[str] = None,
+                 key_rules: Iterable[Tuple[str, str]] = (),
+                 mean: Optional[Sequence[float]] = None,
+                 std: Optional[Sequence[float]] = None,
+                 **kwargs):
+        # BiomedCLIPBackbone.__init__ builds a plain open_clip model; the
+        # ConceptCLIP tower (with image_proj) comes from plugins.models, so
+        # only the common initialiser runs here; the tower methods are
+        # BiomedCLIPBackbone's.
+        CLIPBackboneBase.__init__(self, pretrained=pretrained, **kwargs)
+        self.model_name = model_name
+        self.key_rules = [tuple(r) for r in key_rules]
+        model = ConceptCLIP(model_name, vision_only=True)
+        trunk = model.visual.trunk
+        if not isinstance(trunk.patch_drop, nn.Identity):
+            trunk.patch_drop = nn.Identity()  # keeps the spatial map whole
+        self.visual = model.visual
+        self.image_proj = model.image_proj
+        self.mean = tuple(mean or model.mean)
+        self.std = tuple(std or model.std)
+        del model  # text tower and logit scales are not kept
+        self._init_backbone()
+
+    @property
+    def proj_dims(self) -> int:
+        return self.image_proj.out_features
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        return self.image_proj(x)
+
+    def proj_modules(self) -> List[nn.Module]:
+        return [self.image_proj]
+
+    def convert_pretrained(
+            self, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        state = convert_concept_clip_state_dict(state, self.state_dict(),
+                                                self.key_rules)
+        if any(k.startswith(IMAGE_PREFIXES) for k in state):
+            # a full ConceptCLIP file: text tower and scales are not ours;
+            # anything else stays for the strict check to report
+            state = {
+                k: v
+                for k, v in state.items()
+                if k.startswith(IMAGE_PREFIXES) or not k.startswith(
+                    ('text.', 'text_proj.', 'logit_', 'concept_logit_'))
+            }
+        return state

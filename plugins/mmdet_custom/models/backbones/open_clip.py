@@ -1,0 +1,187 @@
+"""open_clip ViT image towers (OpenAI CLIP, LAION OpenCLIP) as backbones."""
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+from mmdet.registry import MODELS
+from mmengine.logging import MMLogger
+from open_clip.transformer import VisionTransformer
+
+from plugins.models import create_model
+from plugins.models.weights import (OPENAI_METADATA_KEYS, is_openai_state_dict,
+                                    uses_quick_gelu)
+from plugins.utils import add_prefix
+
+from .base import CLIPBackboneBase, Grid
+
+
+def preprocess_stats(model: nn.Module) -> Tuple[tuple, tuple]:
+    """``(mean, std)`` open_clip attached to a built model's image tower."""
+    cfg = getattr(model.visual, 'preprocess_cfg', None) or {}
+    return (tuple(cfg.get('mean', CLIPBackboneBase.mean)),
+            tuple(cfg.get('std', CLIPBackboneBase.std)))
+
+
+#: Top-level keys of CLIP-family checkpoints that are not the image tower:
+#: open_clip/OpenAI ``CLIP`` text tower, ``CustomTextCLIP`` (``text.``), CoCa
+#: decoder, and the contrastive temperature/bias.
+NON_VISUAL_PREFIXES = ('text.', 'transformer.', 'token_embedding.',
+                       'positional_embedding', 'ln_final.', 'text_projection',
+                       'logit_scale', 'logit_bias', 'attn_mask',
+                       'text_decoder.')
+
+
+def visual_state_dict(state: Dict[str, torch.Tensor],
+                      prefix: str = 'visual.') -> Dict[str, torch.Tensor]:
+    """The image-tower part of a CLIP checkpoint, keys under ``prefix``.
+
+    A full CLIP checkpoint (open_clip or OpenAI layout) keeps its
+    ``visual.*`` entries and drops the known non-visual ones
+    (:data:`NON_VISUAL_PREFIXES`); any other key is kept so the strict
+    check reports it.  A checkpoint with no ``visual.*`` key is taken as a
+    bare image-tower state dict and prefixed.
+    """
+    if is_openai_state_dict(state):
+        state = {
+            k: v
+            for k, v in state.items() if k not in OPENAI_METADATA_KEYS
+        }
+    if any(k.startswith(prefix) for k in state):
+        return {
+            k: v
+            for k, v in state.items() if not k.startswith(NON_VISUAL_PREFIXES)
+        }
+    return add_prefix(state, prefix)
+
+
+@MODELS.register_module()
+class OpenCLIPBackbone(CLIPBackboneBase):
+    """Image tower of an open_clip ViT as a single-scale backbone.
+
+    Built through open_clip (``open_clip.create_model`` with the shipped or
+    built-in config, offline), keeping only ``model.visual`` (a
+    ``VisionTransformer``); the text tower is dropped.  Tokens follow the
+    upstream path (``conv1``, class token, position embedding, ``ln_pre``,
+    ``transformer.resblocks``, ``ln_post``, ``proj``).
+
+    Output: ``(B, C, ceil(H/p), ceil(W/p))`` per ``out_indices`` entry,
+    ``C`` = width (768 for ViT-B, 1024 for ViT-L) or the joint-space dim
+    with ``with_proj=True`` (512 / 768); ``p`` = 16 (ViT-B-16), 32
+    (ViT-B-32), 14 (ViT-L-14).
+
+    Args:
+        model_name (str): open_clip architecture, e.g. ``'ViT-B-16'``,
+            ``'ViT-B-32'``, ``'ViT-L-14'``, ``'ViT-B-16-quickgelu'`` (for
+            OpenAI weights), ``'ViT-Tiny-16-test'``. Default: ``'ViT-B-16'``.
+        pretrained (str, optional): local ``open_clip_model.safetensors``,
+            ``open_clip_pytorch_model.bin`` or OpenAI ``.pt`` archive (read
+            without executing code).
+        pretrained_tag (str, optional): the open_clip release the weights
+            are (e.g. ``'laion2b_s34b_b79k'``, ``'laion2b_s32b_b82k'``);
+            only picks
+            the matching mean/std, nothing is downloaded. Default: the
+            statistics all releases of ``model_name`` share (OpenAI CLIP's
+            for ViT-B-32/B-16; ViT-L-14's ``laion2b_s32b_b82k`` differs).
+        mean (Sequence[float], optional): override the normalisation mean
+            (RGB, [0, 1]).
+        std (Sequence[float], optional): likewise for the std.
+        **kwargs: ``out_indices``, ``frozen``, ``train_last_n_blocks``,
+            ``with_proj``, ``with_cp``, ``check_finite``, ``init_cfg`` of
+            :class:`CLIPBackboneBase`.
+
+    Example:
+        >>> import torch
+        >>> from plugins.mmdet_custom.models.backbones import OpenCLIPBackbone
+        >>> m = OpenCLIPBackbone('ViT-Tiny-16-test').eval()
+        >>> [tuple(o.shape) for o in m(torch.rand(2, 3, 320, 480))]
+        [(2, 64, 20, 30)]
+    """
+
+    def __init__(self,
+                 model_name: str = 'ViT-B-16',
+                 pretrained: Optional[str] = None,
+                 pretrained_tag: Optional[str] = None,
+                 mean: Optional[Sequence[float]] = None,
+                 std: Optional[Sequence[float]] = None,
+                 **kwargs):
+        super().__init__(pretrained=pretrained, **kwargs)
+        self.model_name = model_name
+        clip = create_model(
+            model_name, pretrained_tag=pretrained_tag, vision_only=True)
+        visual = clip.visual
+        if not isinstance(visual, VisionTransformer):
+            raise TypeError(
+                f"OpenCLIPBackbone needs an open_clip ViT; '{model_name}' has "
+                f'a {type(visual).__name__} image tower (timm trunks: use '
+                'BiomedCLIPBackbone)')
+        if visual.attn_pool is not None:
+            raise ValueError(f"'{model_name}' pools with an attentional "
+                             'pooler; its tokens are not a feature map')
+        if not visual.transformer.batch_first:
+            raise ValueError(f"'{model_name}': sequence-first transformers "
+                             'are not supported')
+        if not isinstance(visual.patch_dropout, nn.Identity):
+            # dropping patches breaks the spatial map
+            visual.patch_dropout = nn.Identity()
+        self.visual = visual
+        default_mean, default_std = preprocess_stats(clip)
+        self.mean = tuple(mean or default_mean)
+        self.std = tuple(std or default_std)
+        del clip  # the text tower is not kept
+        self._init_backbone()
+
+    # --- tower parts ---------------------------------------------------
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.visual.transformer.resblocks
+
+    @property
+    def patch_size(self) -> int:
+        ph, pw = self.visual.patch_size
+        if ph != pw:
+            raise ValueError(f'non-square patches ({ph}x{pw}) unsupported')
+        return ph
+
+    @property
+    def embed_dims(self) -> int:
+        return self.visual.conv1.out_channels
+
+    @property
+    def proj_dims(self) -> int:
+        return self.visual.proj.shape[1]
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return 1
+
+    def pos_embed_source(self) -> Tuple[torch.Tensor, int, Grid]:
+        return self.visual.positional_embedding, 1, self.visual.grid_size
+
+    def embed_tokens(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
+        v = self.visual
+        x = v.conv1(x).flatten(2).transpose(1, 2)  # (B, gh * gw, C)
+        cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1)
+        x = x + self.get_pos_embed(grid).to(x.dtype)
+        return v.ln_pre(x)
+
+    def final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        return self.visual.ln_post(x)
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.visual.proj
+
+    def final_norm_modules(self) -> List[nn.Module]:
+        return [self.visual.ln_post]
+
+    def proj_modules(self) -> List[Union[nn.Module, nn.Parameter]]:
+        return [self.visual.proj]
+
+    def convert_pretrained(
+            self, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        if is_openai_state_dict(state) and not uses_quick_gelu(self.visual):
+            MMLogger.get_current_instance().warning(
+                f'{self.model_name}: OpenAI CLIP weights were trained with '
+                'QuickGELU; use the "-quickgelu" model name for faithful '
+                'features')
+        return visual_state_dict(state)
