@@ -59,7 +59,7 @@ class _RegisterWingWithMMDet(importlib.abc.MetaPathFinder):
         return spec
 
 
-if 'mmdet' in sys.modules:
+if sys.modules.get('mmdet') is not None:
     register_all_modules()
 elif not any(isinstance(f, _RegisterWingWithMMDet) for f in sys.meta_path):
     sys.meta_path.insert(0, _RegisterWingWithMMDet())

@@ -4,7 +4,7 @@ from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from mmdet.registry import HOOKS
 
-from ...models.layers.convert_ms_deform_attention import convert_ms_deform_attention
+from ...models.layers import convert_ms_deform_attention
 
 
 @HOOKS.register_module()

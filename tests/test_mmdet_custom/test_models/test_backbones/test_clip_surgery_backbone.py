@@ -4,7 +4,8 @@ import pytest
 import torch
 from mmdet.registry import MODELS
 
-from plugins.mmdet_custom.models.backbones import OpenCLIPBackbone, SurgeryCLIPBackbone
+from plugins.mmdet_custom.models.backbones import (OpenCLIPBackbone,
+                                                  SurgeryCLIPBackbone)
 from plugins.models.clip_surgery import SurgeryCLIPVisual, surgery_forward
 from plugins.utils import StateDictMismatchError
 

@@ -9,9 +9,9 @@ import torch
 # here, not skip.
 from mmcv.ops import MultiScaleDeformableAttention  # noqa: E402
 
-from plugins.mmdet_custom.models.layers import (MSDeformAttention,  # noqa: E402
-                               MSDeformAttentionHook,
-                               convert_ms_deform_attention)
+from plugins.mmdet_custom.engine.hooks import MSDeformAttentionHook  # noqa: E402
+from plugins.mmdet_custom.models.layers import (  # noqa: E402
+    MSDeformAttention, convert_ms_deform_attention)
 
 pytestmark = pytest.mark.usefixtures('kernel_loaded')
 
