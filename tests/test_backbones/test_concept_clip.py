@@ -114,8 +114,9 @@ def test_with_proj_uses_image_proj(tiny, concept_clip, hf_folder):
     assert out.shape == (2, 64, 8, 8) and model.out_channels == 64
     torch.testing.assert_close(
         out, ref.transpose(1, 2).reshape(2, 64, 8, 8), rtol=0, atol=1e-5)
-    assert model.image_proj.weight.requires_grad
-    assert not ConceptCLIPBackbone(TINY).image_proj.weight.requires_grad
+    assert all(p.requires_grad for p in model.image_proj.parameters())
+    assert not any(p.requires_grad
+               for p in ConceptCLIPBackbone(TINY).image_proj.parameters())
 
 
 def test_frozen():
@@ -172,7 +173,7 @@ def test_backbone_weights_round_trip(tiny, tmp_path, fmt):
         torch.save({'state_dict': tiny.state_dict()}, path)
     model = ConceptCLIPBackbone(TINY, pretrained=str(path))
     assert set(model.state_dict()) == set(tiny.state_dict())
-    torch.testing.assert_close(model.image_proj.weight, tiny.image_proj.weight)
+    torch.testing.assert_close(model.image_proj[0].weight, tiny.image_proj[0].weight)
 
 
 def test_detector_checkpoint_with_prefix(tiny, tmp_path):

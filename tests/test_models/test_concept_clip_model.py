@@ -345,7 +345,7 @@ def test_other_export_layouts_load_every_key(tiny, tmp_path, layout):
     model = ConceptCLIP(TINY)
     loaded = load_concept_clip_weights(model, tmp_path)
     assert loaded.keys() == state.keys()
-    torch.testing.assert_close(model.image_proj.weight, tiny.image_proj.weight)
+    torch.testing.assert_close(model.image_proj[0].weight, tiny.image_proj[0].weight)
 
 
 def test_wrong_layout_lists_keys_and_key_rules_fix_it(tiny, tmp_path):
