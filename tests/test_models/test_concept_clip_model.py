@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from plugins.models import HF_CONFIG_DIR, create_model
 from plugins.models.concept_clip import (CONCEPT_CLIP_MODEL_NAME,
@@ -188,6 +187,11 @@ def test_folder_config_json_is_read_and_checked(real_layout, tmp_path):
     assert str(folder / 'config.json') in msg
     assert "text_cfg.context_length = 256 there, 32 here" in msg
     assert "text_cfg.hf_proj_type = 'mlp' there, 'linear' here" in msg
+    # the open_clip config nested in an HF config is found too
+    nested = dict(layout['hf_config'], model_cfg=cfg)
+    (folder / 'config.json').write_text(json.dumps(nested))
+    with pytest.raises(ValueError, match='text_cfg.context_length = 256'):
+        build_concept_clip(folder, config=TINY)
     # HF bookkeeping only (no open_clip fields) or no config.json: fine
     (folder / 'config.json').write_text(json.dumps(layout['hf_config']))
     build_concept_clip(folder, config=TINY)
