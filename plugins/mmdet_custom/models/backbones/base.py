@@ -8,6 +8,7 @@ normalisation statistics.  :class:`CLIPBackboneBase` does all of it once; a
 subclass only says how to build its tower and how to run its parts.
 """
 from abc import ABCMeta, abstractmethod
+from pathlib import Path
 from typing import (Dict, Iterable, List, Optional, Sequence, Tuple, Union)
 
 import torch
@@ -244,6 +245,12 @@ class CLIPBackboneBase(BaseModule, metaclass=ABCMeta):
         own ``init_weights`` would)."""
         self._is_init = True
 
+    def read_pretrained(self, path: str) -> Tuple[Path, StateDict]:
+        """The weights file at ``path`` (a file or a model folder) and its
+        state dict. Subclasses read other layouts (e.g. sharded exports)."""
+        path = find_weights_file(path)
+        return path, safe_load(path)
+
     def load_pretrained(self, path: str, prefix: Optional[str] = None) -> None:
         """Load a local weights file with a strict key check.
 
@@ -260,8 +267,7 @@ class CLIPBackboneBase(BaseModule, metaclass=ABCMeta):
                 unexpected keys, with a hint to
                 ``tools/convert_clip_checkpoint.py``.
         """
-        path = find_weights_file(path)
-        state = safe_load(path)
+        path, state = self.read_pretrained(path)
         if prefix:
             state = select_prefix(state, prefix)
         state = self.convert_pretrained(state)

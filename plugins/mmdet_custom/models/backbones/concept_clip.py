@@ -1,4 +1,5 @@
 """ConceptCLIP's image tower (SigLIP so400m/14) as a backbone."""
+from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
@@ -7,8 +8,12 @@ from mmdet.registry import MODELS
 
 from plugins.models.concept_clip import (CONCEPT_CLIP_MEAN,
                                          CONCEPT_CLIP_MODEL_NAME,
-                                         CONCEPT_CLIP_STD, ConceptCLIP,
-                                         convert_concept_clip_state_dict)
+                                         CONCEPT_CLIP_STD,
+                                         CONCEPT_CLIP_WEIGHT_FILE_NAMES,
+                                         ConceptCLIP, check_folder_config,
+                                         convert_concept_clip_state_dict,
+                                         read_concept_clip_weights)
+from plugins.models.weights import find_weights_file
 
 from .base import CLIPBackboneBase
 from .biomed_clip import BiomedCLIPBackbone
@@ -26,10 +31,11 @@ class ConceptCLIPBackbone(BiomedCLIPBackbone):
     ``visual`` (open_clip ``TimmModel`` around timm's
     ``vit_so400m_patch14_siglip_384``: patch 14, 27 x 27 tokens at 384 px,
     width 1152, no class token; its attention-pool head is unused and
-    frozen) plus ``image_proj`` (``Linear(1152, 1152)``, the token
-    projection into ConceptCLIP's text-aligned space), used by
-    ``with_proj=True``.  Tokens follow timm's path like
-    :class:`BiomedCLIPBackbone` (whose tower code this class shares).
+    frozen) plus ``image_proj`` (upstream's bias-free MLP ``Linear(1152,
+    1152) -> GELU -> Linear(1152, 1152)``, the token projection into
+    ConceptCLIP's text-aligned space), used by ``with_proj=True``.  Tokens
+    follow timm's path like :class:`BiomedCLIPBackbone` (whose tower code
+    this class shares).
 
     Output: ``(B, 1152, ceil(H/14), ceil(W/14))``; at 384 x 384 a 27 x 27
     map.  Normalisation: mean = std = ``(0.5, 0.5, 0.5)``.
@@ -39,9 +45,12 @@ class ConceptCLIPBackbone(BiomedCLIPBackbone):
             ``'ConceptCLIP-SO400M-14-384'``; ``'ConceptCLIP-Tiny-test'``
             (width 64, 4 blocks) for tests.
         pretrained (str, optional): the downloaded ConceptCLIP folder
-            (``model.safetensors``) or a weights file (also a detector
+            (``model.safetensors`` or a sharded
+            ``model.safetensors.index.json``; its ``config.json`` is checked
+            against ``model_name``) or a weights file (also a detector
             checkpoint via ``init_cfg`` with ``prefix``).  Only
-            ``visual.*`` and ``image_proj.*`` are used.
+            ``visual.*`` and ``image_proj.*`` are used.  A missing path
+            fails at once, naming it.
         key_rules (Iterable[tuple[str, str]]): extra ``(regex,
             replacement)`` key renames for exports with other module names.
         mean, std (Sequence[float], optional): normalisation overrides.
@@ -69,6 +78,11 @@ class ConceptCLIPBackbone(BiomedCLIPBackbone):
         # ConceptCLIP tower (with image_proj) comes from plugins.models, so
         # only the common initialiser runs here; the tower methods are
         # BiomedCLIPBackbone's.
+        if pretrained is not None:
+            # fail before the (large) tower is built
+            found = find_weights_file(pretrained,
+                                      CONCEPT_CLIP_WEIGHT_FILE_NAMES)
+            check_folder_config(found, model_name)
         CLIPBackboneBase.__init__(self, pretrained=pretrained, **kwargs)
         self.model_name = model_name
         self.key_rules = [tuple(r) for r in key_rules]
@@ -85,13 +99,20 @@ class ConceptCLIPBackbone(BiomedCLIPBackbone):
 
     @property
     def proj_dims(self) -> int:
-        return self.image_proj.out_features
+        return self.image_proj[-1].out_features
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         return self.image_proj(x)
 
     def proj_modules(self) -> List[nn.Module]:
         return [self.image_proj]
+
+    def read_pretrained(
+            self, path: str) -> Tuple[Path, Dict[str, torch.Tensor]]:
+        """A ConceptCLIP HF folder (single or sharded safetensors, or
+        ``pytorch_model.bin``) or a weights file, read as data."""
+        found = find_weights_file(path, CONCEPT_CLIP_WEIGHT_FILE_NAMES)
+        return found, read_concept_clip_weights(found)
 
     def convert_pretrained(
             self, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:

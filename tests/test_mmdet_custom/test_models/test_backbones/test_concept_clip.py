@@ -1,5 +1,10 @@
 """ConceptCLIPBackbone: parity with the SigLIP-layout timm trunk, shapes,
-freezing, weights from a ConceptCLIP HF folder."""
+freezing, weights from a ConceptCLIP HF folder in the released layout."""
+import importlib.util
+import json
+import re
+from pathlib import Path
+
 import pytest
 import timm
 import torch
@@ -11,6 +16,12 @@ from plugins.models.concept_clip import (CONCEPT_CLIP_TINY_MODEL_NAME,
 from plugins.utils import StateDictMismatchError, save_safetensors
 
 TINY = CONCEPT_CLIP_TINY_MODEL_NAME  # width 64, 4 blocks, patch 14, 112 px
+
+_spec = importlib.util.spec_from_file_location(
+    'conceptclip_folder',
+    Path(__file__).resolve().parents[1] / 'data' / 'conceptclip_folder.py')
+folders = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(folders)
 
 
 def _images(*size, batch=2, seed=0):
@@ -103,8 +114,9 @@ def test_with_proj_uses_image_proj(tiny, concept_clip, hf_folder):
     assert out.shape == (2, 64, 8, 8) and model.out_channels == 64
     torch.testing.assert_close(
         out, ref.transpose(1, 2).reshape(2, 64, 8, 8), rtol=0, atol=1e-5)
-    assert model.image_proj.weight.requires_grad
-    assert not ConceptCLIPBackbone(TINY).image_proj.weight.requires_grad
+    assert all(p.requires_grad for p in model.image_proj.parameters())
+    assert not any(p.requires_grad
+               for p in ConceptCLIPBackbone(TINY).image_proj.parameters())
 
 
 def test_frozen():
@@ -161,7 +173,7 @@ def test_backbone_weights_round_trip(tiny, tmp_path, fmt):
         torch.save({'state_dict': tiny.state_dict()}, path)
     model = ConceptCLIPBackbone(TINY, pretrained=str(path))
     assert set(model.state_dict()) == set(tiny.state_dict())
-    torch.testing.assert_close(model.image_proj.weight, tiny.image_proj.weight)
+    torch.testing.assert_close(model.image_proj[0].weight, tiny.image_proj[0].weight)
 
 
 def test_detector_checkpoint_with_prefix(tiny, tmp_path):
@@ -211,3 +223,66 @@ def test_bad_inputs(tiny):
         tiny(_images(10, 64))
     with pytest.raises(ValueError, match=r'\(B, 3, H, W\)'):
         tiny(torch.rand(2, 1, 28, 28))
+
+
+# ----------------------------------------------------------------------
+# The released layout (tests/data), recomputed with timm
+# ----------------------------------------------------------------------
+@pytest.fixture(scope='module')
+def real_layout():
+    layout = folders.load_layout(folders.TINY)
+    return layout, folders.random_state(layout, seed=3)
+
+
+@pytest.mark.parametrize('sharded', [False, True])
+def test_real_layout_folder_loads_the_image_tower_and_image_proj(
+        real_layout, tmp_path, sharded):
+    """The same HF folder as the host-free model: single or sharded
+    safetensors; ``with_proj`` maps are upstream's bias-free GELU MLP of
+    the trunk tokens."""
+    layout, state = real_layout
+    folder = folders.write_folder(tmp_path / 'ConceptCLIP', layout, state,
+                                  sharded=sharded)
+    x = _images(112, 112, batch=2, seed=4)
+    ref = folders.reference_outputs(layout, state, x)
+    maps = {}
+    for with_proj in (False, True):
+        model = ConceptCLIPBackbone(
+            TINY, pretrained=str(folder), with_proj=with_proj).eval()
+        with torch.no_grad():
+            maps[with_proj] = model(x)[0]
+    as_map = (lambda t: t.transpose(1, 2).reshape(2, 64, 8, 8))
+    torch.testing.assert_close(
+        maps[False], as_map(ref['image_tokens']), rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        maps[True], as_map(ref['image_token_features']), rtol=0, atol=1e-5)
+    assert model.proj_dims == 64
+    torch.testing.assert_close(model.image_proj[2].weight,
+                               state['image_proj.2.weight'])
+
+
+def test_missing_folder_fails_before_building(tmp_path, monkeypatch):
+    import plugins.backbones.concept_clip as bb
+
+    def never(*args, **kwargs):
+        raise AssertionError('the tower was built before the path check')
+
+    monkeypatch.setattr(bb, 'ConceptCLIP', never)
+    missing = tmp_path / 'weights' / 'ConceptCLIP'
+    with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):
+        ConceptCLIPBackbone(TINY, pretrained=str(missing))
+    with pytest.raises(FileNotFoundError, match='model.safetensors'):
+        ConceptCLIPBackbone(TINY, pretrained=str(tmp_path))
+
+
+def test_folder_config_json_must_describe_the_same_tower(
+        real_layout, tmp_path):
+    layout, state = real_layout
+    folder = folders.write_folder(tmp_path / 'c', layout, state)
+    cfg = json.loads((folder / 'config.json').read_text())
+    cfg['vision_cfg']['image_size'] = 224
+    (folder / 'config.json').write_text(json.dumps(cfg))
+    with pytest.raises(ValueError,
+                       match=r'vision_cfg.image_size = \(224, 224\) there, '
+                       r'\(112, 112\) here'):
+        ConceptCLIPBackbone(TINY, pretrained=str(folder))
