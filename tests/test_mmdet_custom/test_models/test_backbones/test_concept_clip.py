@@ -19,7 +19,7 @@ TINY = CONCEPT_CLIP_TINY_MODEL_NAME  # width 64, 4 blocks, patch 14, 112 px
 
 _spec = importlib.util.spec_from_file_location(
     'conceptclip_folder',
-    Path(__file__).resolve().parents[1] / 'data' / 'conceptclip_folder.py')
+    Path(__file__).resolve().parents[3] / 'data' / 'conceptclip_folder.py')
 folders = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(folders)
 
@@ -262,7 +262,7 @@ def test_real_layout_folder_loads_the_image_tower_and_image_proj(
 
 
 def test_missing_folder_fails_before_building(tmp_path, monkeypatch):
-    import plugins.backbones.concept_clip as bb
+    import plugins.mmdet_custom.models.backbones.concept_clip as bb
 
     def never(*args, **kwargs):
         raise AssertionError('the tower was built before the path check')
