@@ -59,6 +59,9 @@ class ViTTower:
             :func:`plugins.utils.resample_pos_embed` (``interpolation``,
             ``antialias``) for grids other than the training grid.
             Default: that function's defaults.
+        projection (nn.Module, optional): a token projection into the joint
+            space kept outside the image tower (ConceptCLIP's
+            ``image_proj``); replaces the tower's own in :meth:`project`.
         owner (str, optional): name used in error messages. Default: the
             tower's class name.
     """
@@ -66,11 +69,23 @@ class ViTTower:
     def __init__(self,
                  visual: nn.Module,
                  pos_embed_interp: Optional[dict] = None,
+                 projection: Optional[nn.Module] = None,
                  owner: Optional[str] = None) -> None:
         self.visual = visual
+        self.projection = projection
         self.pos_embed_interp = dict(pos_embed_interp or {})
         self.owner = owner or type(visual).__name__
         self._pos_cache: Dict[tuple, tuple] = {}
+
+    @property
+    def roots(self) -> List[nn.Module]:
+        """The modules this tower runs: the image tower (and the external
+        projection, if any)."""
+        return [m for m in (self.visual, self.projection) if m is not None]
+
+    def parameters(self) -> Iterable[nn.Parameter]:
+        for root in self.roots:
+            yield from root.parameters()
 
     # ------------------------------------------------------------------
     # What a family provides
@@ -93,6 +108,12 @@ class ViTTower:
     @property
     def proj_dims(self) -> int:
         """Width of the joint image-text space (:meth:`project`)."""
+        if self.projection is not None:
+            linears = head_linears(self.projection)
+            return linears[-1].out_features if linears else self.width
+        return self._tower_proj_dims()
+
+    def _tower_proj_dims(self) -> int:
         raise NotImplementedError
 
     @property
@@ -126,6 +147,11 @@ class ViTTower:
 
     def project(self, tokens: torch.Tensor) -> torch.Tensor:
         """Normed ``(B, T, C)`` tokens into the joint space, ``(B, T, D)``."""
+        if self.projection is not None:
+            return self.projection(tokens)
+        return self._tower_project(tokens)
+
+    def _tower_project(self, tokens: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -138,6 +164,11 @@ class ViTTower:
 
     def proj_modules(self) -> List[Trainable]:
         """Parameters of :meth:`project`."""
+        if self.projection is not None:
+            return [self.projection]
+        return self._tower_proj_modules()
+
+    def _tower_proj_modules(self) -> List[Trainable]:
         raise NotImplementedError
 
     def unused_modules(self) -> List[Trainable]:
@@ -358,10 +389,10 @@ class ViTTower:
             raise ValueError('frozen=True and train_last_n_blocks='
                              f'{train_last_n_blocks} contradict each other')
         self.check_train_last_n_blocks(train_last_n_blocks)
-        for p in self.visual.parameters():
+        for p in self.parameters():
             p.requires_grad = not frozen
         if train_last_n_blocks is not None:
-            for p in self.visual.parameters():
+            for p in self.parameters():
                 p.requires_grad = False
             trainable = list(self.blocks)[-int(train_last_n_blocks):]
             trainable += self.norm_modules()
@@ -380,7 +411,7 @@ class ViTTower:
         """Modules to keep in eval mode while training (no dropout,
         drop-path or norm-statistic updates in frozen parts)."""
         if frozen:
-            return [self.visual]
+            return self.roots
         if train_last_n_blocks is None:
             return []
         trainable = set()
@@ -390,7 +421,7 @@ class ViTTower:
             trainable.update(id(x) for x in m.modules())
         # every module with nothing trainable inside it
         return [
-            m for m in self.visual.modules()
+            m for root in self.roots for m in root.modules()
             if not any(id(x) in trainable for x in m.modules())
         ]
 
@@ -432,8 +463,7 @@ class OpenCLIPViTTower(ViTTower):
     def width(self) -> int:
         return self.visual.conv1.out_channels
 
-    @property
-    def proj_dims(self) -> int:
+    def _tower_proj_dims(self) -> int:
         proj = self.visual.proj
         return self.width if proj is None else proj.shape[1]
 
@@ -463,18 +493,18 @@ class OpenCLIPViTTower(ViTTower):
     def norm(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.visual.ln_post(tokens)
 
-    def project(self, tokens: torch.Tensor) -> torch.Tensor:
+    def _tower_project(self, tokens: torch.Tensor) -> torch.Tensor:
         proj = self.visual.proj
         return tokens if proj is None else tokens @ proj
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         pooled, _ = self.visual._global_pool(tokens)
-        return self.project(pooled)
+        return self._tower_project(pooled)
 
     def norm_modules(self) -> List[Trainable]:
         return [self.visual.ln_post]
 
-    def proj_modules(self) -> List[Trainable]:
+    def _tower_proj_modules(self) -> List[Trainable]:
         proj = self.visual.proj
         return [] if proj is None else [proj]
 
@@ -515,8 +545,7 @@ class TimmViTTower(ViTTower):
     def width(self) -> int:
         return self.trunk.embed_dim
 
-    @property
-    def proj_dims(self) -> int:
+    def _tower_proj_dims(self) -> int:
         linears = head_linears(self.visual.head)
         return linears[-1].out_features if linears else self.width
 
@@ -567,7 +596,7 @@ class TimmViTTower(ViTTower):
     def norm(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.trunk.norm(tokens)
 
-    def project(self, tokens: torch.Tensor) -> torch.Tensor:
+    def _tower_project(self, tokens: torch.Tensor) -> torch.Tensor:
         # head = Sequential(drop, proj) acts on the last dim of any shape
         return self.visual.head(tokens)
 
@@ -577,7 +606,7 @@ class TimmViTTower(ViTTower):
     def norm_modules(self) -> List[Trainable]:
         return [self.trunk.norm]
 
-    def proj_modules(self) -> List[Trainable]:
+    def _tower_proj_modules(self) -> List[Trainable]:
         return [self.visual.head]
 
     def unused_modules(self) -> List[Trainable]:

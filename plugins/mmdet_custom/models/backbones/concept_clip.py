@@ -1,6 +1,6 @@
 """ConceptCLIP's image tower (SigLIP so400m/14) as a backbone."""
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -13,10 +13,10 @@ from plugins.models.concept_clip import (CONCEPT_CLIP_MEAN,
                                          ConceptCLIP, check_folder_config,
                                          convert_concept_clip_state_dict,
                                          read_concept_clip_weights)
+from plugins.models.vit_tower import TimmViTTower
 from plugins.models.weights import find_weights_file
 
 from .base import CLIPBackboneBase
-from .biomed_clip import BiomedCLIPBackbone
 
 #: Checkpoint entries the backbone keeps: the image tower and the token
 #: projection into the text-aligned space.
@@ -24,7 +24,7 @@ IMAGE_PREFIXES = ('visual.', 'image_proj.')
 
 
 @MODELS.register_module()
-class ConceptCLIPBackbone(BiomedCLIPBackbone):
+class ConceptCLIPBackbone(CLIPBackboneBase):
     """ConceptCLIP's image tower as a single-scale backbone.
 
     The tower is :class:`plugins.models.concept_clip.ConceptCLIP`'s
@@ -34,8 +34,8 @@ class ConceptCLIPBackbone(BiomedCLIPBackbone):
     frozen) plus ``image_proj`` (upstream's bias-free MLP ``Linear(1152,
     1152) -> GELU -> Linear(1152, 1152)``, the token projection into
     ConceptCLIP's text-aligned space), used by ``with_proj=True``.  Tokens
-    follow timm's path like :class:`BiomedCLIPBackbone` (whose tower code
-    this class shares).
+    follow timm's path, as in :class:`BiomedCLIPBackbone` (the same tower
+    adapter, :class:`plugins.models.vit_tower.TimmViTTower`).
 
     Output: ``(B, 1152, ceil(H/14), ceil(W/14))``; at 384 x 384 a 27 x 27
     map.  Normalisation: mean = std = ``(0.5, 0.5, 0.5)``.
@@ -74,38 +74,33 @@ class ConceptCLIPBackbone(BiomedCLIPBackbone):
                  mean: Optional[Sequence[float]] = None,
                  std: Optional[Sequence[float]] = None,
                  **kwargs):
-        # BiomedCLIPBackbone.__init__ builds a plain open_clip model; the
-        # ConceptCLIP tower (with image_proj) comes from plugins.models, so
-        # only the common initialiser runs here; the tower methods are
-        # BiomedCLIPBackbone's.
         if pretrained is not None:
             # fail before the (large) tower is built
             found = find_weights_file(pretrained,
                                       CONCEPT_CLIP_WEIGHT_FILE_NAMES)
             check_folder_config(found, model_name)
-        CLIPBackboneBase.__init__(self, pretrained=pretrained, **kwargs)
-        self.model_name = model_name
+        # read by convert_pretrained while the base loads the weights; a
+        # plain attribute may be set before nn.Module.__init__
         self.key_rules = [tuple(r) for r in key_rules]
         model = ConceptCLIP(model_name, vision_only=True)
         trunk = model.visual.trunk
         if not isinstance(trunk.patch_drop, nn.Identity):
             trunk.patch_drop = nn.Identity()  # keeps the spatial map whole
-        self.visual = model.visual
-        self.image_proj = model.image_proj
-        self.mean = tuple(mean or model.mean)
-        self.std = tuple(std or model.std)
+        tower = TimmViTTower(model.visual, projection=model.image_proj)
+        default_mean, default_std = model.mean, model.std
         del model  # text tower and logit scales are not kept
-        self._init_backbone()
+        super().__init__(
+            tower,
+            mean=mean or default_mean,
+            std=std or default_std,
+            pretrained=pretrained,
+            **kwargs)
+        self.model_name = model_name
 
     @property
-    def proj_dims(self) -> int:
-        return self.image_proj[-1].out_features
-
-    def project(self, x: torch.Tensor) -> torch.Tensor:
-        return self.image_proj(x)
-
-    def proj_modules(self) -> List[nn.Module]:
-        return [self.image_proj]
+    def trunk(self) -> nn.Module:
+        """The timm ``VisionTransformer`` inside the image tower."""
+        return self.visual.trunk
 
     def read_pretrained(
             self, path: str) -> Tuple[Path, Dict[str, torch.Tensor]]:

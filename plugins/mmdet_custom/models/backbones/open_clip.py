@@ -1,5 +1,5 @@
 """open_clip ViT image towers (OpenAI CLIP, LAION OpenCLIP) as backbones."""
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -8,18 +8,13 @@ from mmengine.logging import MMLogger
 from open_clip.transformer import VisionTransformer
 
 from plugins.models import create_model
+from plugins.models.normalization import preprocess_cfg
+from plugins.models.vit_tower import OpenCLIPViTTower
 from plugins.models.weights import (OPENAI_METADATA_KEYS, is_openai_state_dict,
                                     uses_quick_gelu)
 from plugins.utils import add_prefix
 
-from .base import CLIPBackboneBase, Grid
-
-
-def preprocess_stats(model: nn.Module) -> Tuple[tuple, tuple]:
-    """``(mean, std)`` open_clip attached to a built model's image tower."""
-    cfg = getattr(model.visual, 'preprocess_cfg', None) or {}
-    return (tuple(cfg.get('mean', CLIPBackboneBase.mean)),
-            tuple(cfg.get('std', CLIPBackboneBase.std)))
+from .base import CLIPBackboneBase
 
 
 #: Top-level keys of CLIP-family checkpoints that are not the image tower:
@@ -104,8 +99,6 @@ class OpenCLIPBackbone(CLIPBackboneBase):
                  mean: Optional[Sequence[float]] = None,
                  std: Optional[Sequence[float]] = None,
                  **kwargs):
-        super().__init__(pretrained=pretrained, **kwargs)
-        self.model_name = model_name
         clip = create_model(
             model_name, pretrained_tag=pretrained_tag, vision_only=True)
         visual = clip.visual
@@ -123,65 +116,21 @@ class OpenCLIPBackbone(CLIPBackboneBase):
         if not isinstance(visual.patch_dropout, nn.Identity):
             # dropping patches breaks the spatial map
             visual.patch_dropout = nn.Identity()
-        self.visual = visual
-        default_mean, default_std = preprocess_stats(clip)
-        self.mean = tuple(mean or default_mean)
-        self.std = tuple(std or default_std)
+        stats = preprocess_cfg(clip)
         del clip  # the text tower is not kept
-        self._init_backbone()
-
-    # --- tower parts ---------------------------------------------------
-    @property
-    def blocks(self) -> nn.ModuleList:
-        return self.visual.transformer.resblocks
-
-    @property
-    def patch_size(self) -> int:
-        ph, pw = self.visual.patch_size
-        if ph != pw:
-            raise ValueError(f'non-square patches ({ph}x{pw}) unsupported')
-        return ph
-
-    @property
-    def embed_dims(self) -> int:
-        return self.visual.conv1.out_channels
-
-    @property
-    def proj_dims(self) -> int:
-        return self.visual.proj.shape[1]
-
-    @property
-    def num_prefix_tokens(self) -> int:
-        return 1
-
-    def pos_embed_source(self) -> Tuple[torch.Tensor, int, Grid]:
-        return self.visual.positional_embedding, 1, self.visual.grid_size
-
-    def embed_tokens(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
-        v = self.visual
-        x = v.conv1(x).flatten(2).transpose(1, 2)  # (B, gh * gw, C)
-        cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-        x = torch.cat([cls, x], dim=1)
-        x = x + self.get_pos_embed(grid).to(x.dtype)
-        return v.ln_pre(x)
-
-    def final_norm(self, x: torch.Tensor) -> torch.Tensor:
-        return self.visual.ln_post(x)
-
-    def project(self, x: torch.Tensor) -> torch.Tensor:
-        return x @ self.visual.proj
-
-    def final_norm_modules(self) -> List[nn.Module]:
-        return [self.visual.ln_post]
-
-    def proj_modules(self) -> List[Union[nn.Module, nn.Parameter]]:
-        return [self.visual.proj]
+        super().__init__(
+            OpenCLIPViTTower(visual),
+            mean=mean or stats['mean'],
+            std=std or stats['std'],
+            pretrained=pretrained,
+            **kwargs)
+        self.model_name = model_name
 
     def convert_pretrained(
             self, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         if is_openai_state_dict(state) and not uses_quick_gelu(self.visual):
             MMLogger.get_current_instance().warning(
-                f'{self.model_name}: OpenAI CLIP weights were trained with '
+                f'{type(self).__name__}: OpenAI CLIP weights were trained with '
                 'QuickGELU; use the "-quickgelu" model name for faithful '
                 'features')
         return visual_state_dict(state)
