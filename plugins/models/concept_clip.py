@@ -31,7 +31,6 @@ Scales are stored in log space like open_clip's (``logit_scale.exp()`` is
 the multiplier); :meth:`ConceptCLIP.forward` returns them exponentiated, as
 the HF model's output dict does.
 """
-import json
 import logging
 import math
 import os
@@ -41,23 +40,26 @@ from typing import (Callable, Dict, Iterable, Mapping, Optional, Sequence,
                     Tuple, Union)
 
 import open_clip
+from open_clip.constants import INCEPTION_MEAN, INCEPTION_STD
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from open_clip.hf_model import HFTextEncoder
 from open_clip.timm_model import TimmModel
-from timm.models import build_model_with_cfg, register_model
 from timm.models.vision_transformer import VisionTransformer as TimmViT
 
-from plugins.utils import (check_state_dict, rename_keys, safe_load,
-                           strip_prefix)
+from plugins.utils import check_state_dict
 
 from .open_clip_factory import (HF_CONFIG_DIR, build_preprocess,
                                 build_tokenizer, create_model,
                                 get_model_config, register_model_configs)
+from .concept_clip_weights import (  # noqa: F401 (re-exported)
+    ARCHITECTURE_FIELDS, CONCEPT_CLIP_WEIGHT_FILE_NAMES, WRAPPER_PREFIXES,
+    config_differences, convert_concept_clip_state_dict, folder_of,
+    read_concept_clip_weights, read_folder_config)
+from .testing import CONCEPT_CLIP_TINY_TIMM_NAME  # noqa: F401 (registers it)
 from .weights import find_weights_file
 
-# timm's register_model appends each model name to the module's __all__
 __all__ = [
     'CONCEPT_CLIP_MODEL_NAME', 'CONCEPT_CLIP_TINY_MODEL_NAME',
     'CONCEPT_CLIP_MEAN', 'CONCEPT_CLIP_STD', 'CONCEPT_CLIP_WEIGHT_FILE_NAMES',
@@ -78,20 +80,8 @@ CONCEPT_CLIP_MODEL_NAME = 'ConceptCLIP-SO400M-14-384'
 #: 2-layer BERT) for tests and demos.
 CONCEPT_CLIP_TINY_MODEL_NAME = 'ConceptCLIP-Tiny-test'
 #: ConceptCLIP's image statistics (RGB, [0, 1] scale), as SigLIP's.
-CONCEPT_CLIP_MEAN = (0.5, 0.5, 0.5)
-CONCEPT_CLIP_STD = (0.5, 0.5, 0.5)
-
-#: File names looked for in a model folder, best first: the HF export
-#: (single or sharded), then open_clip-style names.
-CONCEPT_CLIP_WEIGHT_FILE_NAMES = ('model.safetensors',
-                                  'model.safetensors.index.json',
-                                  'pytorch_model.bin',
-                                  'pytorch_model.bin.index.json',
-                                  'open_clip_model.safetensors',
-                                  'open_clip_pytorch_model.bin')
-#: Module prefixes a wrapper may put in front of every key (stripped when
-#: *all* keys carry one).
-WRAPPER_PREFIXES = ('module.', 'model.', 'conceptclip.', 'clip.')
+CONCEPT_CLIP_MEAN = tuple(INCEPTION_MEAN)
+CONCEPT_CLIP_STD = tuple(INCEPTION_STD)
 
 #: Shown when a checkpoint does not match.
 KEY_RULES_HINT = (
@@ -99,38 +89,6 @@ KEY_RULES_HINT = (
     'pass key_rules=[(regex, replacement), ...] to rename them (e.g. '
     "[(r'^vision_model\\.', 'visual.trunk.')]) and compare with "
     'ConceptCLIP(...).state_dict().keys()')
-
-_TINY_TIMM_NAME = 'vit_conceptclip_test_patch14_112'
-
-
-@register_model
-def vit_conceptclip_test_patch14_112(pretrained: bool = False,
-                                     **kwargs) -> TimmViT:
-    """SigLIP-style timm ViT at test size: the so400m layout (patch 14, no
-    class token, attention-pool head, mlp ratio 3.7362) at width 64, 4
-    blocks, 2 heads, 112 px (8 x 8 patches).  Random weights only."""
-    if pretrained:
-        raise ValueError(f'{_TINY_TIMM_NAME} has no pretrained weights')
-    if kwargs.get('pretrained_cfg') is None:
-        kwargs['pretrained_cfg'] = dict(
-            architecture=_TINY_TIMM_NAME,
-            input_size=(3, 112, 112),
-            interpolation='bicubic',
-            mean=CONCEPT_CLIP_MEAN,
-            std=CONCEPT_CLIP_STD,
-            num_classes=0)
-    model_args = dict(
-        img_size=112,
-        patch_size=14,
-        embed_dim=64,
-        depth=4,
-        num_heads=2,
-        mlp_ratio=3.7362,
-        class_token=False,
-        global_pool='map')
-    return build_model_with_cfg(TimmViT, _TINY_TIMM_NAME, False,
-                                **dict(model_args, **kwargs))
-
 
 #: Short names accepted for the shipped configs.
 CONFIG_ALIASES = {'ConceptCLIP': CONCEPT_CLIP_MODEL_NAME}
@@ -481,76 +439,6 @@ class ConceptCLIPForScoring(nn.Module):
 # ----------------------------------------------------------------------
 # Weights
 # ----------------------------------------------------------------------
-#: Fields of an open_clip model config that decide the layout, with
-#: open_clip's defaults (``CLIPVisionCfg`` / ``CLIPTextCfg``) for a config
-#: that leaves them out.  A folder's ``config.json`` is compared on these.
-ARCHITECTURE_FIELDS = {
-    'embed_dim': None,
-    'vision_cfg.timm_model_name': None,
-    'vision_cfg.image_size': 224,
-    'vision_cfg.timm_pool': 'avg',
-    'vision_cfg.timm_proj': 'linear',
-    'text_cfg.context_length': 77,
-    'text_cfg.hf_proj_type': 'mlp',
-    'text_cfg.hf_pooler_type': 'mean_pooler',
-}
-
-
-def _folder_of(path: Union[str, os.PathLike]) -> Path:
-    path = Path(path)
-    return path if path.is_dir() else path.parent
-
-
-def read_folder_config(path: Union[str, os.PathLike]) -> Optional[dict]:
-    """The model description in a ConceptCLIP folder's ``config.json``.
-
-    Args:
-        path: the HF folder, or a weights file inside it.
-
-    Returns:
-        dict or None: None without a ``config.json``; else the part that
-        holds open_clip model fields (``embed_dim``, ``vision_cfg``,
-        ``text_cfg``): the top level or the first nested dict with them
-        (an HF config may wrap the open_clip config), ``{}`` when there are
-        none (only HF bookkeeping such as ``architectures``).
-
-    Raises:
-        ValueError: the file is not a JSON object (naming the file).
-    """
-    file = _folder_of(path) / 'config.json'
-    if not file.is_file():
-        return None
-    try:
-        data = json.loads(file.read_text())
-    except ValueError as err:
-        raise ValueError(f'{file}: not valid JSON ({err})') from err
-    if not isinstance(data, dict):
-        raise ValueError(f'{file}: expected a JSON object, got '
-                         f'{type(data).__name__}')
-    keys = ('embed_dim', 'vision_cfg', 'text_cfg')
-    for part in [data] + [v for v in data.values() if isinstance(v, dict)]:
-        if any(k in part for k in keys):
-            return part
-    return {}
-
-
-_MISSING = object()
-
-
-def _field(cfg: Mapping, dotted: str, default):
-    head, _, tail = dotted.partition('.')
-    if tail:
-        return _field(cfg.get(head) or {}, tail, default)
-    return cfg.get(head, default)
-
-
-def _size(value):
-    """An image size as ``(H, W)`` (open_clip allows an int)."""
-    if isinstance(value, (list, tuple)):
-        return tuple(value)
-    return (value, value)
-
-
 def check_folder_config(path: Union[str, os.PathLike],
                         config: Union[str, os.PathLike]) -> Optional[dict]:
     """Check a folder's ``config.json`` against the config ConceptCLIP is
@@ -573,93 +461,19 @@ def check_folder_config(path: Union[str, os.PathLike],
     folder_cfg = read_folder_config(path)
     if not folder_cfg:
         if folder_cfg is not None:
-            logger.info(f'{_folder_of(path)}/config.json holds no open_clip '
+            logger.info(f'{folder_of(path)}/config.json holds no open_clip '
                         'model fields; the architecture comes from config '
                         f"'{config}'")
         return folder_cfg
     name = resolve_config_name(config)
-    ours = get_model_config(name)
-    diffs = []
-    for dotted, default in ARCHITECTURE_FIELDS.items():
-        theirs = _field(folder_cfg, dotted, _MISSING)
-        if theirs is _MISSING:
-            continue
-        mine = _field(ours, dotted, default)
-        if dotted == 'vision_cfg.image_size':
-            theirs, mine = _size(theirs), _size(mine)
-        if theirs != mine:
-            diffs.append(f'{dotted} = {theirs!r} there, {mine!r} here')
+    diffs = config_differences(folder_cfg, get_model_config(name))
     if diffs:
         raise ValueError(
-            f'{_folder_of(path)}/config.json describes another model than '
+            f'{folder_of(path)}/config.json describes another model than '
             f"config '{name}': " + '; '.join(diffs) + '. Pass config=<an '
             'open_clip JSON with those values> (see '
             'plugins/models/model_configs/ConceptCLIP-SO400M-14-384.json).')
     return folder_cfg
-
-
-def read_concept_clip_weights(path: Union[str, os.PathLike]) -> StateDict:
-    """Read a ConceptCLIP weights file or HF folder as a flat state dict.
-
-    A folder: the first of :data:`CONCEPT_CLIP_WEIGHT_FILE_NAMES` present;
-    a sharded export (``*.index.json``) is read shard by shard.  Every file
-    is read by :func:`plugins.utils.safe_load` (no code executed).
-    """
-    path = find_weights_file(path, CONCEPT_CLIP_WEIGHT_FILE_NAMES)
-    if path.name.endswith('.index.json'):
-        with open(path) as f:
-            weight_map = json.load(f).get('weight_map')
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise ValueError(f'{path} has no weight_map')
-        state = {}
-        for shard in sorted(set(weight_map.values())):
-            state.update(safe_load(path.parent / shard))
-        missing = sorted(set(weight_map) - set(state))
-        if missing:
-            raise ValueError(f'{path}: {len(missing)} keys listed in the '
-                             f'index are in no shard, e.g. {missing[:5]}')
-        return state
-    return safe_load(path)
-
-
-def convert_concept_clip_state_dict(
-    state: Mapping[str, torch.Tensor],
-    expected: Mapping[str, torch.Tensor],
-    key_rules: Iterable[Tuple[str, str]] = ()
-) -> StateDict:
-    """Map a loaded ConceptCLIP checkpoint onto ``expected``'s keys.
-
-    Strips a wrapper prefix carried by every key
-    (:data:`WRAPPER_PREFIXES`), applies ``key_rules`` (``(regex,
-    replacement)``, in order), drops buffers the model rebuilds (BERT's
-    ``position_ids``) and an unused BERT pooler, and reshapes 1-element
-    logit scales/biases to the model's shape.  Unknown keys stay, for the
-    strict check to report.
-    """
-    state = dict(state)
-    stripped = True
-    while stripped:
-        stripped = False
-        for prefix in WRAPPER_PREFIXES:
-            if state and all(k.startswith(prefix) for k in state) and \
-                    not any(k.startswith(prefix) for k in expected):
-                state = strip_prefix(state, prefix)
-                stripped = True
-    key_rules = list(key_rules)
-    if key_rules:
-        state = rename_keys(state, key_rules)
-    for key in list(state):
-        if key in expected:
-            continue
-        if key.endswith('embeddings.position_ids') or \
-                key.startswith('text.transformer.pooler.'):
-            del state[key]
-    for key in ('logit_scale', 'logit_bias', 'concept_logit_scale',
-                'concept_logit_bias'):
-        if key in state and key in expected and \
-                state[key].numel() == expected[key].numel() == 1:
-            state[key] = state[key].reshape(expected[key].shape)
-    return state
 
 
 def load_concept_clip_weights(

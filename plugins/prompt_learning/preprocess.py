@@ -6,7 +6,7 @@ tower expects.  The mean/std are never written down here: they come from the
 model (open_clip stores its ``preprocess_cfg`` on ``model.visual``), see
 :func:`clip_preprocess_cfg`.
 """
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
