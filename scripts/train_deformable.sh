@@ -10,7 +10,7 @@
 # Arguments after the script name are appended and win over the defaults
 # (argparse keeps the last occurrence). Environment:
 #   MODEL_CONFIG  llava-phi-seg_tiny (default) | llava-phi-1_5-seg_swin-b | a JSON path
-#   DS_CONFIG     configs/llava_phi/zero2.json (default) | configs/llava_phi/zero3.json
+#   DS_CONFIG     zero2 (default) | zero3 (shipped in plugins/llava/configs/) | a JSON path
 #   NUM_GPUS      processes for the deepspeed launcher (default 1; on a machine
 #                 without CUDA, DeepSpeed's CPU accelerator with gloo is used)
 #   LAUNCHER      deepspeed (default) | python (one process, no launcher)
@@ -21,7 +21,7 @@ cd "$(dirname "$0")/.."
 
 PY=${PY:-.venv/bin/python}
 MODEL_CONFIG=${MODEL_CONFIG:-llava-phi-seg_tiny}
-DS_CONFIG=${DS_CONFIG:-configs/llava_phi/zero2.json}
+DS_CONFIG=${DS_CONFIG:-zero2}
 NUM_GPUS=${NUM_GPUS:-1}
 LAUNCHER=${LAUNCHER:-deepspeed}
 OUTPUT_DIR=${OUTPUT_DIR:-work_dirs/llava_phi_deformable}

@@ -3,7 +3,7 @@
 PSALM's argument names, so PSALM launch lines carry over::
 
     deepspeed --num_gpus 1 tools/train_llava.py \\
-        --deepspeed configs/llava_phi/zero2.json \\
+        --deepspeed zero2 \\
         --mm_projector_type deformable --mm_hidden_dim 256 --mm_n_heads 8 \\
         --mm_n_points 4 --swin_type base --bf16 True \\
         --per_device_train_batch_size 4 --gradient_accumulation_steps 1 \\
@@ -77,8 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                       'instances_train.json)')
     data.add_argument('--dataloader_num_workers', type=int, default=0)
     train = parser.add_argument_group('training (Hugging Face names)')
-    train.add_argument('--deepspeed', default='configs/llava_phi/zero2.json',
-                       help='DeepSpeed JSON config ("auto" values are filled)')
+    train.add_argument('--deepspeed', default='zero2',
+                       help='DeepSpeed JSON config: a path, or zero2 / zero3 (shipped '
+                       'in plugins/llava/configs/); "auto" values are filled')
     train.add_argument('--output_dir', required=True)
     train.add_argument('--per_device_train_batch_size', type=int, default=4)
     train.add_argument('--gradient_accumulation_steps', type=int, default=1)

@@ -1,4 +1,5 @@
-"""Resume DeepSpeed checkpoints without unsafe unpickling.
+"""DeepSpeed checkpoints of the LLaVA-Phi trainer: saving (with the weight
+exports users load) and resuming without unsafe unpickling.
 
 DeepSpeed 0.19's ``TorchCheckpointEngine.load`` calls
 ``torch.load(weights_only=False)``, which runs any code a pickle names. Our
@@ -10,7 +11,11 @@ with exactly those classes allow-listed. A checkpoint naming any other
 global is refused.
 """
 import logging
-from typing import List
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import torch
+import torch.distributed as dist
 
 logger = logging.getLogger(__name__)
 
@@ -40,3 +45,49 @@ def use_safe_loading(engine) -> None:
                                 extra_globals=classes)
 
     engine.checkpoint_engine.load = load
+
+
+def resume_location(arg: str, output_dir: Path) -> Tuple[Path, Optional[str]]:
+    """``auto``/``latest``/``true`` -> newest tag in ``output_dir``; a
+    ``checkpoint-N`` folder -> (its parent, its name)."""
+    if arg.lower() in ('auto', 'latest', 'true'):
+        return output_dir, None
+    path = Path(arg)
+    if (path / 'latest').is_file():
+        return path, None
+    return path.parent, path.name
+
+
+def export_weights(engine, out_dir: Path, zero_stage: int) -> None:
+    """Write ``model.safetensors`` (every weight, for inference) and PSALM's
+    ``mm_projector.bin`` (keys ``model.mm_projector.*``, the file
+    ``--pretrain_mm_mlp_adapter`` and the adapter tool read)."""
+    from plugins.utils import save_safetensors
+    module = engine.module
+    params = list(module.parameters())
+    if zero_stage == 3:
+        import deepspeed
+        ctx = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+    else:
+        import contextlib
+        ctx = contextlib.nullcontext()
+    with ctx:
+        if dist.get_rank() != 0:
+            return
+        state = {k: v.detach().float().cpu().contiguous().clone()
+                 for k, v in module.state_dict().items()}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_safetensors(state, out_dir / 'model.safetensors')
+    projector = {f'model.{k}': v for k, v in state.items()
+                 if k.startswith('mm_projector.')}
+    torch.save(projector, out_dir / 'mm_projector.bin')
+
+
+def save_checkpoint(engine, output_dir: Path, step: int,
+                    zero_stage: int) -> Path:
+    tag = f'checkpoint-{step}'
+    engine.save_checkpoint(str(output_dir), tag=tag,
+                           client_state=dict(global_step=step))
+    export_weights(engine, output_dir / tag, zero_stage)
+    logger.info('saved %s', output_dir / tag)
+    return output_dir / tag

@@ -1,13 +1,15 @@
 """Resolve ``"auto"`` values of a DeepSpeed JSON config from the arguments.
 
-The JSON files (``configs/llava_phi/zero2.json``, ``zero3.json``) are
-PSALM's/Hugging Face's kind: batch sizes, precision and bucket sizes say
+The shipped JSON files (``plugins/llava/configs/zero2.json``,
+``zero3.json``; ``--deepspeed zero2`` names them) are PSALM's/Hugging Face's
+kind: batch sizes, precision and bucket sizes say
 ``"auto"`` and the trainer fills them in, so one file serves every run.
 """
 import copy
-import json
 from pathlib import Path
 from typing import Union
+
+from .config import load_json_config
 
 
 def _fill(section: dict, key: str, value) -> None:
@@ -22,7 +24,8 @@ def resolve_ds_config(config: Union[str, Path, dict], *,
     """Return a copy of ``config`` with every ``"auto"`` replaced.
 
     Args:
-        config: A path to a JSON file or a dict.
+        config: A path to a JSON file, the name of a shipped one
+            (``'zero2'``, ``'zero3'``), or a dict.
         micro_batch_size: ``--per_device_train_batch_size``.
         grad_accum_steps: ``--gradient_accumulation_steps``.
         world_size: Number of processes.
@@ -34,8 +37,8 @@ def resolve_ds_config(config: Union[str, Path, dict], *,
     if bf16 and fp16:
         raise ValueError('--bf16 and --fp16 are mutually exclusive')
     if isinstance(config, (str, Path)):
-        with open(config) as f:
-            config = json.load(f)
+        # a path, or the name of a shipped config (``zero2``, ``zero3``)
+        config = load_json_config(config)
     cfg = copy.deepcopy(config)
     _fill(cfg, 'train_micro_batch_size_per_gpu', micro_batch_size)
     _fill(cfg, 'gradient_accumulation_steps', grad_accum_steps)

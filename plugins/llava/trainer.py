@@ -1,74 +1,33 @@
 """DeepSpeed training loop for the LLaVA-Phi segmentation model.
 
 ``tools/train_llava.py`` parses PSALM's argument names and calls
-:func:`train`. Runs under the ``deepspeed`` launcher, ``torchrun`` or plain
-``python`` (a single process then sets up its own one-rank process group);
-on a machine without CUDA, DeepSpeed's CPU accelerator and the ``gloo``
-backend are used.
+:func:`train`.  The pieces around the loop live beside it: the process
+group and data sharding in :mod:`.distributed`, model/tokenizer/adapter
+set-up in :mod:`.building`, checkpoints in :mod:`.ds_checkpoint`.
 """
 import json
 import logging
 import math
 import os
-import socket
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List
 
 import torch
-import torch.distributed as dist
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
-from .config import LlavaSegConfig
+from .building import (build_model, build_tokenizer, compute_dtype,
+                       load_adapter, match_batchnorm_buffers)
 from .data import ToyReferringSegDataset, collate_referring
-from .ds_checkpoint import use_safe_loading
+from .distributed import EpochSampler, init_distributed, mean_over_ranks
+from .ds_checkpoint import resume_location, save_checkpoint, use_safe_loading
 from .ds_config import resolve_ds_config
-from .model import LlavaPhiSegModel, load_pretrained_phi
+from .model import LlavaPhiSegModel
 from .projector_summary import describe_projector
-from .tokenizer import add_llava_tokens, build_toy_tokenizer
 
 logger = logging.getLogger('plugins.llava.train')
 
 LOSS_NAMES = ('loss', 'loss_llm', 'loss_mask', 'loss_dice')
-
-
-# -- process group -----------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
-def init_distributed() -> Tuple[int, int]:
-    """Initialise DeepSpeed's process group; return ``(rank, world_size)``.
-
-    A plain ``python`` run gets the environment of a one-process group.
-    Without CUDA the backend is ``gloo`` (DeepSpeed's CPU accelerator asks
-    for oneCCL, which is only there with Intel's extension).
-    """
-    if 'RANK' not in os.environ:
-        os.environ.update(RANK='0', LOCAL_RANK='0', WORLD_SIZE='1',
-                          MASTER_ADDR='127.0.0.1',
-                          MASTER_PORT=str(_free_port()))
-    import deepspeed
-    from deepspeed.accelerator import get_accelerator
-
-    backend = get_accelerator().communication_backend_name()
-    if not torch.cuda.is_available():
-        if backend == 'ccl':
-            try:
-                import oneccl_bindings_for_pytorch  # noqa: F401
-            except ImportError:
-                backend = 'gloo'
-        # DeepSpeed JIT-compiles a shared-memory all-reduce op for its CPU
-        # accelerator (about 2 minutes on 2 cores, again for every new
-        # interpreter path). Its TorchBackend uses that op only for
-        # `inference_all_reduce`; training reduces gradients through the
-        # process group (gloo) in any case, so the build buys nothing here.
-        import deepspeed.ops
-        deepspeed.ops.__compatible_ops__['deepspeed_shm_comm'] = False
-    deepspeed.init_distributed(dist_backend=backend)
-    return dist.get_rank(), dist.get_world_size()
 
 
 def setup_logging(rank: int, output_dir: Path) -> None:
@@ -90,117 +49,6 @@ def setup_logging(rank: int, output_dir: Path) -> None:
         root.addHandler(file_handler)
 
 
-# -- data --------------------------------------------------------------------
-class _EpochSampler(Sampler):
-    """This rank's shard of a seeded per-epoch permutation, from an offset.
-
-    Resuming mid-epoch skips the indices already consumed without loading
-    them.
-    """
-
-    def __init__(self, size: int, rank: int, world_size: int, seed: int):
-        self.size, self.rank, self.world = size, rank, world_size
-        self.seed, self.epoch, self.start = seed, 0, 0
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        self.epoch, self.start = epoch, start
-
-    def _indices(self) -> List[int]:
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(self.size, generator=g).tolist()
-        per_rank = self.size // self.world  # drop the ragged tail
-        return order[self.rank * per_rank:(self.rank + 1) * per_rank]
-
-    def __iter__(self):
-        return iter(self._indices()[self.start:])
-
-    def __len__(self) -> int:
-        return self.size // self.world - self.start
-
-
-# -- model -------------------------------------------------------------------
-def compute_dtype(args) -> torch.dtype:
-    if args.bf16:
-        return torch.bfloat16
-    if args.fp16:
-        return torch.float16
-    return torch.float32
-
-
-def build_tokenizer(args):
-    """The toy word-level tokenizer, or a local tokenizer (e.g. Phi-1.5's)
-    from ``--model_name_or_path`` with ``<image>``/``[SEG]`` added."""
-    if not args.model_name_or_path:
-        return build_toy_tokenizer()
-    from transformers import AutoTokenizer
-    tokenizer = AutoTokenizer.from_pretrained(
-        args.model_name_or_path, local_files_only=True)
-    add_llava_tokens(tokenizer)
-    return tokenizer
-
-
-def build_model(args, tokenizer) -> Tuple[LlavaPhiSegModel, LlavaSegConfig]:
-    """Build the model from ``--model_config`` plus the projector arguments;
-    with ``--model_name_or_path``, the LLM's config and weights come from
-    that local folder."""
-    overrides = dict(
-        mm_projector_type=args.mm_projector_type,
-        mm_hidden_dim=args.mm_hidden_dim, mm_n_heads=args.mm_n_heads,
-        mm_n_points=args.mm_n_points, projector_outdim=args.projector_outdim,
-        swin_type=args.swin_type, image_size=args.image_size,
-        mm_num_tokens=args.mm_num_tokens)
-    config = LlavaSegConfig.from_file(args.model_config, **overrides)
-    config.image_token_id = tokenizer.convert_tokens_to_ids('<image>')
-    config.seg_token_id = tokenizer.convert_tokens_to_ids('[SEG]')
-    if args.model_name_or_path:
-        from transformers import PhiConfig
-        config.llm = PhiConfig.from_pretrained(
-            args.model_name_or_path, local_files_only=True).to_dict()
-    config.llm['vocab_size'] = max(int(config.llm['vocab_size']),
-                                   len(tokenizer))
-    config.llm['use_cache'] = False
-    llm = None
-    if args.model_name_or_path:
-        llm = load_pretrained_phi(args.model_name_or_path,
-                                  config.llm['vocab_size'])
-    model = LlavaPhiSegModel(config, vision_dtype=compute_dtype(args), llm=llm)
-    return model, config
-
-
-def load_adapter(model: LlavaPhiSegModel, path: str):
-    """``--pretrain_mm_mlp_adapter``: load with every key checked (PSALM's
-    ``strict=False`` silently loads nothing on a name mismatch); return the
-    loader's ``LoadResult``."""
-    from .projector_weights import load_projector_weights
-    result = load_projector_weights(model.mm_projector, path, strict=True)
-    logger.info('pretrain_mm_mlp_adapter %s: loaded %d of %d mm_projector '
-                'keys (missing %d, unexpected %d)', path, len(result.loaded),
-                len(model.mm_projector.state_dict()), len(result.missing),
-                len(result.unexpected))
-    return result
-
-
-def match_batchnorm_buffers(model: torch.nn.Module, dtype: torch.dtype) -> int:
-    """Cast BatchNorm running statistics to the compute dtype.
-
-    DeepSpeed 0.19 casts parameters, not buffers, to bf16/fp16 (so that
-    buffers such as rotary ``inv_freq`` keep fp32). A BatchNorm (PSALM's
-    ``swin_conv`` projector has three) then gets bf16 weights with fp32
-    running statistics and fails (``expected scalar type BFloat16 but found
-    Float``). Casting the statistics restores what ``module.bfloat16()`` did
-    in the DeepSpeed versions PSALM was written for. Returns the number of
-    BatchNorm layers changed.
-    """
-    count = 0
-    for module in model.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) \
-                and module.running_mean is not None:
-            module.running_mean = module.running_mean.to(dtype)
-            module.running_var = module.running_var.to(dtype)
-            count += 1
-    return count
-
-
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> List[dict]:
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -220,66 +68,9 @@ def _lr_lambda(total_steps: int, warmup_steps: int):
     return fn
 
 
-# -- checkpoints ---------------------------------------------------------------
-def _resume_location(arg: str, output_dir: Path) -> Tuple[Path, Optional[str]]:
-    """``auto``/``latest``/``true`` -> newest tag in ``output_dir``; a
-    ``checkpoint-N`` folder -> (its parent, its name)."""
-    if arg.lower() in ('auto', 'latest', 'true'):
-        return output_dir, None
-    path = Path(arg)
-    if (path / 'latest').is_file():
-        return path, None
-    return path.parent, path.name
-
-
-def export_weights(engine, out_dir: Path, zero_stage: int) -> None:
-    """Write ``model.safetensors`` (every weight, for inference) and PSALM's
-    ``mm_projector.bin`` (keys ``model.mm_projector.*``, the file
-    ``--pretrain_mm_mlp_adapter`` and the adapter tool read)."""
-    from plugins.utils import save_safetensors
-    module = engine.module
-    params = list(module.parameters())
-    if zero_stage == 3:
-        import deepspeed
-        ctx = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
-    else:
-        import contextlib
-        ctx = contextlib.nullcontext()
-    with ctx:
-        if dist.get_rank() != 0:
-            return
-        state = {k: v.detach().float().cpu().contiguous().clone()
-                 for k, v in module.state_dict().items()}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_safetensors(state, out_dir / 'model.safetensors')
-    projector = {f'model.{k}': v for k, v in state.items()
-                 if k.startswith('mm_projector.')}
-    torch.save(projector, out_dir / 'mm_projector.bin')
-
-
-def save_checkpoint(engine, output_dir: Path, step: int,
-                    zero_stage: int) -> Path:
-    tag = f'checkpoint-{step}'
-    engine.save_checkpoint(str(output_dir), tag=tag,
-                           client_state=dict(global_step=step))
-    export_weights(engine, output_dir / tag, zero_stage)
-    logger.info('saved %s', output_dir / tag)
-    return output_dir / tag
-
-
-# -- loop ----------------------------------------------------------------------
 def _to_device(batch: dict, device) -> dict:
     return {k: v.to(device) if torch.is_tensor(v) else v
             for k, v in batch.items()}
-
-
-def _mean_over_ranks(values: Dict[str, float], world: int) -> Dict[str, float]:
-    if world == 1:
-        return values
-    keys = sorted(values)
-    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
-    dist.all_reduce(t)
-    return {k: float(v) / world for k, v in zip(keys, t)}
 
 
 def _log_step(record: dict, total_steps: int) -> None:
@@ -343,7 +134,7 @@ class LlavaTrainer:
         self.dataset = ToyReferringSegDataset(
             args.data_root, self.tokenizer, split='train',
             image_size=self.config.image_size, ann_file=args.ann_file)
-        self.sampler = _EpochSampler(len(self.dataset), self.rank, self.world,
+        self.sampler = EpochSampler(len(self.dataset), self.rank, self.world,
                                      args.seed)
         self.micro_bs = args.per_device_train_batch_size
         self.accum = args.gradient_accumulation_steps
@@ -383,7 +174,7 @@ class LlavaTrainer:
 
     def resume(self, location: str) -> int:
         """Load a DeepSpeed checkpoint (safely); return its step."""
-        load_dir, tag = _resume_location(location, self.output_dir)
+        load_dir, tag = resume_location(location, self.output_dir)
         use_safe_loading(self.engine)
         path, client = self.engine.load_checkpoint(str(load_dir), tag=tag)
         if path is None:
@@ -429,7 +220,7 @@ class LlavaTrainer:
                 if consumed % self.accum:
                     continue
                 step += 1
-                record = _mean_over_ranks(running, self.world)
+                record = mean_over_ranks(running, self.world)
                 running = {}
                 record.update(step=step, lr=self.scheduler.get_last_lr()[0],
                               sec_per_step=time.time() - tic)

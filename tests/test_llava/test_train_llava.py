@@ -15,13 +15,13 @@ import torch
 STEPS, SAVE_AT = 30, 15
 
 
-def _train(repo_root, data_root, out_dir, *extra, ds_config='zero2.json',
+def _train(repo_root, data_root, out_dir, *extra, ds_config='zero2',
            launcher=(), timeout=900):
     """tools/train_llava.py (after ``launcher``, e.g. torchrun's arguments);
     later ``extra`` flags override the defaults here."""
     cmd = [sys.executable, *launcher,
            str(repo_root / 'tools' / 'train_llava.py'),
-           '--deepspeed', str(repo_root / 'configs' / 'llava_phi' / ds_config),
+           '--deepspeed', ds_config,
            '--data_root', str(data_root), '--output_dir', str(out_dir),
            '--per_device_train_batch_size', '2', '--learning_rate', '1e-3',
            '--warmup_ratio', '0', '--seed', '0', *extra]
@@ -104,11 +104,11 @@ def test_resume_continues_exactly(deformable_run, repo_root, toy_data_root):
 def test_two_process_zero2(repo_root, toy_data_root, tmp_path):
     """ZeRO-2 over 2 CPU processes (torchrun, gloo): trains, logs the
     rank-averaged losses, and writes one optimizer partition per rank."""
-    from plugins.llava.trainer import _free_port  # the trainer's own
+    from plugins.llava.distributed import free_port  # the trainer's own
     steps = 4
     out_dir = tmp_path / 'ddp'
     torchrun = ('-m', 'torch.distributed.run', '--nproc_per_node', '2',
-                '--master_port', str(_free_port()))
+                '--master_port', str(free_port()))
     _train(repo_root, toy_data_root, out_dir, '--per_device_train_batch_size',
            '1', '--mm_projector_type', 'deformable', '--max_steps', str(steps),
            launcher=torchrun)
@@ -131,7 +131,7 @@ def test_zero3_trains_exports_and_resumes(repo_root, toy_data_root, tmp_path):
     def run(out_dir, *extra):
         _train(repo_root, toy_data_root, out_dir, '--bf16', 'True',
                '--mm_projector_type', 'deformable', '--max_steps', str(steps),
-               '--save_steps', '2', *extra, ds_config='zero3.json')
+               '--save_steps', '2', *extra, ds_config='zero3')
         return {r['step']: r['loss'] for r in _metrics(out_dir)}
 
     full = run(tmp_path / 'zero3')

@@ -12,7 +12,7 @@ from plugins.llava.trainer import match_batchnorm_buffers
 
 
 def test_ds_config_auto_values(repo_root):
-    cfg = resolve_ds_config(repo_root / 'configs/llava_phi/zero2.json',
+    cfg = resolve_ds_config('zero2',
                             micro_batch_size=4, grad_accum_steps=2,
                             world_size=1, bf16=True, fp16=False,
                             hidden_size=128)
@@ -20,7 +20,7 @@ def test_ds_config_auto_values(repo_root):
     assert cfg['train_micro_batch_size_per_gpu'] == 4
     assert cfg['bf16']['enabled'] is True and cfg['fp16']['enabled'] is False
     assert cfg['zero_optimization']['reduce_bucket_size'] == 128 * 128
-    z3 = resolve_ds_config(repo_root / 'configs/llava_phi/zero3.json',
+    z3 = resolve_ds_config('zero3',
                            micro_batch_size=1, grad_accum_steps=1,
                            world_size=2, bf16=False, fp16=False,
                            hidden_size=64)

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import plugins  # noqa: F401  (allow-lists mmengine's checkpoint classes)
+# the mmdet wing allow-lists mmengine's checkpoint classes on import
+import plugins.mmdet_custom  # noqa: F401
 
 CONFIG = 'configs/_demo_/dino-4scale_r18-tiny_toy.py'
 ITERS = 4
@@ -52,8 +53,8 @@ def test_two_processes_match_one(repo_root, toy_data_root, tmp_path):
     dist = ['bash', 'tools/dist_train.sh', CONFIG, '2', '--work-dir',
             str(tmp_path / 'two'), '--cfg-options',
             *_options(toy_data_root, 1)]
-    from plugins.llava.trainer import _free_port  # a port nothing listens on
-    env = dict(os.environ, MASTER_PORT=str(_free_port()),
+    from plugins.llava.distributed import free_port  # nothing listens on it
+    env = dict(os.environ, MASTER_PORT=str(free_port()),
                OMP_NUM_THREADS='1', PYTHON=sys.executable)
     for cmd in (single, dist):
         result = subprocess.run(cmd, cwd=repo_root, capture_output=True,
