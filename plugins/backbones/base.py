@@ -18,8 +18,8 @@ from mmengine.model import BaseModule
 from torch.utils.checkpoint import checkpoint
 
 from plugins.models.weights import find_weights_file
-from plugins.utils import (check_state_dict, resample_pos_embed, safe_load,
-                           select_prefix)
+from plugins.utils import (check_state_dict, pos_embed_interp_args,
+                           resample_pos_embed, safe_load, select_prefix)
 
 #: OpenAI CLIP statistics (RGB, [0, 1] scale); open_clip's default.
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -34,8 +34,8 @@ class CLIPBackboneBase(BaseModule, metaclass=ABCMeta):
 
     Input ``(B, 3, H, W)`` of any size ``>= patch``; the image is zero-padded
     at the bottom/right to a multiple of the patch size and the position
-    embedding is bicubically resampled to the resulting grid (cached per
-    grid).  Output: a tuple with one map ``(B, C, ceil(H/p), ceil(W/p))`` per
+    embedding is resampled to the resulting grid the way the upstream
+    model does (``pos_embed_interp``; cached per grid).  Output: a tuple with one map ``(B, C, ceil(H/p), ceil(W/p))`` per
     entry of ``out_indices``.  Each map is the block's tokens after the
     tower's final norm (and projection into the joint image-text space when
     ``with_proj=True``), prefix (class) tokens dropped.
@@ -71,6 +71,12 @@ class CLIPBackboneBase(BaseModule, metaclass=ABCMeta):
             Default: False.
         check_finite (bool): raise on NaN/Inf in the input (one device
             sync per forward). Default: True.
+        pos_embed_interp (str | dict, optional): how the position embedding
+            is resampled to other grids: ``'open_clip'``, ``'timm'``
+            (bicubic, anti-aliased), ``'clip_surgery'`` (bilinear), an
+            ``F.interpolate`` mode or ``dict(mode=..., antialias=...)``, see
+            :func:`plugins.utils.pos_embed_interp_args`. Default: None, the
+            upstream's own (:attr:`default_pos_embed_interp`).
         pretrained (str, optional): local weights file, same as
             ``init_cfg=dict(type='Pretrained', checkpoint=path)``.
         init_cfg (dict, optional): ``dict(type='Pretrained',
@@ -83,6 +89,9 @@ class CLIPBackboneBase(BaseModule, metaclass=ABCMeta):
     mean: Tuple[float, float, float] = OPENAI_CLIP_MEAN
     #: RGB std in [0, 1] units the tower was trained with.
     std: Tuple[float, float, float] = OPENAI_CLIP_STD
+    #: Position-embedding resampling of the upstream model (see
+    #: :func:`plugins.utils.pos_embed_interp_args`); subclasses override.
+    default_pos_embed_interp = 'timm'
 
     def __init__(self,
                  out_indices: Union[int, Sequence[int]] = (-1, ),
@@ -91,6 +100,7 @@ class CLIPBackboneBase(BaseModule, metaclass=ABCMeta):
                  with_proj: bool = False,
                  with_cp: bool = False,
                  check_finite: bool = True,
+                 pos_embed_interp: Optional[Union[str, dict]] = None,
                  pretrained: Optional[str] = None,
                  init_cfg: Optional[dict] = None):
         if pretrained is not None and init_cfg is not None:
@@ -115,6 +125,11 @@ class CLIPBackboneBase(BaseModule, metaclass=ABCMeta):
         self.with_proj = bool(with_proj)
         self.with_cp = bool(with_cp)
         self.check_finite = bool(check_finite)
+        self.pos_embed_interp = self.default_pos_embed_interp \
+            if pos_embed_interp is None else pos_embed_interp
+        # validated here, so a typo fails at construction
+        self._pos_embed_interp_args = pos_embed_interp_args(
+            self.pos_embed_interp)
         self._pos_embed_cache: Dict[tuple, tuple] = {}
         self._backbone_ready = False
 
@@ -349,8 +364,9 @@ class CLIPBackboneBase(BaseModule, metaclass=ABCMeta):
     def get_pos_embed(self, grid: Grid) -> Optional[torch.Tensor]:
         """Position embedding for a ``(gh, gw)`` grid, in the source layout.
 
-        Resampled bicubically (:func:`plugins.utils.resample_pos_embed`)
-        when the grid differs from the training grid.  Results are cached
+        Resampled (:func:`plugins.utils.resample_pos_embed`, as
+        ``pos_embed_interp`` says) when the grid differs from the training
+        grid.  Results are cached
         per grid, device and dtype while the source parameter is unchanged
         (its in-place version counter is part of the check); when the
         parameter trains and autograd is on, it is recomputed so gradients
@@ -370,7 +386,8 @@ class CLIPBackboneBase(BaseModule, metaclass=ABCMeta):
             hit = self._pos_embed_cache.get(key)
             if hit is not None and hit[0] == stamp:
                 return hit[1]
-        out = resample_pos_embed(pos, grid, src_grid, num_prefix)
+        out = resample_pos_embed(pos, grid, src_grid, num_prefix,
+                                 **self._pos_embed_interp_args)
         if not needs_graph:
             out = out.detach()
             self._pos_embed_cache[key] = (stamp, out)
