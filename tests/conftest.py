@@ -25,3 +25,32 @@ def toy_data_root(tmp_path_factory) -> Path:
     from tools.make_toy_dataset import make_toy_dataset
     return make_toy_dataset(tmp_path_factory.mktemp('toy'), num_train=8,
                             num_val=4, size=128, seed=0)
+
+
+@pytest.fixture(scope='session')
+def kernel_loaded():
+    """Load (or JIT-compile) the CPU kernel once; fail loudly if impossible,
+    since every test that asks for this is about the compiled kernel."""
+    from plugins.ops.ms_deform_attn import loader
+    if not loader.load('cpu'):
+        pytest.fail(f'CPU kernel unavailable: {loader.status("cpu")}')
+    return True
+
+
+@pytest.fixture(scope='module')
+def tiny_clip():
+    """``(model, preprocess, tokenizer)`` of ``ViT-Tiny-16-test``."""
+    import torch
+
+    from plugins.models import OPEN_CLIP_TINY_MODEL_NAME, build_open_clip
+    torch.manual_seed(0)
+    return build_open_clip(OPEN_CLIP_TINY_MODEL_NAME)
+
+
+@pytest.fixture
+def image():
+    """A deterministic ``(48, 64, 3)`` uint8 image."""
+    import numpy as np
+    return np.random.RandomState(0).randint(0,
+                                            256, (48, 64, 3),
+                                            dtype=np.uint8)

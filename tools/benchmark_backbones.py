@@ -105,7 +105,7 @@ def _surgery_bare(model_name: str, surgery_depth: int):
 
 def benchmark_specs(tiny: bool) -> Dict[str, Tuple[Callable, Callable]]:
     """name -> (build ours, build bare(size)); guarded for optional ones."""
-    import plugins.backbones as bb
+    import plugins.mmdet_custom.models.backbones as bb
     from plugins.models import BIOMEDCLIP_MODEL_NAME
 
     vit = 'ViT-Tiny-16-test' if tiny else 'ViT-B-16'

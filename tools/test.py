@@ -18,8 +18,8 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 from mmengine.config import Config  # noqa: E402
 
 import plugins  # noqa: E402,F401  (registers every plugin)
-from plugins.engine.cli import (add_common_args, build_runner,  # noqa: E402
-                                load_config)
+from plugins.mmdet_custom.engine.runner.cli import (  # noqa: E402
+    add_common_args, build_runner, load_config)
 
 
 def parse_args(argv=None):

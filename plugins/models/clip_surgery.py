@@ -19,7 +19,7 @@ original path.  :func:`feature_surgery` and :func:`similarity_map` turn them
 into per-class explainability maps.
 
 Host-free: torch, open_clip and :mod:`plugins.utils` only.  The mmdet
-backbone (``plugins.backbones.SurgeryCLIPBackbone``) and the
+backbone (``plugins.mmdet_custom.models.backbones.SurgeryCLIPBackbone``) and the
 Open-GroundingDino adapter run the same :func:`surgery_forward`.
 """
 import functools
@@ -32,7 +32,9 @@ import torch.nn.functional as F
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from torch.utils.checkpoint import checkpoint
 
-from plugins.utils import pos_embed_interp_args, resample_pos_embed
+from plugins.utils import pos_embed_interp_args
+
+from .vit_tower import OpenCLIPViTTower
 
 Grid = Tuple[int, int]
 #: ``call(fn, x)`` runs ``fn(x)``; hosts pass a wrapper (e.g. gradient
@@ -321,15 +323,14 @@ class SurgeryCLIPVisual(nn.Module):
         if not isinstance(visual, VisionTransformer):
             raise TypeError('SurgeryCLIPVisual needs an open_clip '
                             f'VisionTransformer, got {type(visual).__name__}')
-        if visual.attn_pool is not None:
-            raise ValueError('SurgeryCLIPVisual: towers with an attentional '
-                             'pooler have no per-patch output')
-        if not visual.transformer.batch_first:
-            raise ValueError('SurgeryCLIPVisual: sequence-first transformers '
-                             'are not supported')
         check_surgery_blocks(visual.transformer.resblocks, surgery_depth,
                              type(self).__name__)
         self.visual = visual
+        # the shared tower adapter: padding, position embedding, ln_pre
+        self.tower = OpenCLIPViTTower(
+            visual,
+            pos_embed_interp=self._pos_embed_interp_args,
+            owner=type(self).__name__)
         self.surgery_depth = int(surgery_depth)
         self.grad_checkpointing = False
 
@@ -345,7 +346,7 @@ class SurgeryCLIPVisual(nn.Module):
 
     @property
     def patch_size(self) -> int:
-        return int(self.visual.patch_size[0])
+        return self.tower.patch_size
 
     @property
     def num_blocks(self) -> int:
@@ -353,34 +354,13 @@ class SurgeryCLIPVisual(nn.Module):
 
     def embed(self, images: torch.Tensor) -> Tuple[torch.Tensor, Grid]:
         """Pad, patch-embed, add class token and (resampled) position
-        embedding, ``ln_pre``.
+        embedding, ``ln_pre`` (:class:`~plugins.models.vit_tower.ViTTower`).
 
         Returns:
             tuple: ``(tokens (B, 1 + gh * gw, C), (gh, gw))``.
         """
-        v = self.visual
-        p = self.patch_size
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError('SurgeryCLIPVisual expects images (B, 3, H, W), '
-                             f'got {tuple(images.shape)}')
-        h, w = images.shape[-2:]
-        if h < p or w < p:
-            raise ValueError(f'SurgeryCLIPVisual: input {h}x{w} is smaller '
-                             f'than one {p}x{p} patch')
-        pad_h, pad_w = (-h) % p, (-w) % p
-        if pad_h or pad_w:
-            images = F.pad(images, (0, pad_w, 0, pad_h))
-        grid = ((h + pad_h) // p, (w + pad_w) // p)
-        x = v.conv1(images).flatten(2).transpose(1, 2)
-        cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-        x = torch.cat([cls, x], dim=1)
-        pos = resample_pos_embed(
-            v.positional_embedding,
-            grid,
-            tuple(v.grid_size),
-            num_prefix_tokens=1,
-            **self._pos_embed_interp_args)
-        return v.ln_pre(x + pos.to(x.dtype)), grid
+        images, grid = self.tower.prepare(images, check_finite=False)
+        return self.tower.embed(images), grid
 
     def forward_tokens(self,
                        images: torch.Tensor,
@@ -400,9 +380,9 @@ class SurgeryCLIPVisual(nn.Module):
             call=self._call,
             keep_original=True)
         tokens = torch.cat([x_ori[:, :1], x_sur[:, 1:]], dim=1)
-        tokens = self.visual.ln_post(tokens)
-        if with_proj and self.visual.proj is not None:
-            tokens = tokens @ self.visual.proj
+        tokens = self.tower.norm(tokens)
+        if with_proj:
+            tokens = self.tower.project(tokens)
         return tokens, grid
 
     def forward(self,
@@ -434,11 +414,7 @@ class SurgeryCLIPVisual(nn.Module):
             x,
             self.surgery_depth,
             call=self._call)
-        x = self.visual.ln_post(x_sur[:, 1:])
-        if with_proj and self.visual.proj is not None:
-            x = x @ self.visual.proj
-        b, _, c = x.shape
-        return x.transpose(1, 2).reshape(b, c, grid[0], grid[1])
+        return self.tower.tokens_to_map(x_sur, grid, with_proj)
 
 
 def build_clip_surgery(model_name: str = 'ViT-B-16',

@@ -1,26 +1,36 @@
 """ConceptCLIP (medical concept-enhanced CLIP), built offline.
 
-ConceptCLIP pairs a SigLIP ``so400m`` image tower (timm
-``vit_so400m_patch14_siglip_384``: patch 14, 384 px input, 27 x 27 = 729
-tokens, width 1152, no class token, attention-pool head) with a PubMedBERT
-text tower, both as in open_clip (``TimmModel`` / ``HFTextEncoder``), plus:
+The layout is upstream's (``JerrryNie/ConceptCLIP``,
+``pre_training/src/open_clip``: an open_clip ``CustomTextCLIP`` built with
+the concept heads), so the released ``model.safetensors`` loads key for key:
 
-* ``image_proj``: ``Linear(1152, 1152)`` mapping image *tokens* into the
-  text-aligned space (region/concept alignment);
-* ``text_proj``: ``Linear(768, 1152)`` mapping text tokens likewise;
-* SigLIP-style ``logit_scale`` / ``logit_bias`` (image-text) and
-  ``concept_logit_scale`` / ``concept_logit_bias`` (token-concept).
+* ``visual``: open_clip ``TimmModel`` around timm
+  ``vit_so400m_patch14_siglip_384`` (patch 14, 384 px, 27 x 27 = 729 tokens,
+  width 1152, no class token, attention-pool head ``trunk.attn_pool``, no
+  extra projection);
+* ``text``: open_clip ``HFTextEncoder`` around PubMedBERT (768 wide, no BERT
+  pooler), ``mean_pooler`` (masked mean of the last hidden states),
+  ``text.proj`` a plain bias-free ``Linear(768, 1152)``
+  (``hf_proj_type: linear``), context length 77;
+* ``image_proj``: bias-free MLP ``Linear(1152, 1152) -> GELU ->
+  Linear(1152, 1152)`` on the image *tokens* (keys ``image_proj.0.weight``,
+  ``image_proj.2.weight``);
+* ``text_proj``: bias-free MLP ``Linear(768, 1152) -> GELU ->
+  Linear(1152, 1152)`` on the text tokens (``text_proj.0.weight``,
+  ``text_proj.2.weight``);
+* scalars ``logit_scale``, ``logit_bias`` (image-text, SigLIP-style) and
+  ``concept_logit_scale``, ``concept_logit_bias`` (token-concept).
 
 The published model is a Hugging Face folder whose loader executes remote
 code; here the architecture is built from the shipped open_clip configs
-(``model_configs/ConceptCLIP-*.json``) and the folder's safetensors are read
-as data and mapped onto it by key (:func:`load_concept_clip_weights`).
+(``model_configs/ConceptCLIP-*.json``), the folder's ``config.json`` is
+checked against it where present, and the safetensors are read as data
+(:func:`load_concept_clip_weights`).
 
 Scales are stored in log space like open_clip's (``logit_scale.exp()`` is
 the multiplier); :meth:`ConceptCLIP.forward` returns them exponentiated, as
 the HF model's output dict does.
 """
-import json
 import logging
 import math
 import os
@@ -30,29 +40,33 @@ from typing import (Callable, Dict, Iterable, Mapping, Optional, Sequence,
                     Tuple, Union)
 
 import open_clip
+from open_clip.constants import INCEPTION_MEAN, INCEPTION_STD
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from open_clip.hf_model import HFTextEncoder
 from open_clip.timm_model import TimmModel
-from timm.models import build_model_with_cfg, register_model
 from timm.models.vision_transformer import VisionTransformer as TimmViT
 
-from plugins.utils import (check_state_dict, rename_keys, safe_load,
-                           strip_prefix)
+from plugins.utils import check_state_dict
 
 from .open_clip_factory import (HF_CONFIG_DIR, build_preprocess,
                                 build_tokenizer, create_model,
                                 get_model_config, register_model_configs)
+from .concept_clip_weights import (  # noqa: F401 (re-exported)
+    ARCHITECTURE_FIELDS, CONCEPT_CLIP_WEIGHT_FILE_NAMES, WRAPPER_PREFIXES,
+    config_differences, convert_concept_clip_state_dict, folder_of,
+    read_concept_clip_weights, read_folder_config)
+from .testing import CONCEPT_CLIP_TINY_TIMM_NAME  # noqa: F401 (registers it)
 from .weights import find_weights_file
 
-# timm's register_model appends each model name to the module's __all__
 __all__ = [
     'CONCEPT_CLIP_MODEL_NAME', 'CONCEPT_CLIP_TINY_MODEL_NAME',
     'CONCEPT_CLIP_MEAN', 'CONCEPT_CLIP_STD', 'CONCEPT_CLIP_WEIGHT_FILE_NAMES',
     'ConceptCLIP', 'ConceptCLIPForScoring', 'build_concept_clip',
     'convert_concept_clip_state_dict', 'load_concept_clip_weights',
-    'read_concept_clip_weights', 'resolve_config_name', 'CONFIG_ALIASES'
+    'read_concept_clip_weights', 'resolve_config_name', 'CONFIG_ALIASES',
+    'concept_mlp', 'check_folder_config', 'read_folder_config'
 ]
 
 logger = logging.getLogger(__name__)
@@ -66,20 +80,8 @@ CONCEPT_CLIP_MODEL_NAME = 'ConceptCLIP-SO400M-14-384'
 #: 2-layer BERT) for tests and demos.
 CONCEPT_CLIP_TINY_MODEL_NAME = 'ConceptCLIP-Tiny-test'
 #: ConceptCLIP's image statistics (RGB, [0, 1] scale), as SigLIP's.
-CONCEPT_CLIP_MEAN = (0.5, 0.5, 0.5)
-CONCEPT_CLIP_STD = (0.5, 0.5, 0.5)
-
-#: File names looked for in a model folder, best first: the HF export
-#: (single or sharded), then open_clip-style names.
-CONCEPT_CLIP_WEIGHT_FILE_NAMES = ('model.safetensors',
-                                  'model.safetensors.index.json',
-                                  'pytorch_model.bin',
-                                  'pytorch_model.bin.index.json',
-                                  'open_clip_model.safetensors',
-                                  'open_clip_pytorch_model.bin')
-#: Module prefixes a wrapper may put in front of every key (stripped when
-#: *all* keys carry one).
-WRAPPER_PREFIXES = ('module.', 'model.', 'conceptclip.', 'clip.')
+CONCEPT_CLIP_MEAN = tuple(INCEPTION_MEAN)
+CONCEPT_CLIP_STD = tuple(INCEPTION_STD)
 
 #: Shown when a checkpoint does not match.
 KEY_RULES_HINT = (
@@ -87,38 +89,6 @@ KEY_RULES_HINT = (
     'pass key_rules=[(regex, replacement), ...] to rename them (e.g. '
     "[(r'^vision_model\\.', 'visual.trunk.')]) and compare with "
     'ConceptCLIP(...).state_dict().keys()')
-
-_TINY_TIMM_NAME = 'vit_conceptclip_test_patch14_112'
-
-
-@register_model
-def vit_conceptclip_test_patch14_112(pretrained: bool = False,
-                                     **kwargs) -> TimmViT:
-    """SigLIP-style timm ViT at test size: the so400m layout (patch 14, no
-    class token, attention-pool head, mlp ratio 3.7362) at width 64, 4
-    blocks, 2 heads, 112 px (8 x 8 patches).  Random weights only."""
-    if pretrained:
-        raise ValueError(f'{_TINY_TIMM_NAME} has no pretrained weights')
-    if kwargs.get('pretrained_cfg') is None:
-        kwargs['pretrained_cfg'] = dict(
-            architecture=_TINY_TIMM_NAME,
-            input_size=(3, 112, 112),
-            interpolation='bicubic',
-            mean=CONCEPT_CLIP_MEAN,
-            std=CONCEPT_CLIP_STD,
-            num_classes=0)
-    model_args = dict(
-        img_size=112,
-        patch_size=14,
-        embed_dim=64,
-        depth=4,
-        num_heads=2,
-        mlp_ratio=3.7362,
-        class_token=False,
-        global_pool='map')
-    return build_model_with_cfg(TimmViT, _TINY_TIMM_NAME, False,
-                                **dict(model_args, **kwargs))
-
 
 #: Short names accepted for the shipped configs.
 CONFIG_ALIASES = {'ConceptCLIP': CONCEPT_CLIP_MODEL_NAME}
@@ -138,18 +108,29 @@ def resolve_config_name(config: Union[str, os.PathLike]) -> str:
     return str(config)
 
 
+def concept_mlp(in_features: int, out_features: int) -> nn.Sequential:
+    """ConceptCLIP's token head: bias-free ``Linear(in, out) -> GELU ->
+    Linear(out, out)`` (state-dict keys ``0.weight``, ``2.weight``)."""
+    return nn.Sequential(
+        nn.Linear(in_features, out_features, bias=False), nn.GELU(),
+        nn.Linear(out_features, out_features, bias=False))
+
+
 class ConceptCLIP(nn.Module):
-    """ConceptCLIP image-text model (host-free).
+    """ConceptCLIP image-text model (host-free), in upstream's layout.
 
     Attributes:
         visual (open_clip.timm_model.TimmModel): ``trunk`` = timm SigLIP
             ViT, ``head`` = identity (pooling by the trunk's ``attn_pool``).
-        text (open_clip.hf_model.HFTextEncoder): BERT (PubMedBERT), CLS
-            pooling of the last hidden state, ``proj`` to the joint width.
-        image_proj (nn.Linear): image tokens -> joint width.
-        text_proj (nn.Linear): text tokens -> joint width.
+        text (open_clip.hf_model.HFTextEncoder): BERT (PubMedBERT), masked
+            mean pooling of the last hidden state, ``proj`` a bias-free
+            linear map to the joint width.
+        image_proj (nn.Sequential): image tokens -> joint width,
+            ``Linear(width, D) -> GELU -> Linear(D, D)``, no biases.
+        text_proj (nn.Sequential): text tokens -> joint width,
+            ``Linear(hidden, D) -> GELU -> Linear(D, D)``, no biases.
         logit_scale, logit_bias, concept_logit_scale, concept_logit_bias
-            (nn.Parameter): scalars; scales in log space.
+            (nn.Parameter): 0-dim scalars; scales in log space.
 
     Args:
         model_name (str): config name (:data:`CONCEPT_CLIP_MODEL_NAME`,
@@ -158,10 +139,11 @@ class ConceptCLIP(nn.Module):
             users such as the backbone). Default: False.
         device (str): ``'cpu'``, ``'cuda'``, or ``'meta'`` (no weights
             allocated; layout inspection). Default: ``'cpu'``.
-        proj_bias (bool): biases in ``image_proj``/``text_proj``.
-            Default: True.
-        init_concept_logit_scale (float): Default: ``log(10)`` (SigLIP).
-        init_concept_logit_bias (float): Default: -10 (SigLIP).
+        init_concept_logit_scale (float, optional): Default: the config's
+            ``init_logit_scale`` (open_clip's ``log(1 / 0.07)``), as
+            upstream initialises both scales alike.
+        init_concept_logit_bias (float, optional): Default: the config's
+            ``init_logit_bias`` (-10).
 
     Example:
         >>> import torch
@@ -179,9 +161,8 @@ class ConceptCLIP(nn.Module):
                  model_name: str = CONCEPT_CLIP_MODEL_NAME,
                  vision_only: bool = False,
                  device: str = 'cpu',
-                 proj_bias: bool = True,
-                 init_concept_logit_scale: float = math.log(10),
-                 init_concept_logit_bias: float = -10.0):
+                 init_concept_logit_scale: Optional[float] = None,
+                 init_concept_logit_bias: Optional[float] = None):
         super().__init__()
         self.model_name = resolve_config_name(model_name)
         cfg = get_model_config(self.model_name)
@@ -201,15 +182,22 @@ class ConceptCLIP(nn.Module):
         self.vision_only = bool(vision_only)
         self.visual = visual
         self.text = clip.text
+        self.context_length = int(cfg['text_cfg'].get('context_length', 77))
         self.logit_scale = clip.logit_scale
         self.logit_bias = clip.logit_bias
+        init_scale = float(cfg.get('init_logit_scale', math.log(1 / 0.07)))
+        init_bias = float(cfg.get('init_logit_bias', -10.0))
+        if init_concept_logit_scale is None:
+            init_concept_logit_scale = init_scale
+        if init_concept_logit_bias is None:
+            init_concept_logit_bias = init_bias
         with torch.device('meta') if str(device) == 'meta' else nullcontext():
             if self.logit_bias is None:  # configs without init_logit_bias
-                self.logit_bias = nn.Parameter(torch.full((), -10.0))
-            self.image_proj = nn.Linear(
-                visual.trunk.num_features, self.embed_dim, bias=proj_bias)
-            self.text_proj = nn.Linear(
-                self.text.config.hidden_size, self.embed_dim, bias=proj_bias)
+                self.logit_bias = nn.Parameter(torch.full((), init_bias))
+            self.image_proj = concept_mlp(visual.trunk.num_features,
+                                          self.embed_dim)
+            self.text_proj = concept_mlp(self.text.config.hidden_size,
+                                         self.embed_dim)
             self.concept_logit_scale = nn.Parameter(
                 torch.full((), float(init_concept_logit_scale)))
             self.concept_logit_bias = nn.Parameter(
@@ -280,17 +268,19 @@ class ConceptCLIP(nn.Module):
         Args:
             input_ids (Tensor): ``(N, L)`` BERT ids (``[CLS] ... [SEP]
                 [PAD]...``), e.g. from the tokenizer of
-                :func:`build_concept_clip`.
+                :func:`build_concept_clip` (``L`` = 77, the context length;
+                padding does not change the result).
             normalize (bool): L2-normalise the pooled embedding.
                 Default: True.
             attention_mask (Tensor, optional): ``(N, L)``; default: ids
                 different from the pad id.
 
         Returns:
-            tuple: ``txt_cls (N, embed_dim)`` (``text.proj`` of the CLS
-            token's last hidden state) and ``txt_tokens (N, L, hidden)``
-            (last hidden states, 768 for PubMedBERT; ``text_proj`` maps
-            them to the joint width).
+            tuple: ``txt_cls (N, embed_dim)`` (``text.proj`` of the
+            pooled last hidden states: open_clip's ``mean_pooler``, the
+            mean over the positions where ``attention_mask`` is 1) and
+            ``txt_tokens (N, L, hidden)`` (all last hidden states, 768 for
+            PubMedBERT; ``text_proj`` maps them to the joint width).
         """
         text = self.text
         if attention_mask is None:
@@ -449,68 +439,41 @@ class ConceptCLIPForScoring(nn.Module):
 # ----------------------------------------------------------------------
 # Weights
 # ----------------------------------------------------------------------
-def read_concept_clip_weights(path: Union[str, os.PathLike]) -> StateDict:
-    """Read a ConceptCLIP weights file or HF folder as a flat state dict.
+def check_folder_config(path: Union[str, os.PathLike],
+                        config: Union[str, os.PathLike]) -> Optional[dict]:
+    """Check a folder's ``config.json`` against the config ConceptCLIP is
+    built from.
 
-    A folder: the first of :data:`CONCEPT_CLIP_WEIGHT_FILE_NAMES` present;
-    a sharded export (``*.index.json``) is read shard by shard.  Every file
-    is read by :func:`plugins.utils.safe_load` (no code executed).
+    Compares the fields of :data:`ARCHITECTURE_FIELDS` that the folder's
+    config states (image size counts as ``(H, W)``).
+
+    Args:
+        path: the HF folder, or a weights file inside it.
+        config: the model config name or JSON (as for :class:`ConceptCLIP`).
+
+    Returns:
+        dict or None: what :func:`read_folder_config` found.
+
+    Raises:
+        ValueError: a stated field differs, naming each field with both
+            values.
     """
-    path = find_weights_file(path, CONCEPT_CLIP_WEIGHT_FILE_NAMES)
-    if path.name.endswith('.index.json'):
-        with open(path) as f:
-            weight_map = json.load(f).get('weight_map')
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise ValueError(f'{path} has no weight_map')
-        state = {}
-        for shard in sorted(set(weight_map.values())):
-            state.update(safe_load(path.parent / shard))
-        missing = sorted(set(weight_map) - set(state))
-        if missing:
-            raise ValueError(f'{path}: {len(missing)} keys listed in the '
-                             f'index are in no shard, e.g. {missing[:5]}')
-        return state
-    return safe_load(path)
-
-
-def convert_concept_clip_state_dict(
-    state: Mapping[str, torch.Tensor],
-    expected: Mapping[str, torch.Tensor],
-    key_rules: Iterable[Tuple[str, str]] = ()
-) -> StateDict:
-    """Map a loaded ConceptCLIP checkpoint onto ``expected``'s keys.
-
-    Strips a wrapper prefix carried by every key
-    (:data:`WRAPPER_PREFIXES`), applies ``key_rules`` (``(regex,
-    replacement)``, in order), drops buffers the model rebuilds (BERT's
-    ``position_ids``) and an unused BERT pooler, and reshapes 1-element
-    logit scales/biases to the model's shape.  Unknown keys stay, for the
-    strict check to report.
-    """
-    state = dict(state)
-    stripped = True
-    while stripped:
-        stripped = False
-        for prefix in WRAPPER_PREFIXES:
-            if state and all(k.startswith(prefix) for k in state) and \
-                    not any(k.startswith(prefix) for k in expected):
-                state = strip_prefix(state, prefix)
-                stripped = True
-    key_rules = list(key_rules)
-    if key_rules:
-        state = rename_keys(state, key_rules)
-    for key in list(state):
-        if key in expected:
-            continue
-        if key.endswith('embeddings.position_ids') or \
-                key.startswith('text.transformer.pooler.'):
-            del state[key]
-    for key in ('logit_scale', 'logit_bias', 'concept_logit_scale',
-                'concept_logit_bias'):
-        if key in state and key in expected and \
-                state[key].numel() == expected[key].numel() == 1:
-            state[key] = state[key].reshape(expected[key].shape)
-    return state
+    folder_cfg = read_folder_config(path)
+    if not folder_cfg:
+        if folder_cfg is not None:
+            logger.info(f'{folder_of(path)}/config.json holds no open_clip '
+                        'model fields; the architecture comes from config '
+                        f"'{config}'")
+        return folder_cfg
+    name = resolve_config_name(config)
+    diffs = config_differences(folder_cfg, get_model_config(name))
+    if diffs:
+        raise ValueError(
+            f'{folder_of(path)}/config.json describes another model than '
+            f"config '{name}': " + '; '.join(diffs) + '. Pass config=<an '
+            'open_clip JSON with those values> (see '
+            'plugins/models/model_configs/ConceptCLIP-SO400M-14-384.json).')
+    return folder_cfg
 
 
 def load_concept_clip_weights(
@@ -536,13 +499,23 @@ def load_concept_clip_weights(
 
     Returns:
         dict: the converted state dict that was loaded.
+
+    Raises:
+        FileNotFoundError: ``source`` does not exist or holds no weights
+            file (naming the path and the names looked for).
+        ValueError: the folder's ``config.json`` describes another
+            architecture than ``model.model_name`` (see
+            :func:`check_folder_config`).
     """
     name = None
     if isinstance(source, Mapping):
         state = dict(source)
     else:
-        name = str(source)
-        state = read_concept_clip_weights(source)
+        file = find_weights_file(source, CONCEPT_CLIP_WEIGHT_FILE_NAMES)
+        name = str(file)
+        if getattr(model, 'model_name', None):
+            check_folder_config(file, model.model_name)
+        state = read_concept_clip_weights(file)
     expected = model.state_dict()
     state = convert_concept_clip_state_dict(state, expected, key_rules)
     if keep_prefixes is not None:
@@ -575,9 +548,11 @@ def build_concept_clip(
 ) -> Tuple[ConceptCLIP, Callable, Optional[Callable]]:
     """Build ConceptCLIP offline and load a local HF folder's weights.
 
-    No remote code runs: the architecture comes from ``config``, the
-    folder's safetensors (or ``pytorch_model.bin``) are read as data and
-    mapped by key.
+    No remote code runs: the architecture comes from ``config`` (checked
+    against the folder's ``config.json`` where it states open_clip model
+    fields), the folder's safetensors (or ``pytorch_model.bin``) are read as
+    data and loaded key by key (upstream's names; a wrapper prefix such as
+    ``model.`` on every key is stripped).
 
     Args:
         path (str, optional): the downloaded HF folder (``model.safetensors``
@@ -595,6 +570,12 @@ def build_concept_clip(
         key_rules: extra ``(regex, replacement)`` key renames, for exports
             that name modules differently.
 
+    Raises:
+        FileNotFoundError: ``path`` does not exist or holds no weights file,
+            before anything is built.
+        ValueError: the folder's ``config.json`` contradicts ``config``.
+        plugins.utils.StateDictMismatchError: keys or shapes differ.
+
     Returns:
         tuple: ``(model, preprocess, tokenizer)`` -- the
         :class:`ConceptCLIP` in eval mode; ``preprocess`` the PIL transform
@@ -603,15 +584,16 @@ def build_concept_clip(
         could be found).  Use ``model.for_scoring()`` for an open_clip-style
         interface.
     """
+    if path is not None:
+        # fail before the (large) model is built
+        path = find_weights_file(path, CONCEPT_CLIP_WEIGHT_FILE_NAMES)
+        check_folder_config(path, config)
     model = ConceptCLIP(config)
     if path is not None:
         load_concept_clip_weights(
             model, path, strict=strict, key_rules=key_rules)
-        if tokenizer is None:
-            folder = Path(path)
-            folder = folder if folder.is_dir() else folder.parent
-            if (folder / 'vocab.txt').is_file():
-                tokenizer = folder
+        if tokenizer is None and (path.parent / 'vocab.txt').is_file():
+            tokenizer = path.parent
     model.to(device).eval()
     tok = build_tokenizer(model.model_name, tokenizer)
     if tok is None:

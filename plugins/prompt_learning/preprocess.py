@@ -6,40 +6,21 @@ tower expects.  The mean/std are never written down here: they come from the
 model (open_clip stores its ``preprocess_cfg`` on ``model.visual``), see
 :func:`clip_preprocess_cfg`.
 """
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
+
+from plugins.models.normalization import preprocess_cfg
 
 #: Names accepted for ``value_range``.
 VALUE_RANGES = ('0-1', '-1-1', '0-255')
 
 
-def clip_preprocess_cfg(clip_model: torch.nn.Module) -> Dict:
-    """Image size, mean, std and interpolation of an open_clip model.
-
-    open_clip's factory stores them on ``model.visual.preprocess_cfg``; a
-    model built some other way falls back to open_clip's own defaults (the
-    OpenAI CLIP statistics), so there is one source of these numbers.
-
-    Returns:
-        dict: ``size`` (h, w), ``mean`` (3,), ``std`` (3,), ``interpolation``.
-    """
-    from open_clip.transform import PreprocessCfg
-
-    visual = getattr(clip_model, 'visual', clip_model)
-    defaults = PreprocessCfg()
-    cfg = dict(getattr(visual, 'preprocess_cfg', None) or {})
-    size = cfg.get('size', getattr(visual, 'image_size', defaults.size))
-    if isinstance(size, int):
-        size = (size, size)
-    return dict(
-        size=tuple(int(s) for s in size),
-        mean=tuple(cfg.get('mean', getattr(visual, 'image_mean', None)
-                           or defaults.mean)),
-        std=tuple(cfg.get('std', getattr(visual, 'image_std', None)
-                          or defaults.std)),
-        interpolation=cfg.get('interpolation', defaults.interpolation))
+#: Image size, mean, std and interpolation of an open_clip model: the one
+#: reader of model statistics, :func:`plugins.models.normalization.\
+#: preprocess_cfg`, under this package's name.
+clip_preprocess_cfg = preprocess_cfg
 
 
 def detect_value_range(image: torch.Tensor) -> str:

@@ -17,8 +17,8 @@ class VisualPromptLearner(nn.Module):
     the output lines up token for token with the tower's own features; with
     ``num_prompts=0`` it equals them.
 
-    The learner holds only the prompts; the tower runs through an adapter
-    from :func:`~plugins.prompt_learning.visual_towers.build_visual_tower`.
+    The learner holds only the prompts; the tower runs through
+    :func:`plugins.models.vit_tower.build_vit_tower`.
     With BiomedCLIP's ViT-B/16 (12 blocks, width 768) and 4 prompts it has
     12 x 4 x 768 = 36,864 parameters.
 

@@ -1,7 +1,7 @@
 """Pictures of segmentation results: mask overlays and similarity heatmaps.
 
 numpy + PIL only, so scripts without mmengine can draw too; the mmengine
-hook :class:`plugins.segmentors.SemSegVisualizationHook` calls these.
+hook :class:`plugins.mmdet_custom.engine.hooks.SemSegVisualizationHook` calls these.
 """
 from typing import Optional, Sequence, Tuple
 

@@ -13,12 +13,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from plugins import models
+from plugins.models.vit_tower import TimmViTTower, build_vit_tower
 from .preprocess import clip_preprocess_cfg, preprocess_tensor_images
 from .random_features import fan_in_init_
 from .text_prompt_learner import TextPromptLearner
 from .text_towers import build_text_tower, start_token_id
 from .visual_prompt_learner import VisualPromptLearner
-from .visual_towers import build_visual_tower
 
 #: BiomedCLIP: timm ViT-B/16 + PubMedBERT, 512-d joint space.
 DEFAULT_MODEL_NAME = models.BIOMEDCLIP_MODEL_NAME
@@ -139,7 +139,13 @@ class VPTTPTSegmentor(nn.Module):
         self.clip_model.eval()
         self.tokenizer = tokenizer
         self._start_token_id = start_token_id(tokenizer)
-        self.visual_tower = build_visual_tower(clip_model)
+        self.visual_tower = build_vit_tower(clip_model,
+                                            owner=type(self).__name__)
+        if isinstance(self.visual_tower, TimmViTTower) and \
+                not self.visual_tower.has_token_projection:
+            raise ValueError(
+                'timm towers with an attention-pool head have no per-patch '
+                'projection; use timm_pool="" or "avg"')
         self.text_tower = build_text_tower(clip_model)
         self.preprocess_cfg = clip_preprocess_cfg(clip_model)
         self.preprocess_cfg.update(preprocess_cfg or {})

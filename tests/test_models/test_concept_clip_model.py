@@ -1,7 +1,10 @@
-"""ConceptCLIP (host-free): architecture against open_clip's SigLIP
-so400m, encoders, scoring interface, HF-folder weights by key mapping."""
+"""ConceptCLIP (host-free): upstream's layout (key/shape lists in
+tests/data), encoders, scoring interface, HF folders loaded by key."""
+import importlib.util
 import json
+import re
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +15,14 @@ from plugins.models.concept_clip import (CONCEPT_CLIP_MODEL_NAME,
                                          ConceptCLIP, ConceptCLIPForScoring,
                                          build_concept_clip,
                                          load_concept_clip_weights)
-from plugins.utils import StateDictMismatchError, save_safetensors
+from plugins.utils import (StateDictMismatchError, key_mismatch,
+                           save_safetensors)
+
+_spec = importlib.util.spec_from_file_location(
+    'conceptclip_folder',
+    Path(__file__).resolve().parents[1] / 'data' / 'conceptclip_folder.py')
+folders = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(folders)
 
 TINY = CONCEPT_CLIP_TINY_MODEL_NAME
 SIGLIP = 'ViT-SO400M-14-SigLIP-384'
@@ -44,11 +54,51 @@ def hf_folder(tiny, tmp_path_factory):
     return folder
 
 
-def test_real_architecture_is_open_clips_siglip_so400m_trunk():
+def _meta_state(layout):
+    return {
+        k: torch.empty(shape, device='meta')
+        for k, shape in layout['keys'].items()
+    }
+
+
+def test_full_size_layout_is_upstreams_key_for_key():
+    """The real ConceptCLIP (SO400M + PubMedBERT + concept heads), built on
+    the meta device, has exactly the keys and shapes of the released
+    layout written down in tests/data: 0 missing, 0 unexpected, 0
+    mis-shaped; and the user-facing loader takes that layout strictly."""
+    layout = folders.load_layout(folders.FULL)
+    model = ConceptCLIP('ConceptCLIP', device='meta')  # alias of the default
+    assert model.model_name == CONCEPT_CLIP_MODEL_NAME
+    mine = model.state_dict()
+    missing, unexpected, mismatched = key_mismatch(mine, _meta_state(layout))
+    assert (missing, unexpected, mismatched) == ([], [], [])
+    counts = {
+        part: sum(k.startswith(part) for k in layout['keys'])
+        for part in ('visual.trunk.', 'text.transformer.')
+    }
+    assert counts == {'visual.trunk.': 342, 'text.transformer.': 197}
+    # the heads as upstream builds them (bias-free, GELU between)
+    assert [type(m).__name__ for m in model.image_proj] == \
+        ['Linear', 'GELU', 'Linear']
+    assert [type(m).__name__ for m in model.text_proj] == \
+        ['Linear', 'GELU', 'Linear']
+    assert model.image_proj[1].approximate == 'none'
+    assert all(m.bias is None for m in (*model.image_proj[::2],
+                                        *model.text_proj[::2], model.text.proj))
+    assert type(model.text.proj).__name__ == 'Linear'
+    assert type(model.text.pooler).__name__ == 'MeanPooler'
+    assert model.context_length == 77
+    # the loader's path (wrapper prefix stripped, scalars reshaped) on it
+    wrapped = {'model.' + k: v for k, v in _meta_state(layout).items()}
+    wrapped['model.logit_scale'] = torch.empty(1, device='meta')  # (1,)
+    loaded = load_concept_clip_weights(model, wrapped)
+    assert loaded.keys() == mine.keys()
+
+
+def test_full_size_trunk_is_open_clips_siglip_so400m():
     """Same image tower as open_clip's ViT-SO400M-14-SigLIP-384 (every key
-    and shape), built on the meta device (no weights allocated)."""
-    ours = ConceptCLIP('ConceptCLIP', device='meta')  # alias of the default
-    assert ours.model_name == CONCEPT_CLIP_MODEL_NAME
+    and shape), on the meta device."""
+    ours = ConceptCLIP(CONCEPT_CLIP_MODEL_NAME, device='meta')
     ref = create_model(SIGLIP, device='meta', vision_only=True).visual
     mine = ours.visual.state_dict()
     theirs = ref.state_dict()
@@ -59,15 +109,108 @@ def test_real_architecture_is_open_clips_siglip_so400m_trunk():
             tuple(trunk.patch_embed.patch_size)) == (1152, 27, 0, (14, 14))
     assert tuple(trunk.patch_embed.grid_size) == (27, 27)  # 729 tokens
     assert ours.image_size == (384, 384)
-    assert (ours.image_proj.in_features, ours.image_proj.out_features) == \
-        (1152, 1152)
-    assert (ours.text_proj.in_features, ours.text_proj.out_features) == \
-        (768, 1152)
+    assert ours.image_proj[2].out_features == 1152
     assert ours.text.config.hidden_size == 768
     assert ours.mean == ours.std == (0.5, 0.5, 0.5)
     for name in ('logit_scale', 'logit_bias', 'concept_logit_scale',
                  'concept_logit_bias'):
         assert getattr(ours, name).shape == ()
+
+
+def test_tiny_layout_file_matches_the_tiny_config():
+    layout = folders.load_layout(folders.TINY)
+    mine = ConceptCLIP(TINY, device='meta').state_dict()
+    assert key_mismatch(mine, _meta_state(layout)) == ([], [], [])
+
+
+# ----------------------------------------------------------------------
+# A tiny folder in the released layout, recomputed with timm/transformers
+# ----------------------------------------------------------------------
+@pytest.fixture(scope='module')
+def real_layout():
+    layout = folders.load_layout(folders.TINY)
+    return layout, folders.random_state(layout, seed=1)
+
+
+@pytest.mark.parametrize('variant', ['single', 'sharded', 'wrapped'])
+def test_real_layout_folder_logits_equal_an_independent_computation(
+        real_layout, tmp_path, variant):
+    layout, state = real_layout
+    folder = folders.write_folder(
+        tmp_path / 'ConceptCLIP',
+        layout,
+        state,
+        sharded=variant == 'sharded',
+        prefix='model.' if variant == 'wrapped' else '',
+        vocab=TINY_VOCAB)
+    model, _, tokenizer = build_concept_clip(folder, config=TINY)
+    pixels = _randn(3, 3, 112, 112, seed=2)
+    ids = tokenizer(['a cell', 'a tumor in the lung', 'x'])
+    assert ids.shape == (3, 32)
+    ref = folders.reference_outputs(layout, state, pixels, ids)
+    with torch.no_grad():
+        out = model(pixel_values=pixels, input_ids=ids)
+    logits = out['logit_scale'] * out['image_features'] @ \
+        out['text_features'].T + out['logit_bias']
+    torch.testing.assert_close(logits, ref['logits'], rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        model.logits(out['image_features'], out['text_features']),
+        ref['logits'], rtol=0, atol=1e-5)
+    for key in ('image_features', 'text_features', 'image_token_features',
+                'text_token_features'):
+        torch.testing.assert_close(out[key], ref[key], rtol=0, atol=1e-5)
+    assert out['logit_bias'].item() == pytest.approx(-3.25)
+    assert out['concept_logit_scale'].item() == pytest.approx(7.0)
+    assert out['concept_logit_bias'].item() == pytest.approx(-1.5)
+    assert ref['logits'].std() > 0.01  # not a constant
+
+
+def test_padding_does_not_change_the_text_embedding(tiny):
+    """Mean pooling uses the attention mask: extra [PAD]s change nothing."""
+    ids = _ids()
+    longer = torch.cat([ids, torch.zeros(2, 5, dtype=ids.dtype)], 1)
+    with torch.no_grad():
+        a, _ = tiny.encode_text(ids)
+        b, _ = tiny.encode_text(longer)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_folder_config_json_is_read_and_checked(real_layout, tmp_path):
+    layout, state = real_layout
+    folder = folders.write_folder(tmp_path / 'c', layout, state)
+    cfg = json.loads((folder / 'config.json').read_text())
+    cfg['text_cfg'].update(context_length=256, hf_proj_type='mlp')
+    (folder / 'config.json').write_text(json.dumps(cfg))
+    with pytest.raises(ValueError) as info:
+        build_concept_clip(folder, config=TINY)
+    msg = str(info.value)
+    assert str(folder / 'config.json') in msg
+    assert "text_cfg.context_length = 256 there, 32 here" in msg
+    assert "text_cfg.hf_proj_type = 'mlp' there, 'linear' here" in msg
+    # the open_clip config nested in an HF config is found too
+    nested = dict(layout['hf_config'], model_cfg=cfg)
+    (folder / 'config.json').write_text(json.dumps(nested))
+    with pytest.raises(ValueError, match='text_cfg.context_length = 256'):
+        build_concept_clip(folder, config=TINY)
+    # HF bookkeeping only (no open_clip fields) or no config.json: fine
+    (folder / 'config.json').write_text(json.dumps(layout['hf_config']))
+    build_concept_clip(folder, config=TINY)
+    (folder / 'config.json').unlink()
+    build_concept_clip(folder, config=TINY)
+
+
+def test_missing_folder_fails_before_building(tmp_path, monkeypatch):
+    import plugins.models.concept_clip as cc
+
+    def never(*args, **kwargs):
+        raise AssertionError('the model was built before the path check')
+
+    monkeypatch.setattr(cc, 'ConceptCLIP', never)
+    missing = tmp_path / 'no' / 'ConceptCLIP'
+    with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):
+        cc.build_concept_clip(missing)
+    with pytest.raises(FileNotFoundError, match='model.safetensors'):
+        cc.build_concept_clip(tmp_path)  # exists, holds no weights
 
 
 def test_tiny_image_encoder_equals_open_clip_and_timm_forward(tiny):
@@ -206,7 +349,7 @@ def test_other_export_layouts_load_every_key(tiny, tmp_path, layout):
     model = ConceptCLIP(TINY)
     loaded = load_concept_clip_weights(model, tmp_path)
     assert loaded.keys() == state.keys()
-    torch.testing.assert_close(model.image_proj.weight, tiny.image_proj.weight)
+    torch.testing.assert_close(model.image_proj[0].weight, tiny.image_proj[0].weight)
 
 
 def test_wrong_layout_lists_keys_and_key_rules_fix_it(tiny, tmp_path):
@@ -244,7 +387,7 @@ def test_json_config_path(tmp_path):
     path.write_text(json.dumps(cfg))
     model = ConceptCLIP(str(path), vision_only=True)
     assert model.model_name == 'ConceptCLIP-Custom-test'
-    assert model.image_proj.out_features == 48
+    assert model.image_proj[2].out_features == 48
 
 
 def test_rejects_non_siglip_configs():

@@ -27,13 +27,3 @@ def make_inputs(N=2, Lq=3, M=2, D=8, shapes=((6, 4), (3, 2)), P=2,
 def inputs():
     """The input factory: ``inputs(N=..., dtype=...)``."""
     return make_inputs
-
-
-@pytest.fixture(scope='session')
-def kernel_loaded():
-    """Load (or JIT-compile) the CPU kernel once; fail loudly if impossible,
-    since every test below is about the compiled kernel."""
-    from plugins.ops.ms_deform_attn import loader
-    if not loader.load('cpu'):
-        pytest.fail(f'CPU kernel unavailable: {loader.status("cpu")}')
-    return True

@@ -79,7 +79,7 @@ def test_forward_contract_and_mask(ckpts):
 
 
 def test_equals_the_mmdet_backbone_on_clip_normalised_input(ckpts):
-    from plugins.backbones import SurgeryCLIPBackbone
+    from plugins.mmdet_custom.models.backbones import SurgeryCLIPBackbone
     backbone, _ = ogd.build_surgeryclip_backbone(_args(ckpts['safetensors']))
     ref = SurgeryCLIPBackbone(
         TINY,

@@ -89,7 +89,7 @@ def test_cpu_launch_refuses_nccl(monkeypatch):
     what to change (instead of mmengine's cuda.set_device traceback)."""
     from mmengine.config import Config
 
-    from plugins.engine.cli import prepare_cpu_distributed
+    from plugins.mmdet_custom.engine.runner.cli import prepare_cpu_distributed
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
     cfg = Config(dict(launcher='pytorch',
                       env_cfg=dict(dist_cfg=dict(backend='nccl'))))

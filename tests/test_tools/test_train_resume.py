@@ -125,7 +125,7 @@ def test_sigkill_during_save_keeps_previous_checkpoint(
 
 def test_checkpoint_loads_weights_only_with_allow_list(
         repo_root, toy_data_root, tmp_path):
-    from plugins.engine import MMENGINE_CHECKPOINT_CLASSES
+    from plugins.mmdet_custom.engine.runner import MMENGINE_CHECKPOINT_CLASSES
     _train(repo_root, toy_data_root, tmp_path, 1, ckpt_interval=1)
     ckpt = tmp_path / 'iter_1.pth'
     assert 'message_hub' in _weights(ckpt)

@@ -49,14 +49,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from plugins.models.normalization import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
+                                         preprocess_cfg)
+
 logger = logging.getLogger('plugins.open_groundingdino')
 
 #: Statistics Open-GroundingDino's transforms normalise with.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-#: OpenAI CLIP statistics (the ones CLIP Surgery's ViT was trained with).
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+#: OpenAI CLIP statistics (the ones CLIP Surgery's ViT was trained with);
+#: the backbone itself reads its tower's statistics from the model config.
+CLIP_MEAN, CLIP_STD = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 INPUT_NORMS = {'imagenet': (IMAGENET_MEAN, IMAGENET_STD), 'clip': None}
 
 #: Where Open-GroundingDino (and IDEA's GroundingDINO) keep NestedTensor.
@@ -155,10 +158,11 @@ class SurgeryCLIPGroundingBackbone(nn.Module):
         surgery_visual.set_grad_checkpointing(use_checkpoint)
         # x_clip = (x * s_in + m_in - m_clip) / s_clip = x * scale + shift
         if input_mean is not None:
+            stats = preprocess_cfg(visual)
             m_in = torch.tensor(input_mean).view(1, 3, 1, 1)
             s_in = torch.tensor(input_std).view(1, 3, 1, 1)
-            m_clip = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
-            s_clip = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+            m_clip = torch.tensor(stats['mean']).view(1, 3, 1, 1)
+            s_clip = torch.tensor(stats['std']).view(1, 3, 1, 1)
             self.register_buffer('in_scale', s_in / s_clip, persistent=False)
             self.register_buffer(
                 'in_shift', (m_in - m_clip) / s_clip, persistent=False)
@@ -167,33 +171,21 @@ class SurgeryCLIPGroundingBackbone(nn.Module):
         self._set_trainable(train_last_n_blocks)
 
     def _set_trainable(self, train_last_n_blocks: Optional[int]) -> None:
-        visual = self.body.visual
-        blocks = visual.transformer.resblocks
-        for p in self.parameters():
-            p.requires_grad = False
+        tower = self.body.tower
         if not self.train_backbone:
+            tower.set_trainable(frozen=True)
             return
-        if train_last_n_blocks is None:
-            trainable = [visual]
-        else:
-            n = int(train_last_n_blocks)
-            if not 1 <= n <= len(blocks):
-                raise ValueError(
-                    f'surgeryclip_train_last_n_blocks ({n}) must be between '
-                    f'1 and the number of blocks ({len(blocks)})')
-            trainable = list(blocks[-n:]) + [visual.ln_post]
-        for module in trainable:
-            for p in module.parameters():
-                p.requires_grad = True
-        if visual.proj is not None:
-            visual.proj.requires_grad = self.with_proj
-        if self.body.surgery_depth > 0:
-            # the last block's FFN only feeds the class token, which the
-            # features drop: keep it frozen (DDP-safe)
-            last = blocks[-1]
-            for module in (last.ln_2, last.mlp, last.ls_2):
-                for p in module.parameters():
-                    p.requires_grad = False
+        blocks = tower.blocks
+        # the last block's FFN only feeds the class token, which the
+        # features drop: keep it frozen (DDP-safe)
+        last = blocks[-1]
+        unused = [last.ln_2, last.mlp, last.ls_2] \
+            if self.body.surgery_depth > 0 else []
+        try:
+            tower.set_trainable(False, train_last_n_blocks, self.with_proj,
+                                unused)
+        except ValueError as err:
+            raise ValueError(f'surgeryclip_{err}') from None
 
     def train(self, mode: bool = True):
         super().train(mode and self.train_backbone)

@@ -1,0 +1,355 @@
+"""Shared base of the single-scale CLIP-family backbones.
+
+A CLIP image tower as a detector backbone needs the same plumbing whatever
+the tower: arbitrary input sizes (pad to the patch multiple, resample the
+position embedding), several output blocks, freezing or partial unfreezing,
+gradient checkpointing, loading local weights safely, and the right
+normalisation statistics.  The host-free tower adapter
+(:mod:`plugins.models.vit_tower`) runs the tower; :class:`CLIPBackboneBase`
+is the thin mmdet module around it: it holds the image tower as ``visual``
+(so state-dict keys are the tower's own), loads weights and applies the
+freezing options.
+"""
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+from mmengine.logging import MMLogger
+from mmengine.model import BaseModule
+from torch.utils.checkpoint import checkpoint
+
+from plugins.models.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from plugins.models.vit_tower import ViTTower
+from plugins.models.weights import find_weights_file
+from plugins.utils import (check_state_dict, pos_embed_interp_args, safe_load,
+                           select_prefix)
+
+Grid = Tuple[int, int]
+StateDict = Dict[str, torch.Tensor]
+
+
+class CLIPBackboneBase(BaseModule):
+    """Base for ViT image towers of CLIP-family models used as backbones.
+
+    Input ``(B, 3, H, W)`` of any size ``>= patch``; the image is zero-padded
+    at the bottom/right to a multiple of the patch size and the position
+    embedding is resampled to the resulting grid (cached per grid).  Output:
+    a tuple with one map ``(B, C, ceil(H/p), ceil(W/p))`` per entry of
+    ``out_indices``.  Each map is the block's tokens after the tower's final
+    norm (and projection into the joint image-text space when
+    ``with_proj=True``), prefix (class) tokens dropped.
+
+    Normalisation: images must be normalised with :attr:`mean` / :attr:`std`
+    (RGB, ``[0, 1]`` scale).  :meth:`data_preprocessor_cfg` gives a matching
+    mmdet ``DetDataPreprocessor`` config (0-255 scale).
+
+    A subclass builds its image tower, wraps it with
+    :func:`plugins.models.vit_tower.build_vit_tower` and passes the tower to
+    ``super().__init__`` (see ``/docs/backbones.md``); it overrides
+    :meth:`convert_pretrained` / :meth:`read_pretrained` for foreign weight
+    layouts, :meth:`unused_modules` or :meth:`forward_blocks` where it runs
+    the tower differently (CLIP Surgery).
+
+    Args:
+        tower (ViTTower): the image tower adapter; its ``visual`` is kept as
+            ``self.visual`` (and an external projection as
+            ``self.image_proj``).
+        mean, std (Sequence[float], optional): normalisation statistics
+            (RGB, [0, 1]). Default: the class attributes.
+        out_indices (int | Sequence[int]): blocks whose output becomes a
+            map; negative values count from the end. Default: ``(-1,)``.
+        frozen (bool): no parameter trains and the tower stays in eval mode.
+            Default: False.
+        train_last_n_blocks (int, optional): train only the last ``n``
+            blocks and the final norm (and the projection when
+            ``with_proj=True``); the rest is frozen and in eval mode.
+            Default: None (everything used trains).
+        with_proj (bool): project maps into the joint image-text space
+            (channels :attr:`proj_dims`) instead of the width
+            (:attr:`embed_dims`). Default: False.
+        with_cp (bool): gradient checkpointing of each block while training.
+            Default: False.
+        check_finite (bool): raise on NaN/Inf in the input (one device
+            sync per forward). Default: True.
+        pos_embed_interp (str | dict, optional): how the position embedding
+            is resampled to other grids: ``'open_clip'``, ``'timm'``
+            (bicubic, anti-aliased), ``'clip_surgery'`` (bilinear), an
+            ``F.interpolate`` mode or ``dict(mode=..., antialias=...)``, see
+            :func:`plugins.utils.pos_embed_interp_args`. Default: None, the
+            upstream's own (:attr:`default_pos_embed_interp`).
+        pretrained (str, optional): local weights file, same as
+            ``init_cfg=dict(type='Pretrained', checkpoint=path)``.
+        init_cfg (dict, optional): ``dict(type='Pretrained',
+            checkpoint=path, prefix='backbone.')`` loads a local file (the
+            optional ``prefix`` selects and strips a key prefix, e.g. from
+            a detector checkpoint).  Weights load in ``__init__``.
+    """
+
+    #: RGB mean in [0, 1] units the tower was trained with.
+    mean: Tuple[float, float, float] = OPENAI_CLIP_MEAN
+    #: RGB std in [0, 1] units the tower was trained with.
+    std: Tuple[float, float, float] = OPENAI_CLIP_STD
+    #: Position-embedding resampling of the upstream model (see
+    #: :func:`plugins.utils.pos_embed_interp_args`); subclasses override.
+    default_pos_embed_interp = 'timm'
+
+    def __init__(self,
+                 tower: ViTTower,
+                 mean: Optional[Sequence[float]] = None,
+                 std: Optional[Sequence[float]] = None,
+                 out_indices: Union[int, Sequence[int]] = (-1, ),
+                 frozen: bool = False,
+                 train_last_n_blocks: Optional[int] = None,
+                 with_proj: bool = False,
+                 with_cp: bool = False,
+                 check_finite: bool = True,
+                 pos_embed_interp: Optional[Union[str, dict]] = None,
+                 pretrained: Optional[str] = None,
+                 init_cfg: Optional[dict] = None):
+        name = type(self).__name__
+        if pretrained is not None and init_cfg is not None:
+            raise ValueError('give either pretrained or init_cfg, not both')
+        if pretrained is not None:
+            init_cfg = dict(type='Pretrained', checkpoint=str(pretrained))
+        if init_cfg is not None and init_cfg.get('type') != 'Pretrained':
+            raise ValueError(f'{name} only supports '
+                             "init_cfg=dict(type='Pretrained', checkpoint=...)"
+                             f', got {init_cfg}')
+        super().__init__(init_cfg=init_cfg)
+        if frozen and train_last_n_blocks is not None:
+            raise ValueError('frozen=True and train_last_n_blocks='
+                             f'{train_last_n_blocks} contradict each other')
+        if isinstance(out_indices, int):
+            out_indices = (out_indices, )
+        tower.owner = name
+        self.visual = tower.visual
+        if tower.projection is not None:
+            self.image_proj = tower.projection
+        self.tower = tower
+        self.mean = tuple(mean or self.mean)
+        self.std = tuple(std or self.std)
+        self.out_indices = tower.resolve_indices(out_indices)
+        tower.check_train_last_n_blocks(train_last_n_blocks)
+        self.frozen = bool(frozen)
+        self.train_last_n_blocks = train_last_n_blocks
+        self.with_proj = bool(with_proj)
+        self.with_cp = bool(with_cp)
+        self.check_finite = bool(check_finite)
+        self.pos_embed_interp = self.default_pos_embed_interp \
+            if pos_embed_interp is None else pos_embed_interp
+        # validated here, so a typo fails at construction
+        tower.pos_embed_interp = pos_embed_interp_args(self.pos_embed_interp)
+        if self.init_cfg is not None:
+            self.load_pretrained(
+                self.init_cfg['checkpoint'],
+                prefix=self.init_cfg.get('prefix'))
+        self._apply_freezing()
+
+    # ------------------------------------------------------------------
+    # What a subclass may override
+    # ------------------------------------------------------------------
+    def unused_modules(self) -> List[Union[nn.Module, nn.Parameter]]:
+        """Parts of the tower the backbone never runs besides the tower's
+        own unused heads; kept for weight loading, always frozen so
+        optimisers and DDP ignore them. Default: none."""
+        return []
+
+    def convert_pretrained(self, state_dict: StateDict) -> StateDict:
+        """Map a loaded weights file to this module's ``state_dict`` keys.
+
+        Called by :meth:`load_pretrained` before the strict key check;
+        subclasses translate foreign layouts (OpenAI, full CLIP models with
+        a text tower, HF folders) here.  Default: unchanged.
+        """
+        return state_dict
+
+    def read_pretrained(self, path: str) -> Tuple[Path, StateDict]:
+        """The weights file at ``path`` (a file or a model folder) and its
+        state dict. Subclasses read other layouts (e.g. sharded exports)."""
+        path = find_weights_file(path)
+        return path, safe_load(path)
+
+    # ------------------------------------------------------------------
+    # Weights and freezing
+    # ------------------------------------------------------------------
+    def init_weights(self) -> None:
+        """Weights are set in ``__init__`` (upstream init or the pretrained
+        file); the runner's call must not re-initialise the tower (timm's
+        own ``init_weights`` would)."""
+        self._is_init = True
+
+    def load_pretrained(self, path: str, prefix: Optional[str] = None) -> None:
+        """Load a local weights file with a strict key check.
+
+        Args:
+            path (str): ``.safetensors``, ``.bin``/``.pth`` or an OpenAI
+                TorchScript ``.pt`` (read by :func:`plugins.utils.safe_load`),
+                or a model folder holding one (e.g.
+                ``open_clip_pytorch_model.bin``).
+            prefix (str, optional): keep only keys under this prefix and
+                strip it (e.g. ``'backbone.'`` of a detector checkpoint).
+
+        Raises:
+            plugins.utils.StateDictMismatchError: listing missing and
+                unexpected keys, with a hint to
+                ``tools/convert_clip_checkpoint.py``.
+        """
+        path, state = self.read_pretrained(path)
+        if prefix:
+            state = select_prefix(state, prefix)
+        state = self.convert_pretrained(state)
+        # buffers the module rebuilds itself (non-persistent) are not loaded
+        expected = self.state_dict()
+        derived = {n for n, _ in self.named_buffers()} - set(expected)
+        state = {k: v for k, v in state.items() if k not in derived}
+        check_state_dict(
+            expected, state, source=str(path), target=type(self).__name__)
+        self.load_state_dict(state, strict=True)
+        MMLogger.get_current_instance().info(
+            f'{type(self).__name__}: loaded {len(state)} tensors from {path}')
+
+    def _apply_freezing(self) -> None:
+        self.tower.set_trainable(self.frozen, self.train_last_n_blocks,
+                                 self.with_proj, self.unused_modules())
+
+    def train(self, mode: bool = True):
+        """Set train mode; frozen parts stay in eval mode (no dropout,
+        drop-path or norm statistic updates)."""
+        super().train(mode and not self.frozen)
+        if mode:
+            for m in self.tower.frozen_modules(self.frozen,
+                                               self.train_last_n_blocks):
+                m.eval()
+        return self
+
+    # ------------------------------------------------------------------
+    # The tower's parts, by their backbone names
+    # ------------------------------------------------------------------
+    @property
+    def blocks(self) -> Sequence[nn.Module]:
+        return self.tower.blocks
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.tower.blocks)
+
+    @property
+    def patch_size(self) -> int:
+        return self.tower.patch_size
+
+    @property
+    def embed_dims(self) -> int:
+        """Token width (channels when ``with_proj=False``)."""
+        return self.tower.width
+
+    @property
+    def proj_dims(self) -> int:
+        """Joint-space width (channels when ``with_proj=True``)."""
+        return self.tower.proj_dims
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return self.tower.num_prefix_tokens
+
+    @property
+    def out_channels(self) -> int:
+        """Channels of every output map."""
+        return self.proj_dims if self.with_proj else self.embed_dims
+
+    @property
+    def out_strides(self) -> int:
+        """Stride of every output map (the patch size)."""
+        return self.patch_size
+
+    def data_preprocessor_cfg(self, **kwargs) -> dict:
+        """An mmdet ``DetDataPreprocessor`` config matching this tower:
+        its mean/std (0-255 scale), BGR->RGB, padding to the patch size.
+
+        Args:
+            **kwargs: more/overriding ``DetDataPreprocessor`` arguments.
+        """
+        return clip_data_preprocessor(
+            self.mean, self.std, pad_size_divisor=self.patch_size, **kwargs)
+
+    def get_pos_embed(self, grid: Grid) -> Optional[torch.Tensor]:
+        """Position embedding for a ``(gh, gw)`` grid (see
+        :meth:`plugins.models.vit_tower.ViTTower.pos_embed`)."""
+        return self.tower.pos_embed(grid)
+
+    def prepare_input(self, x: torch.Tensor) -> Tuple[torch.Tensor, Grid]:
+        """Validate and pad ``(B, 3, H, W)`` to the patch multiple.
+
+        Returns:
+            tuple: the padded image and its grid ``(ceil(H/p), ceil(W/p))``.
+        """
+        return self.tower.prepare(x, self.check_finite)
+
+    def embed_tokens(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
+        """Tokens for the first block from a padded ``(B, 3, gh*p, gw*p)``
+        image: ``(B, num_prefix_tokens + gh * gw, C)``."""
+        return self.tower.embed(x)
+
+    def forward_blocks(self, x: torch.Tensor,
+                       grid: Grid) -> List[torch.Tensor]:
+        """Run the blocks; return the tokens after each of ``out_indices``.
+
+        Override for towers whose blocks are not a plain chain (e.g. CLIP
+        Surgery's dual path).
+
+        Args:
+            x (Tensor): ``(B, N, C)`` tokens from :meth:`embed_tokens`.
+            grid (tuple[int, int]): the patch grid.
+
+        Returns:
+            list[Tensor]: ``(B, N, C)`` per entry of ``out_indices``.
+        """
+        return self.tower.forward_blocks(x, self.out_indices,
+                                         self._call_block)
+
+    def _call_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.with_cp and self.training and torch.is_grad_enabled():
+            return checkpoint(block, x, use_reentrant=False)
+        return block(x)
+
+    def tokens_to_map(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
+        """Final norm (+ projection), drop prefix tokens, reshape:
+        ``(B, P + gh * gw, C)`` -> ``(B, C_out, gh, gw)``."""
+        return self.tower.tokens_to_map(x, grid, self.with_proj)
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """Encode images into feature maps.
+
+        Args:
+            x (Tensor): ``(B, 3, H, W)``, normalised with :attr:`mean` /
+                :attr:`std`.
+
+        Returns:
+            tuple[Tensor]: one ``(B, out_channels, ceil(H/p), ceil(W/p))``
+            map per entry of ``out_indices``.
+        """
+        x, grid = self.prepare_input(x)
+        # no local name for the embedded tokens: the blocks' first input is
+        # freed as soon as the first block has run (lower peak memory)
+        outs = self.forward_blocks(self.embed_tokens(x, grid), grid)
+        return tuple(self.tokens_to_map(t, grid) for t in outs)
+
+
+def clip_data_preprocessor(mean: Sequence[float] = OPENAI_CLIP_MEAN,
+                           std: Sequence[float] = OPENAI_CLIP_STD,
+                           pad_size_divisor: Optional[int] = None,
+                           **kwargs) -> dict:
+    """``DetDataPreprocessor`` config for CLIP statistics given in [0, 1].
+
+    mmdet normalises 0-255 pixels, so the statistics are scaled by 255;
+    images are loaded BGR by mmcv, CLIP expects RGB.
+    """
+    cfg = dict(
+        type='DetDataPreprocessor',
+        mean=[round(m * 255, 4) for m in mean],
+        std=[round(s * 255, 4) for s in std],
+        bgr_to_rgb=True)
+    if pad_size_divisor:
+        cfg['pad_size_divisor'] = int(pad_size_divisor)
+    cfg.update(kwargs)
+    return cfg

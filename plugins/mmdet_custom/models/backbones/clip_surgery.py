@@ -1,0 +1,96 @@
+"""CLIP Surgery's image encoder (value-value path in the last blocks) as a
+backbone."""
+from typing import List
+
+import torch
+import torch.nn as nn
+from mmdet.registry import MODELS
+
+from plugins.models.clip_surgery import check_surgery_blocks, surgery_forward
+
+from .base import Grid
+from .open_clip import OpenCLIPBackbone
+
+
+@MODELS.register_module()
+class SurgeryCLIPBackbone(OpenCLIPBackbone):
+    """CLIP Surgery (Li et al. 2023) over an OpenAI/OpenCLIP ViT as a
+    single-scale backbone.
+
+    The first ``depth - surgery_depth`` blocks run as in CLIP.  From there
+    the original path continues unchanged while a surgery path accumulates,
+    per block, a value-value self-attention (``softmax(v v^T * scale) v``
+    with the block's own qkv weights on ``ln_1`` of the original path's
+    input, then the block's output projection, no FFN); see
+    :mod:`plugins.models.clip_surgery`.  Maps are the surgery path's patch
+    tokens after ``ln_post`` (and ``proj`` with ``with_proj=True``);
+    ``out_indices`` before the first surgery block give the original
+    path's tokens.  With ``surgery_depth=0`` it is
+    :class:`OpenCLIPBackbone`.
+
+    The original path of the last surgery block is not computed (it only
+    feeds the class token, which a map drops), so that block's FFN
+    (``ln_2``, ``mlp``) is unused and kept frozen (DDP-safe).
+
+    Output: ``(B, C, ceil(H/p), ceil(W/p))``; ViT-B/16: ``C`` = 768
+    (512 with ``with_proj=True``), ``p`` = 16.  Normalisation: OpenAI CLIP
+    mean/std.  As in CLIP Surgery, OpenAI weights run with QuickGELU (set
+    automatically when an OpenAI-layout file is loaded) and the position
+    embedding is resampled bilinearly (``pos_embed_interp='clip_surgery'``).
+
+    Args:
+        model_name (str): open_clip ViT. OpenAI's ``ViT-B-16.pt`` (CLIP
+            Surgery's checkpoint) loads into ``'ViT-B-16'`` and switches it
+            to QuickGELU. Default: ``'ViT-B-16'``.
+        surgery_depth (int): blocks, counted from the end, with the
+            value-value path (0 to the number of blocks). Default: 6.
+        **kwargs: ``pretrained`` (local open_clip ``.safetensors``/``.bin``
+            or OpenAI ``.pt``), ``pretrained_tag``, ``mean``, ``std`` of
+            :class:`OpenCLIPBackbone` and the options of
+            :class:`CLIPBackboneBase` (``pos_embed_interp`` defaults to
+            ``'clip_surgery'``: bilinear, ``align_corners=False``, no
+            anti-aliasing).
+
+    Example:
+        >>> import torch
+        >>> from plugins.mmdet_custom.models.backbones import SurgeryCLIPBackbone
+        >>> m = SurgeryCLIPBackbone('ViT-Tiny-16-test', surgery_depth=2)
+        >>> [tuple(o.shape) for o in m.eval()(torch.rand(2, 3, 320, 480))]
+        [(2, 64, 20, 30)]
+    """
+
+    default_pos_embed_interp = 'clip_surgery'
+
+    def __init__(self,
+                 model_name: str = 'ViT-B-16',
+                 surgery_depth: int = 6,
+                 **kwargs):
+        super().__init__(model_name=model_name, **kwargs)
+        check_surgery_blocks(self.blocks, surgery_depth, type(self).__name__)
+        self.surgery_depth = int(surgery_depth)
+        # the base applied freezing before surgery_depth was known
+        self._apply_freezing()
+
+    @property
+    def surgery_start(self) -> int:
+        """Index of the first surgery block."""
+        return self.num_blocks - self.surgery_depth
+
+    def unused_modules(self) -> List[nn.Module]:
+        if 'surgery_depth' not in self.__dict__:
+            return []  # called by the base before surgery_depth is set
+        last = max(self.out_indices)
+        if last < self.surgery_start:
+            return []
+        block = self.blocks[last]
+        return [block.ln_2, block.mlp, block.ls_2]
+
+    def forward_blocks(self, x: torch.Tensor,
+                       grid: Grid) -> List[torch.Tensor]:
+        outs, _ = surgery_forward(
+            self.blocks,
+            x,
+            self.surgery_depth,
+            out_indices=self.out_indices,
+            call=self._call_block)
+        return outs

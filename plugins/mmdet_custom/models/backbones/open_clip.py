@@ -1,0 +1,144 @@
+"""open_clip ViT image towers (OpenAI CLIP, LAION OpenCLIP) as backbones."""
+from typing import Dict, Optional, Sequence
+
+import torch
+import torch.nn as nn
+from mmdet.registry import MODELS
+from mmengine.logging import MMLogger
+from open_clip.transformer import VisionTransformer
+
+from plugins.models import create_model
+from plugins.models.normalization import preprocess_cfg
+from plugins.models.vit_tower import OpenCLIPViTTower
+from plugins.models.weights import (OPENAI_METADATA_KEYS, is_openai_state_dict,
+                                    match_openai_activation)
+from plugins.utils import add_prefix
+
+from .base import CLIPBackboneBase
+
+
+#: Top-level keys of CLIP-family checkpoints that are not the image tower:
+#: open_clip/OpenAI ``CLIP`` text tower, ``CustomTextCLIP`` (``text.``), CoCa
+#: decoder, and the contrastive temperature/bias.
+NON_VISUAL_PREFIXES = ('text.', 'transformer.', 'token_embedding.',
+                       'positional_embedding', 'ln_final.', 'text_projection',
+                       'logit_scale', 'logit_bias', 'attn_mask',
+                       'text_decoder.')
+
+
+def visual_state_dict(state: Dict[str, torch.Tensor],
+                      prefix: str = 'visual.') -> Dict[str, torch.Tensor]:
+    """The image-tower part of a CLIP checkpoint, keys under ``prefix``.
+
+    A full CLIP checkpoint (open_clip or OpenAI layout) keeps its
+    ``visual.*`` entries and drops the known non-visual ones
+    (:data:`NON_VISUAL_PREFIXES`); any other key is kept so the strict
+    check reports it.  A checkpoint with no ``visual.*`` key is taken as a
+    bare image-tower state dict and prefixed.
+    """
+    if is_openai_state_dict(state):
+        state = {
+            k: v
+            for k, v in state.items() if k not in OPENAI_METADATA_KEYS
+        }
+    if any(k.startswith(prefix) for k in state):
+        return {
+            k: v
+            for k, v in state.items() if not k.startswith(NON_VISUAL_PREFIXES)
+        }
+    return add_prefix(state, prefix)
+
+
+@MODELS.register_module()
+class OpenCLIPBackbone(CLIPBackboneBase):
+    """Image tower of an open_clip ViT as a single-scale backbone.
+
+    Built through open_clip (``open_clip.create_model`` with the shipped or
+    built-in config, offline), keeping only ``model.visual`` (a
+    ``VisionTransformer``); the text tower is dropped.  Tokens follow the
+    upstream path (``conv1``, class token, position embedding, ``ln_pre``,
+    ``transformer.resblocks``, ``ln_post``, ``proj``).
+
+    Output: ``(B, C, ceil(H/p), ceil(W/p))`` per ``out_indices`` entry,
+    ``C`` = width (768 for ViT-B, 1024 for ViT-L) or the joint-space dim
+    with ``with_proj=True`` (512 / 768); ``p`` = 16 (ViT-B-16), 32
+    (ViT-B-32), 14 (ViT-L-14).
+
+    Args:
+        model_name (str): open_clip architecture, e.g. ``'ViT-B-16'``,
+            ``'ViT-B-32'``, ``'ViT-L-14'``, ``'ViT-B-16-quickgelu'``,
+            ``'ViT-Tiny-16-test'``. Default: ``'ViT-B-16'``.
+        pretrained (str, optional): local ``open_clip_model.safetensors``,
+            ``open_clip_pytorch_model.bin`` or OpenAI ``.pt`` archive (read
+            without executing code; OpenAI-layout weights always run with
+            QuickGELU, whatever ``model_name`` says, see
+            :func:`plugins.models.weights.match_openai_activation`).
+        pretrained_tag (str, optional): the open_clip release the weights
+            are (e.g. ``'laion2b_s34b_b79k'``, ``'laion2b_s32b_b82k'``);
+            only picks
+            the matching mean/std, nothing is downloaded. Default: the
+            statistics all releases of ``model_name`` share (OpenAI CLIP's
+            for ViT-B-32/B-16; ViT-L-14's ``laion2b_s32b_b82k`` differs).
+        mean (Sequence[float], optional): override the normalisation mean
+            (RGB, [0, 1]).
+        std (Sequence[float], optional): likewise for the std.
+        **kwargs: ``out_indices``, ``frozen``, ``train_last_n_blocks``,
+            ``with_proj``, ``with_cp``, ``check_finite``,
+            ``pos_embed_interp`` (default ``'open_clip'``: bicubic,
+            anti-aliased, as open_clip's ``resize_pos_embed``), ``init_cfg``
+            of :class:`CLIPBackboneBase`.
+
+    Example:
+        >>> import torch
+        >>> from plugins.mmdet_custom.models.backbones import OpenCLIPBackbone
+        >>> m = OpenCLIPBackbone('ViT-Tiny-16-test').eval()
+        >>> [tuple(o.shape) for o in m(torch.rand(2, 3, 320, 480))]
+        [(2, 64, 20, 30)]
+    """
+
+    default_pos_embed_interp = 'open_clip'
+
+    def __init__(self,
+                 model_name: str = 'ViT-B-16',
+                 pretrained: Optional[str] = None,
+                 pretrained_tag: Optional[str] = None,
+                 mean: Optional[Sequence[float]] = None,
+                 std: Optional[Sequence[float]] = None,
+                 **kwargs):
+        clip = create_model(
+            model_name, pretrained_tag=pretrained_tag, vision_only=True)
+        visual = clip.visual
+        if not isinstance(visual, VisionTransformer):
+            raise TypeError(
+                f"OpenCLIPBackbone needs an open_clip ViT; '{model_name}' has "
+                f'a {type(visual).__name__} image tower (timm trunks: use '
+                'BiomedCLIPBackbone)')
+        if visual.attn_pool is not None:
+            raise ValueError(f"'{model_name}' pools with an attentional "
+                             'pooler; its tokens are not a feature map')
+        if not visual.transformer.batch_first:
+            raise ValueError(f"'{model_name}': sequence-first transformers "
+                             'are not supported')
+        if not isinstance(visual.patch_dropout, nn.Identity):
+            # dropping patches breaks the spatial map
+            visual.patch_dropout = nn.Identity()
+        stats = preprocess_cfg(clip)
+        del clip  # the text tower is not kept
+        # set before the base loads the weights (convert_pretrained logs it);
+        # a plain attribute may precede nn.Module.__init__
+        self.model_name = model_name
+        super().__init__(
+            OpenCLIPViTTower(visual),
+            mean=mean or stats['mean'],
+            std=std or stats['std'],
+            pretrained=pretrained,
+            **kwargs)
+
+    def convert_pretrained(
+            self, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        match_openai_activation(
+            self.visual,
+            state,
+            name=f'{type(self).__name__}({self.model_name})',
+            log=MMLogger.get_current_instance())
+        return visual_state_dict(state)
