@@ -2,7 +2,9 @@
 # ViT-B/16 image encoder and DeformableCrossAttentionNeck (1 level -> 4).
 #
 # Expected weights (a local file; nothing is downloaded): OpenAI CLIP ViT-B/16
-# `ViT-B-16.pt` or open_clip ViT-B-16 weights; set model.backbone.pretrained.
+# `ViT-B-16.pt` (CLIP Surgery's; runs with QuickGELU automatically) or
+# open_clip ViT-B-16 weights; set model.backbone.pretrained (see
+# docs/model_zoo.md); keep model_name='ViT-B-16'.
 _base_ = [
     'mmdet::deformable_detr/deformable-detr-refine-twostage_r50_16xb2-50e_coco.py',
     '../_base_/plugins_runtime.py',

@@ -4,7 +4,9 @@
 #
 # Expected weights (a local file; nothing is downloaded):
 #   open_clip ViT-B-32 `open_clip_model.safetensors` (e.g.
-#   laion2b_s34b_b79k) or `open_clip_pytorch_model.bin`, or OpenAI `ViT-B-32.pt`.
+#   laion2b_s34b_b79k) or `open_clip_pytorch_model.bin`, or OpenAI `ViT-B-32.pt`
+#   (trained with QuickGELU: the backbone switches to it when an OpenAI file
+#   loads, keep model_name='ViT-B-32').
 #   Set `model.backbone.pretrained` to its path (see docs/model_zoo.md).
 _base_ = [
     'mmdet::dino/dino-4scale_r50_8xb2-12e_coco.py',

@@ -3,9 +3,13 @@
 # deformable attention over all four).
 #
 # Expected weights (a local file; nothing is downloaded):
-#   OpenAI CLIP ViT-B/16 archive `ViT-B-16.pt`, or open_clip
-#   `open_clip_pytorch_model.bin` / `open_clip_model.safetensors` of ViT-B-16.
-#   Set `model.backbone.pretrained` to its path (see docs/model_zoo.md).
+#   OpenAI CLIP ViT-B/16 archive `ViT-B-16.pt` (CLIP Surgery's checkpoint), or
+#   open_clip `open_clip_pytorch_model.bin` / `open_clip_model.safetensors` of
+#   ViT-B-16. Set `model.backbone.pretrained` to its path (see
+#   docs/model_zoo.md). Keep `model_name='ViT-B-16'` for either: OpenAI files
+#   switch the backbone to QuickGELU when they load (logged at INFO), and the
+#   position embedding is resampled bilinearly as in CLIP Surgery (the
+#   backbone's default `pos_embed_interp='clip_surgery'`).
 _base_ = [
     'mmdet::dino/dino-4scale_r50_8xb2-12e_coco.py',
     '../_base_/plugins_runtime.py',
@@ -18,7 +22,7 @@ model = dict(
     backbone=dict(
         _delete_=True,
         type='SurgeryCLIPBackbone',
-        model_name='ViT-B-16',
+        model_name='ViT-B-16',  # OpenAI's .pt runs with QuickGELU by itself
         surgery_depth=6,
         pretrained=None,  # path to the weights file above
         frozen=True),  # or frozen=False, train_last_n_blocks=4

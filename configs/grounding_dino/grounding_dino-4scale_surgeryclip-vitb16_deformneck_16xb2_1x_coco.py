@@ -3,8 +3,9 @@
 # class names as the text prompt.
 #
 # Expected files (local; nothing is downloaded):
-#   * image encoder: OpenAI CLIP ViT-B/16 `ViT-B-16.pt` or open_clip ViT-B-16
-#     weights -> model.backbone.pretrained;
+#   * image encoder: OpenAI CLIP ViT-B/16 `ViT-B-16.pt` (CLIP Surgery's; runs
+#     with QuickGELU automatically, keep model_name='ViT-B-16') or open_clip
+#     ViT-B-16 weights -> model.backbone.pretrained;
 #   * text encoder: a `bert-base-uncased` folder (config.json, vocab.txt,
 #     model.safetensors or pytorch_model.bin) -> lang_model_name below.
 _base_ = [

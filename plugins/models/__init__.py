@@ -17,7 +17,8 @@ from .concept_clip import (CONCEPT_CLIP_MODEL_NAME,
 from .tokenizer import LocalBertTokenizer
 from .weights import (OPENAI_METADATA_KEYS, WEIGHT_FILE_NAMES,
                       convert_to_open_clip, find_weights_file,
-                      is_openai_state_dict, load_open_clip_weights)
+                      is_openai_state_dict, load_open_clip_weights,
+                      match_openai_activation)
 
 register_model_configs()
 
@@ -34,5 +35,5 @@ __all__ = [
     'list_shipped_models', 'normalization_stats', 'register_model_configs',
     'LocalBertTokenizer', 'OPENAI_METADATA_KEYS', 'WEIGHT_FILE_NAMES',
     'convert_to_open_clip', 'find_weights_file', 'is_openai_state_dict',
-    'load_open_clip_weights'
+    'load_open_clip_weights', 'match_openai_activation'
 ]

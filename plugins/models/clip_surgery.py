@@ -32,6 +32,8 @@ import torch.nn.functional as F
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from torch.utils.checkpoint import checkpoint
 
+from plugins.utils import pos_embed_interp_args
+
 from .vit_tower import OpenCLIPViTTower
 
 Grid = Tuple[int, int]
@@ -282,13 +284,19 @@ class SurgeryCLIPVisual(nn.Module):
 
     Any input size ``>= patch``: the image is zero-padded at the
     bottom/right to the patch multiple and the position embedding is
-    bicubically resampled to the grid.
+    resampled to the grid, by default as CLIP Surgery does (bilinear,
+    ``align_corners=False``, no anti-aliasing).  OpenAI weights must run
+    with QuickGELU; the loaders (:func:`build_clip_surgery`,
+    :func:`plugins.models.load_open_clip_weights`) set it for OpenAI files.
 
     Args:
         visual (open_clip.transformer.VisionTransformer): the image tower
             (batch-first, no attentional pooler), its weights unchanged.
         surgery_depth (int): blocks, counted from the end, with the
             value-value path. Default: 6 (of 12 in ViT-B).
+        pos_embed_interp (str | dict): position-embedding resampling, see
+            :func:`plugins.utils.pos_embed_interp_args`. Default:
+            ``'clip_surgery'``.
 
     Example:
         >>> import torch
@@ -305,8 +313,13 @@ class SurgeryCLIPVisual(nn.Module):
         torch.Size([1, 196, 3])
     """
 
-    def __init__(self, visual: VisionTransformer, surgery_depth: int = 6):
+    def __init__(self,
+                 visual: VisionTransformer,
+                 surgery_depth: int = 6,
+                 pos_embed_interp: Union[str, dict] = 'clip_surgery'):
         super().__init__()
+        self.pos_embed_interp = pos_embed_interp
+        self._pos_embed_interp_args = pos_embed_interp_args(pos_embed_interp)
         if not isinstance(visual, VisionTransformer):
             raise TypeError('SurgeryCLIPVisual needs an open_clip '
                             f'VisionTransformer, got {type(visual).__name__}')
@@ -314,7 +327,10 @@ class SurgeryCLIPVisual(nn.Module):
                              type(self).__name__)
         self.visual = visual
         # the shared tower adapter: padding, position embedding, ln_pre
-        self.tower = OpenCLIPViTTower(visual, owner=type(self).__name__)
+        self.tower = OpenCLIPViTTower(
+            visual,
+            pos_embed_interp=self._pos_embed_interp_args,
+            owner=type(self).__name__)
         self.surgery_depth = int(surgery_depth)
         self.grad_checkpointing = False
 
@@ -404,16 +420,19 @@ class SurgeryCLIPVisual(nn.Module):
 def build_clip_surgery(model_name: str = 'ViT-B-16',
                        pretrained: Optional[Union[str, os.PathLike]] = None,
                        surgery_depth: int = 6,
+                       pos_embed_interp: Union[str, dict] = 'clip_surgery',
                        **kwargs):
     """Build an open_clip CLIP offline and wrap its image tower.
 
     Args:
-        model_name (str): open_clip ViT, e.g. ``'ViT-B-16'`` or
-            ``'ViT-B-16-quickgelu'`` for OpenAI's ``ViT-B-16.pt`` (the
-            checkpoint CLIP Surgery uses).
+        model_name (str): open_clip ViT, e.g. ``'ViT-B-16'``.  OpenAI's
+            ``ViT-B-16.pt`` (the checkpoint CLIP Surgery uses) switches the
+            model to QuickGELU whatever the name.
         pretrained (str, optional): local open_clip/OpenAI weights (see
             :func:`plugins.models.build_open_clip`).
         surgery_depth (int): see :class:`SurgeryCLIPVisual`. Default: 6.
+        pos_embed_interp (str | dict): see :class:`SurgeryCLIPVisual`.
+            Default: ``'clip_surgery'``.
         **kwargs: passed to :func:`plugins.models.build_open_clip`.
 
     Returns:
@@ -424,5 +443,5 @@ def build_clip_surgery(model_name: str = 'ViT-B-16',
     from .open_clip_factory import build_open_clip
     model, preprocess, tokenizer = build_open_clip(model_name, pretrained,
                                                    **kwargs)
-    return (SurgeryCLIPVisual(model.visual, surgery_depth).eval(), model,
-            preprocess, tokenizer)
+    tower = SurgeryCLIPVisual(model.visual, surgery_depth, pos_embed_interp)
+    return tower.eval(), model, preprocess, tokenizer

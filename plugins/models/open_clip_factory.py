@@ -240,8 +240,9 @@ def build_open_clip(
     """Build an open_clip model offline and load local weights.
 
     Args:
-        model_name (str): e.g. ``'ViT-B-32'``, ``'ViT-B-16-quickgelu'``
-            (OpenAI weights),
+        model_name (str): e.g. ``'ViT-B-32'``, ``'ViT-B-16'`` (OpenAI
+            weights switch it to QuickGELU when they load, see
+            :func:`plugins.models.weights.match_openai_activation`),
             ``'BiomedCLIP-PubMedBERT_256-vit_base_patch16_224'``,
             ``'ViT-Tiny-16-test'``.
         pretrained (str, optional): ``open_clip_model.safetensors``,

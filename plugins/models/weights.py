@@ -7,7 +7,10 @@ executed):
   (also training checkpoints ``{'state_dict': ...}``, DDP ``module.``);
 * OpenAI CLIP TorchScript archives (``ViT-B-32.pt`` ...) and OpenAI state
   dicts: same key names as open_clip's ``CLIP`` plus three metadata entries;
-  converted with open_clip's own helpers for models with a custom text tower;
+  converted with open_clip's own helpers for models with a custom text tower.
+  OpenAI's models were trained with QuickGELU, so a model that loads such
+  weights is switched to QuickGELU (:func:`match_openai_activation`),
+  whatever its config name says;
 * older open_clip text-tower layouts, and checkpoints from transformers
   releases that still saved ``position_ids``.
 
@@ -22,7 +25,8 @@ import torch
 import torch.nn as nn
 from open_clip.convert import convert_state_dict
 from open_clip.model import convert_to_custom_text_state_dict
-from open_clip.transformer import QuickGELU
+from open_clip.transformer import (CustomResidualAttentionBlock, QuickGELU,
+                                   ResidualAttentionBlock)
 
 from plugins.utils import check_state_dict, safe_load
 
@@ -61,13 +65,70 @@ def find_weights_file(path: Union[str, os.PathLike],
 
 
 def is_openai_state_dict(state: Mapping[str, torch.Tensor]) -> bool:
-    """True for the layout of OpenAI's CLIP archives."""
-    return any(k in state for k in OPENAI_METADATA_KEYS) and \
-        'visual.conv1.weight' in state
+    """True for the layout of OpenAI's CLIP checkpoints.
+
+    The key names of OpenAI's ``CLIP`` are open_clip's (``visual.proj``,
+    ``visual.class_embedding``, ``text_projection`` ...), so only the 0-dim
+    metadata tensors OpenAI's model carries (:data:`OPENAI_METADATA_KEYS`;
+    open_clip's ``build_model_from_openai_state_dict`` and ``load_state_dict``
+    drop them, OpenAI's own ``clip.build_model`` too) tell an OpenAI file
+    apart.  They must sit next to an OpenAI image tower: ``visual.conv1.weight``
+    (ViT; open_clip tells ViT from ResNet by ``visual.proj``) or
+    ``visual.layer1.0.conv1.weight`` (ModifiedResNet).
+    """
+    has_meta = any(
+        isinstance(state.get(k), torch.Tensor) and state[k].dim() == 0
+        for k in OPENAI_METADATA_KEYS)
+    return has_meta and ('visual.conv1.weight' in state
+                         or 'visual.layer1.0.conv1.weight' in state)
 
 
 def uses_quick_gelu(model: nn.Module) -> bool:
     return any(isinstance(m, QuickGELU) for m in model.modules())
+
+
+def match_openai_activation(model: nn.Module,
+                            state: Mapping[str, torch.Tensor],
+                            name: Optional[str] = None,
+                            log: Optional[logging.Logger] = None) -> bool:
+    """Run ``model`` with QuickGELU when ``state`` is OpenAI's CLIP layout.
+
+    OpenAI trained every CLIP with QuickGELU (``x * sigmoid(1.702 x)``);
+    open_clip builds OpenAI checkpoints with ``quick_gelu=True`` whatever
+    the name (``build_model_from_openai_state_dict``) and its ``openai``
+    release tags say ``quick_gelu=True``.  Here the model already exists
+    (built from a config name such as ``'ViT-B-16'``, GELU), so the GELU of
+    every open_clip transformer block's MLP (``mlp.gelu``) is replaced by
+    QuickGELU in place, logged once at INFO.  The one place every CLIP
+    weight loader (:func:`load_open_clip_weights`, the mmdet backbones)
+    decides the activation.
+
+    Args:
+        model (nn.Module): an open_clip model or tower (or a module holding
+            one).
+        state (Mapping): the loaded checkpoint (before conversion).
+        name (str, optional): what is loaded, for the log line.
+        log (logging.Logger, optional): Default: this module's logger.
+
+    Returns:
+        bool: True for OpenAI weights (the model then runs QuickGELU).
+    """
+    if not is_openai_state_dict(state):
+        return False
+    switched = 0
+    for block in model.modules():
+        if isinstance(block, (ResidualAttentionBlock,
+                              CustomResidualAttentionBlock)):
+            act = getattr(block.mlp, 'gelu', None)
+            if isinstance(act, nn.GELU):
+                block.mlp.gelu = QuickGELU()
+                switched += 1
+    if switched:
+        (log or logger).info(
+            f'{name or type(model).__name__}: OpenAI CLIP weights (trained '
+            f'with QuickGELU): {switched} transformer blocks switched from '
+            'GELU to QuickGELU')
+    return True
 
 
 def convert_to_open_clip(state: Mapping[str, torch.Tensor],
@@ -85,13 +146,9 @@ def convert_to_open_clip(state: Mapping[str, torch.Tensor],
     """
     state = dict(state)
     if is_openai_state_dict(state):
+        # the activation is chosen by match_openai_activation (the loaders)
         for key in OPENAI_METADATA_KEYS:
             state.pop(key, None)
-        if not uses_quick_gelu(model):
-            logger.warning(
-                'OpenAI CLIP weights were trained with QuickGELU but the '
-                'model uses GELU; use the "-quickgelu" variant of the model '
-                'name (e.g. ViT-B-16-quickgelu) for faithful features')
     state = convert_state_dict(model, state)
     if 'positional_embedding' in state and not hasattr(model,
                                                        'positional_embedding'):
@@ -120,6 +177,9 @@ def load_open_clip_weights(model: nn.Module,
                            target: Optional[str] = None) -> StateDict:
     """Load weights into an open_clip model, checking every key.
 
+    OpenAI-layout weights switch the model to QuickGELU
+    (:func:`match_openai_activation`).
+
     Args:
         model: open_clip ``CLIP`` / ``CustomTextCLIP``.
         source: a weights file, a model folder (see
@@ -139,6 +199,7 @@ def load_open_clip_weights(model: nn.Module,
         path = find_weights_file(source)
         name = str(path)
         state = safe_load(path)
+    match_openai_activation(model, state, name=target or name)
     state = convert_to_open_clip(state, model)
     if strict:
         check_state_dict(

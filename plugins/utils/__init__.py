@@ -2,7 +2,8 @@
 state-dict key mapping and position-embedding resampling."""
 from .checkpoint import (SAFE_GLOBALS, CheckpointError, UnsafeCheckpointError,
                          safe_load, safe_load_object, save_safetensors)
-from .pos_embed import resample_pos_embed
+from .pos_embed import (POS_EMBED_INTERP_PRESETS, pos_embed_interp_args,
+                        resample_pos_embed)
 from .state_dict import (CONVERTER_HINT, StateDictMismatchError, add_prefix,
                          check_state_dict, key_mismatch, rename_keys,
                          select_prefix, strip_prefix, unwrap_state_dict)
@@ -10,6 +11,7 @@ from .state_dict import (CONVERTER_HINT, StateDictMismatchError, add_prefix,
 __all__ = [
     'SAFE_GLOBALS', 'CheckpointError', 'UnsafeCheckpointError', 'safe_load',
     'safe_load_object', 'save_safetensors', 'resample_pos_embed',
+    'POS_EMBED_INTERP_PRESETS', 'pos_embed_interp_args',
     'CONVERTER_HINT', 'StateDictMismatchError', 'add_prefix',
     'check_state_dict', 'key_mismatch', 'rename_keys', 'select_prefix',
     'strip_prefix', 'unwrap_state_dict'

@@ -2,13 +2,78 @@
 
 Every CLIP-family backbone in this package (open_clip ViTs, timm trunks,
 SigLIP-style towers) runs at input sizes other than the one it was trained
-at, so the learned position embedding of the training grid is resized with
-bicubic interpolation.  This is the one implementation all of them use.
+at, so the learned position embedding of the training grid is resized to
+the new patch grid.  This is the one implementation all of them use; how it
+interpolates is chosen per upstream model with a ``pos_embed_interp`` spec
+(:func:`pos_embed_interp_args`), defaulting to what that upstream does:
+
+=================  ==========================================================
+``'open_clip'``    bicubic, anti-aliased, ``align_corners=False`` (open_clip
+                   ``model.resize_pos_embed``)
+``'timm'``         the same numbers (timm ``layers.resample_abs_pos_embed``:
+                   ``interpolation='bicubic'``, ``antialias=True``)
+``'clip_surgery'`` bilinear, ``align_corners=False``, no anti-aliasing (CLIP
+                   Surgery's ``VisionTransformer.forward``:
+                   ``F.interpolate(..., mode='bilinear')``)
+=================  ==========================================================
+
+Anti-aliasing only changes the result when the grid shrinks.
 """
-from typing import Tuple
+from typing import Mapping, Tuple, Union
 
 import torch
 import torch.nn.functional as F
+
+
+#: Named ``pos_embed_interp`` specs: what each upstream's resampling does.
+POS_EMBED_INTERP_PRESETS = {
+    'open_clip': dict(interpolation='bicubic', antialias=True),
+    'timm': dict(interpolation='bicubic', antialias=True),
+    'clip_surgery': dict(interpolation='bilinear', antialias=False),
+}
+
+#: ``F.interpolate`` modes a spec may name directly (4-D input).
+_MODES = ('nearest', 'nearest-exact', 'bilinear', 'bicubic', 'area')
+
+PosEmbedInterp = Union[str, Mapping]
+
+
+def pos_embed_interp_args(spec: PosEmbedInterp) -> dict:
+    """``interpolation``/``antialias`` arguments of
+    :func:`resample_pos_embed` for a ``pos_embed_interp`` spec.
+
+    Args:
+        spec (str | dict): a preset name (:data:`POS_EMBED_INTERP_PRESETS`:
+            ``'open_clip'``, ``'timm'``, ``'clip_surgery'``), an
+            ``F.interpolate`` mode (``'bilinear'``, ``'bicubic'``, ...;
+            no anti-aliasing), or ``dict(mode=..., antialias=...)``.
+
+    Raises:
+        ValueError: an unknown name or mode, or unknown dict keys.
+    """
+    if isinstance(spec, str):
+        if spec in POS_EMBED_INTERP_PRESETS:
+            return dict(POS_EMBED_INTERP_PRESETS[spec])
+        if spec in _MODES:
+            return dict(interpolation=spec, antialias=False)
+        raise ValueError(
+            f"pos_embed_interp '{spec}' is neither a preset "
+            f'{sorted(POS_EMBED_INTERP_PRESETS)} nor an F.interpolate mode '
+            f'{list(_MODES)}')
+    if isinstance(spec, Mapping):
+        unknown = set(spec) - {'mode', 'antialias'}
+        if unknown or 'mode' not in spec:
+            raise ValueError('pos_embed_interp dict takes mode= and '
+                             f'optionally antialias=, got {dict(spec)}')
+        if spec['mode'] not in _MODES:
+            raise ValueError('pos_embed_interp dict mode must be an '
+                             f'F.interpolate mode {list(_MODES)}, got '
+                             f"'{spec['mode']}'")
+        args = dict(interpolation=spec['mode'])
+        args['antialias'] = bool(spec.get('antialias', False))
+        return args
+    raise TypeError('pos_embed_interp must be a str or a dict, got '
+                    f'{type(spec).__name__}')
 
 
 def resample_pos_embed(pos_embed: torch.Tensor,
@@ -32,7 +97,9 @@ def resample_pos_embed(pos_embed: torch.Tensor,
         old_grid (tuple[int, int]): ``(gh, gw)`` the embedding was made for.
         num_prefix_tokens (int): leading non-spatial tokens. Default: 1.
         interpolation (str): ``F.interpolate`` mode. Default: ``'bicubic'``.
-        antialias (bool): anti-alias when shrinking. Default: True.
+        antialias (bool): anti-alias when shrinking. Default: True (these
+            two defaults are open_clip's and timm's; see
+            :func:`pos_embed_interp_args` for other upstreams).
 
     Returns:
         Tensor: same rank as ``pos_embed``, with ``num_prefix_tokens + h * w``
@@ -66,12 +133,11 @@ def resample_pos_embed(pos_embed: torch.Tensor,
     # antialias only matters (and is only supported) for bilinear/bicubic
     # downsampling; F.interpolate ignores it when enlarging.
     use_aa = antialias and interpolation in ('bilinear', 'bicubic')
+    kwargs = dict(align_corners=False) if interpolation in (
+        'bilinear', 'bicubic') else {}
     spatial = F.interpolate(
-        spatial,
-        size=new_grid,
-        mode=interpolation,
-        align_corners=False,
-        antialias=use_aa)
+        spatial, size=new_grid, mode=interpolation, antialias=use_aa,
+        **kwargs)
     spatial = spatial.permute(0, 2, 3, 1).reshape(1, -1, dim).to(orig_dtype)
     out = torch.cat([prefix, spatial], dim=1)
     return out.squeeze(0) if squeeze else out

@@ -47,11 +47,90 @@ def test_openai_archive_layout(saved):
     assert int(state['input_resolution']) == 224
 
 
-def test_openai_weights_into_gelu_model_warn(saved, caplog):
+def _activations(model):
+    from open_clip.transformer import QuickGELU
+    return (sum(isinstance(m, QuickGELU) for m in model.modules()),
+            sum(type(m) is torch.nn.GELU for m in model.modules()))
+
+
+def _quick_gelu_messages(caplog):
+    return [r for r in caplog.records if 'QuickGELU' in r.getMessage()]
+
+
+def test_openai_weights_switch_a_gelu_model_to_quick_gelu(saved, caplog):
+    """OpenAI files run with QuickGELU whatever the model name says (as
+    open_clip's build_model_from_openai_state_dict does), said once at
+    INFO; the result is the '-quickgelu' model's."""
+    model, files = saved
+    target = create_model(TINY)  # GELU by name
+    assert _activations(target) == (0, 6)  # 4 image + 2 text blocks
+    with caplog.at_level(logging.DEBUG):
+        load_open_clip_weights(target, files['openai'])
+    assert _activations(target) == (6, 0)
+    said = _quick_gelu_messages(caplog)
+    assert len(said) == 1 and said[0].levelno == logging.INFO
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING
+                and 'GELU' in r.getMessage()]
+    reference = create_model(TINY, quick_gelu=True).eval()
+    load_open_clip_weights(reference, files['openai'])
+    image = torch.randn(2, 3, 224, 224)
+    text = torch.randint(0, 49408, (2, 77))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            target.eval().encode_image(image), reference.encode_image(image),
+            rtol=0, atol=0)
+        torch.testing.assert_close(
+            target.encode_text(text), reference.encode_text(text),
+            rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('fmt', ['safetensors', 'bin'])
+def test_open_clip_files_keep_the_named_activation(saved, fmt, caplog):
     _, files = saved
-    with caplog.at_level(logging.WARNING):
-        load_open_clip_weights(create_model(TINY), files['openai'])
-    assert 'QuickGELU' in caplog.text
+    target = create_model(TINY)
+    with caplog.at_level(logging.DEBUG):
+        load_open_clip_weights(target, files[fmt])
+    assert _activations(target) == (0, 6)
+    assert not _quick_gelu_messages(caplog)
+
+
+def test_quick_gelu_model_with_openai_weights_says_nothing(saved, caplog):
+    _, files = saved
+    target = create_model(TINY, quick_gelu=True)
+    with caplog.at_level(logging.DEBUG):
+        load_open_clip_weights(target, files['openai'])
+    assert _activations(target) == (6, 0)
+    assert not _quick_gelu_messages(caplog)
+
+
+def test_openai_detection_needs_metadata_next_to_an_image_tower(saved):
+    model, files = saved
+    openai = safe_load(files['openai'])
+    assert is_openai_state_dict(openai)
+    # open_clip's own files share every key name but carry no metadata
+    assert not is_openai_state_dict(model.state_dict())
+    # metadata alone (no OpenAI image tower) is not OpenAI's layout
+    meta = {k: openai[k] for k in ('input_resolution', 'context_length')}
+    assert not is_openai_state_dict(meta)
+    # ModifiedResNet towers (RN50.pt ...) are OpenAI's too
+    rn = dict(meta, **{'visual.layer1.0.conv1.weight': torch.zeros(1)})
+    assert is_openai_state_dict(rn)
+
+
+def test_every_clip_loader_switches(saved, tmp_path):
+    """The loaders of CLIP Surgery, region scoring and prompt learning go
+    through the same mechanism."""
+    from plugins.models import build_clip_surgery
+    from plugins.prompt_learning.vpt_tpt_segmentor import build_clip
+    from plugins.scoring import build_region_scorer
+    _, files = saved
+    tower, clip, _, _ = build_clip_surgery(TINY, files['openai'],
+                                           surgery_depth=2)
+    assert _activations(tower) == (4, 0) and _activations(clip) == (6, 0)
+    scorer = build_region_scorer(TINY, files['openai'])
+    assert _activations(scorer.model) == (6, 0)
+    clip, _ = build_clip(TINY, str(files['openai']))
+    assert _activations(clip) == (6, 0)
 
 
 def test_wrong_layout_lists_keys_and_suggests_converter(tmp_path, saved):

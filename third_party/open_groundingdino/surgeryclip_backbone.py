@@ -23,8 +23,11 @@ one is importable (a minimal one otherwise).  See
                                     weights, with a warning)
 ``train_surgeryclip_backbone``      False (default): frozen, eval mode
 ``surgeryclip_model_name``          open_clip ViT (default ``ViT-B-16``;
-                                    QuickGELU forced for OpenAI files)
+                                    OpenAI files always run QuickGELU)
 ``surgeryclip_surgery_depth``       value-value blocks from the end (6)
+``surgeryclip_pos_embed_interp``    position-embedding resampling
+                                    (``'clip_surgery'``: bilinear, as CLIP
+                                    Surgery; see ``docs/backbones.md``)
 ``surgeryclip_train_last_n_blocks`` with training on: train only the last n
                                     blocks and ``ln_post``/``proj``
 ``surgeryclip_with_proj``           True (default): features in CLIP's
@@ -235,8 +238,7 @@ def build_surgeryclip_backbone(
         tuple: ``(backbone, num_channels)``, ``num_channels = [C]``
         (512 for ViT-B/16 with the default ``with_proj``).
     """
-    from plugins.models import (create_model, is_openai_state_dict,
-                                load_open_clip_weights)
+    from plugins.models import create_model, load_open_clip_weights
     from plugins.models.clip_surgery import SurgeryCLIPVisual
     from plugins.models.weights import find_weights_file
     from plugins.utils import safe_load
@@ -246,10 +248,9 @@ def build_surgeryclip_backbone(
     if ckpt:
         path = find_weights_file(ckpt)
         state = safe_load(path)
-        # OpenAI's archives (CLIP Surgery's ViT-B-16.pt) were trained with
-        # QuickGELU, whatever the model name says
-        clip = create_model(
-            model_name, force_quick_gelu=is_openai_state_dict(state))
+        # OpenAI's archives (CLIP Surgery's ViT-B-16.pt) switch the model to
+        # QuickGELU inside the loader, whatever the model name says
+        clip = create_model(model_name)
         load_open_clip_weights(clip, state, strict=True, target=model_name)
         logger.info(f'SurgeryCLIP backbone: {model_name} weights from {path}')
     else:
@@ -264,7 +265,9 @@ def build_surgeryclip_backbone(
     backbone = SurgeryCLIPGroundingBackbone(
         SurgeryCLIPVisual(
             clip.visual,
-            surgery_depth=int(_arg(args, 'surgeryclip_surgery_depth', 6))),
+            surgery_depth=int(_arg(args, 'surgeryclip_surgery_depth', 6)),
+            pos_embed_interp=_arg(args, 'surgeryclip_pos_embed_interp',
+                                  'clip_surgery')),
         train_backbone=bool(_arg(args, 'train_surgeryclip_backbone', False)),
         train_last_n_blocks=getattr(args, 'surgeryclip_train_last_n_blocks',
                                     None),

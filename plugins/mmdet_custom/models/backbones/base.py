@@ -22,7 +22,8 @@ from torch.utils.checkpoint import checkpoint
 from plugins.models.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from plugins.models.vit_tower import ViTTower
 from plugins.models.weights import find_weights_file
-from plugins.utils import check_state_dict, safe_load, select_prefix
+from plugins.utils import (check_state_dict, pos_embed_interp_args, safe_load,
+                           select_prefix)
 
 Grid = Tuple[int, int]
 StateDict = Dict[str, torch.Tensor]
@@ -71,6 +72,12 @@ class CLIPBackboneBase(BaseModule):
             Default: False.
         check_finite (bool): raise on NaN/Inf in the input (one device
             sync per forward). Default: True.
+        pos_embed_interp (str | dict, optional): how the position embedding
+            is resampled to other grids: ``'open_clip'``, ``'timm'``
+            (bicubic, anti-aliased), ``'clip_surgery'`` (bilinear), an
+            ``F.interpolate`` mode or ``dict(mode=..., antialias=...)``, see
+            :func:`plugins.utils.pos_embed_interp_args`. Default: None, the
+            upstream's own (:attr:`default_pos_embed_interp`).
         pretrained (str, optional): local weights file, same as
             ``init_cfg=dict(type='Pretrained', checkpoint=path)``.
         init_cfg (dict, optional): ``dict(type='Pretrained',
@@ -83,6 +90,9 @@ class CLIPBackboneBase(BaseModule):
     mean: Tuple[float, float, float] = OPENAI_CLIP_MEAN
     #: RGB std in [0, 1] units the tower was trained with.
     std: Tuple[float, float, float] = OPENAI_CLIP_STD
+    #: Position-embedding resampling of the upstream model (see
+    #: :func:`plugins.utils.pos_embed_interp_args`); subclasses override.
+    default_pos_embed_interp = 'timm'
 
     def __init__(self,
                  tower: ViTTower,
@@ -94,6 +104,7 @@ class CLIPBackboneBase(BaseModule):
                  with_proj: bool = False,
                  with_cp: bool = False,
                  check_finite: bool = True,
+                 pos_embed_interp: Optional[Union[str, dict]] = None,
                  pretrained: Optional[str] = None,
                  init_cfg: Optional[dict] = None):
         name = type(self).__name__
@@ -125,6 +136,10 @@ class CLIPBackboneBase(BaseModule):
         self.with_proj = bool(with_proj)
         self.with_cp = bool(with_cp)
         self.check_finite = bool(check_finite)
+        self.pos_embed_interp = self.default_pos_embed_interp \
+            if pos_embed_interp is None else pos_embed_interp
+        # validated here, so a typo fails at construction
+        tower.pos_embed_interp = pos_embed_interp_args(self.pos_embed_interp)
         if self.init_cfg is not None:
             self.load_pretrained(
                 self.init_cfg['checkpoint'],

@@ -40,7 +40,9 @@ class BiomedCLIPBackbone(CLIPBackboneBase):
             downloaded BiomedCLIP folder (or the folder itself), or a
             ``.safetensors`` conversion of it.
         mean, std (Sequence[float], optional): normalisation overrides.
-        **kwargs: see :class:`CLIPBackboneBase`.
+        **kwargs: see :class:`CLIPBackboneBase` (``pos_embed_interp``
+            defaults to ``'timm'``: bicubic, anti-aliased, as timm's
+            ``resample_abs_pos_embed``).
 
     Example:
         >>> import torch

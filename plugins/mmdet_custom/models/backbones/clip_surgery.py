@@ -34,18 +34,22 @@ class SurgeryCLIPBackbone(OpenCLIPBackbone):
 
     Output: ``(B, C, ceil(H/p), ceil(W/p))``; ViT-B/16: ``C`` = 768
     (512 with ``with_proj=True``), ``p`` = 16.  Normalisation: OpenAI CLIP
-    mean/std.
+    mean/std.  As in CLIP Surgery, OpenAI weights run with QuickGELU (set
+    automatically when an OpenAI-layout file is loaded) and the position
+    embedding is resampled bilinearly (``pos_embed_interp='clip_surgery'``).
 
     Args:
-        model_name (str): open_clip ViT; ``'ViT-B-16-quickgelu'`` for
-            OpenAI's ``ViT-B-16.pt`` (CLIP Surgery's checkpoint). Default:
-            ``'ViT-B-16'``.
+        model_name (str): open_clip ViT. OpenAI's ``ViT-B-16.pt`` (CLIP
+            Surgery's checkpoint) loads into ``'ViT-B-16'`` and switches it
+            to QuickGELU. Default: ``'ViT-B-16'``.
         surgery_depth (int): blocks, counted from the end, with the
             value-value path (0 to the number of blocks). Default: 6.
         **kwargs: ``pretrained`` (local open_clip ``.safetensors``/``.bin``
             or OpenAI ``.pt``), ``pretrained_tag``, ``mean``, ``std`` of
             :class:`OpenCLIPBackbone` and the options of
-            :class:`CLIPBackboneBase`.
+            :class:`CLIPBackboneBase` (``pos_embed_interp`` defaults to
+            ``'clip_surgery'``: bilinear, ``align_corners=False``, no
+            anti-aliasing).
 
     Example:
         >>> import torch
@@ -54,6 +58,8 @@ class SurgeryCLIPBackbone(OpenCLIPBackbone):
         >>> [tuple(o.shape) for o in m.eval()(torch.rand(2, 3, 320, 480))]
         [(2, 64, 20, 30)]
     """
+
+    default_pos_embed_interp = 'clip_surgery'
 
     def __init__(self,
                  model_name: str = 'ViT-B-16',

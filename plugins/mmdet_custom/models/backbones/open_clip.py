@@ -11,7 +11,7 @@ from plugins.models import create_model
 from plugins.models.normalization import preprocess_cfg
 from plugins.models.vit_tower import OpenCLIPViTTower
 from plugins.models.weights import (OPENAI_METADATA_KEYS, is_openai_state_dict,
-                                    uses_quick_gelu)
+                                    match_openai_activation)
 from plugins.utils import add_prefix
 
 from .base import CLIPBackboneBase
@@ -66,11 +66,13 @@ class OpenCLIPBackbone(CLIPBackboneBase):
 
     Args:
         model_name (str): open_clip architecture, e.g. ``'ViT-B-16'``,
-            ``'ViT-B-32'``, ``'ViT-L-14'``, ``'ViT-B-16-quickgelu'`` (for
-            OpenAI weights), ``'ViT-Tiny-16-test'``. Default: ``'ViT-B-16'``.
+            ``'ViT-B-32'``, ``'ViT-L-14'``, ``'ViT-B-16-quickgelu'``,
+            ``'ViT-Tiny-16-test'``. Default: ``'ViT-B-16'``.
         pretrained (str, optional): local ``open_clip_model.safetensors``,
             ``open_clip_pytorch_model.bin`` or OpenAI ``.pt`` archive (read
-            without executing code).
+            without executing code; OpenAI-layout weights always run with
+            QuickGELU, whatever ``model_name`` says, see
+            :func:`plugins.models.weights.match_openai_activation`).
         pretrained_tag (str, optional): the open_clip release the weights
             are (e.g. ``'laion2b_s34b_b79k'``, ``'laion2b_s32b_b82k'``);
             only picks
@@ -81,8 +83,10 @@ class OpenCLIPBackbone(CLIPBackboneBase):
             (RGB, [0, 1]).
         std (Sequence[float], optional): likewise for the std.
         **kwargs: ``out_indices``, ``frozen``, ``train_last_n_blocks``,
-            ``with_proj``, ``with_cp``, ``check_finite``, ``init_cfg`` of
-            :class:`CLIPBackboneBase`.
+            ``with_proj``, ``with_cp``, ``check_finite``,
+            ``pos_embed_interp`` (default ``'open_clip'``: bicubic,
+            anti-aliased, as open_clip's ``resize_pos_embed``), ``init_cfg``
+            of :class:`CLIPBackboneBase`.
 
     Example:
         >>> import torch
@@ -91,6 +95,8 @@ class OpenCLIPBackbone(CLIPBackboneBase):
         >>> [tuple(o.shape) for o in m(torch.rand(2, 3, 320, 480))]
         [(2, 64, 20, 30)]
     """
+
+    default_pos_embed_interp = 'open_clip'
 
     def __init__(self,
                  model_name: str = 'ViT-B-16',
@@ -118,19 +124,21 @@ class OpenCLIPBackbone(CLIPBackboneBase):
             visual.patch_dropout = nn.Identity()
         stats = preprocess_cfg(clip)
         del clip  # the text tower is not kept
+        # set before the base loads the weights (convert_pretrained logs it);
+        # a plain attribute may precede nn.Module.__init__
+        self.model_name = model_name
         super().__init__(
             OpenCLIPViTTower(visual),
             mean=mean or stats['mean'],
             std=std or stats['std'],
             pretrained=pretrained,
             **kwargs)
-        self.model_name = model_name
 
     def convert_pretrained(
             self, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        if is_openai_state_dict(state) and not uses_quick_gelu(self.visual):
-            MMLogger.get_current_instance().warning(
-                f'{type(self).__name__}: OpenAI CLIP weights were trained with '
-                'QuickGELU; use the "-quickgelu" model name for faithful '
-                'features')
+        match_openai_activation(
+            self.visual,
+            state,
+            name=f'{type(self).__name__}({self.model_name})',
+            log=MMLogger.get_current_instance())
         return visual_state_dict(state)

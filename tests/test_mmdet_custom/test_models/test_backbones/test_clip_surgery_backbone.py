@@ -31,7 +31,10 @@ def tiny(plain):
 
 
 def test_depth_zero_equals_the_open_clip_backbone(plain):
-    model = SurgeryCLIPBackbone(TINY, surgery_depth=0).eval()
+    # same position-embedding resampling as OpenCLIPBackbone's (CLIP
+    # Surgery's own default is bilinear, see test_pos_embed_interp_defaults)
+    model = SurgeryCLIPBackbone(
+        TINY, surgery_depth=0, pos_embed_interp='open_clip').eval()
     model.load_state_dict(plain.state_dict())
     for size in ((224, 224), (320, 480)):
         x = _images(*size)
@@ -82,7 +85,8 @@ def test_out_indices_before_the_surgery_blocks_are_clips(tiny, plain):
     model = SurgeryCLIPBackbone(
         TINY, surgery_depth=2, out_indices=(1, 2, 3)).eval()
     model.load_state_dict(plain.state_dict())
-    ref_model = OpenCLIPBackbone(TINY, out_indices=(1, )).eval()
+    ref_model = OpenCLIPBackbone(
+        TINY, out_indices=(1, ), pos_embed_interp='clip_surgery').eval()
     ref_model.load_state_dict(plain.state_dict())
     x = _images(64, 96)
     with torch.no_grad():
@@ -213,3 +217,39 @@ def test_registered_with_clip_normalisation():
     assert isinstance(model, SurgeryCLIPBackbone)
     assert model.mean == pytest.approx((0.48145466, 0.4578275, 0.40821073))
     assert model.data_preprocessor_cfg()['pad_size_divisor'] == 16
+
+
+def test_pos_embed_interp_defaults_follow_each_upstream(plain):
+    """SurgeryCLIP resamples like CLIP Surgery (bilinear), OpenCLIP like
+    open_clip (bicubic, anti-aliased); the tower outside mmdet agrees."""
+    import torch.nn.functional as F
+
+    from plugins.utils import pos_embed_interp_args, resample_pos_embed
+    model = SurgeryCLIPBackbone(TINY, surgery_depth=2).eval()
+    model.load_state_dict(plain.state_dict())
+    assert model.pos_embed_interp == 'clip_surgery'
+    assert plain.pos_embed_interp == 'open_clip'
+    pos = model.visual.positional_embedding.detach()
+    # 320x320 with patch 16: 14x14 -> 20x20, CLIP Surgery's bilinear resize
+    spatial = pos[1:].reshape(1, 14, 14, -1).permute(0, 3, 1, 2)
+    spatial = F.interpolate(spatial, (20, 20), mode='bilinear',
+                            align_corners=False)
+    ref = torch.cat([pos[:1], spatial.flatten(2)[0].t()])
+    open_ = resample_pos_embed(pos, (20, 20), (14, 14),
+                               **pos_embed_interp_args('open_clip'))
+    tower = SurgeryCLIPVisual(model.visual, surgery_depth=2).eval()
+    assert tower.pos_embed_interp == 'clip_surgery'
+    x = _images(320, 320)
+    with torch.no_grad():
+        torch.testing.assert_close(model.get_pos_embed((20, 20)), ref,
+                                   rtol=0, atol=1e-6)
+        torch.testing.assert_close(plain.get_pos_embed((20, 20)), open_,
+                                   rtol=0, atol=0)
+        assert (open_ - ref).abs().max() > 1e-3
+        torch.testing.assert_close(model(x)[0], tower.forward_map(x),
+                                   rtol=0, atol=1e-5)
+
+
+def test_pos_embed_interp_typo_fails_at_construction():
+    with pytest.raises(ValueError, match="'bilinaer'"):
+        SurgeryCLIPBackbone(TINY, surgery_depth=2, pos_embed_interp='bilinaer')
