@@ -32,7 +32,6 @@ import torch.nn.functional as F
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from torch.utils.checkpoint import checkpoint
 
-from plugins.utils import pos_embed_interp_args
 
 from .vit_tower import OpenCLIPViTTower
 
@@ -318,8 +317,6 @@ class SurgeryCLIPVisual(nn.Module):
                  surgery_depth: int = 6,
                  pos_embed_interp: Union[str, dict] = 'clip_surgery'):
         super().__init__()
-        self.pos_embed_interp = pos_embed_interp
-        self._pos_embed_interp_args = pos_embed_interp_args(pos_embed_interp)
         if not isinstance(visual, VisionTransformer):
             raise TypeError('SurgeryCLIPVisual needs an open_clip '
                             f'VisionTransformer, got {type(visual).__name__}')
@@ -328,11 +325,15 @@ class SurgeryCLIPVisual(nn.Module):
         self.visual = visual
         # the shared tower adapter: padding, position embedding, ln_pre
         self.tower = OpenCLIPViTTower(
-            visual,
-            pos_embed_interp=self._pos_embed_interp_args,
+            visual, pos_embed_interp=pos_embed_interp,
             owner=type(self).__name__)
         self.surgery_depth = int(surgery_depth)
         self.grad_checkpointing = False
+
+    @property
+    def pos_embed_interp(self):
+        """The position-embedding resampling spec (the tower's)."""
+        return self.tower.pos_embed_interp
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Checkpoint every block and surgery branch while training."""

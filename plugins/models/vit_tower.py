@@ -35,7 +35,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from plugins.utils.pos_embed import resample_pos_embed
+from plugins.utils.pos_embed import (PosEmbedInterp, pos_embed_interp_args,
+                                     resample_pos_embed)
 
 Grid = Tuple[int, int]
 #: ``call(block, x)`` runs ``block(x)``; callers pass a wrapper (e.g.
@@ -55,10 +56,12 @@ class ViTTower:
 
     Args:
         visual (nn.Module): the image tower (``model.visual``).
-        pos_embed_interp (dict, optional): keyword arguments of
-            :func:`plugins.utils.resample_pos_embed` (``interpolation``,
-            ``antialias``) for grids other than the training grid.
-            Default: that function's defaults.
+        pos_embed_interp (str | dict, optional): how the position embedding
+            is resampled to other grids: a preset (``'open_clip'``,
+            ``'timm'``, ``'clip_surgery'``), an ``F.interpolate`` mode or
+            ``dict(mode=..., antialias=...)``, see
+            :func:`plugins.utils.pos_embed_interp_args`. Default: the
+            family's own upstream (:attr:`default_pos_embed_interp`).
         projection (nn.Module, optional): a token projection into the joint
             space kept outside the image tower (ConceptCLIP's
             ``image_proj``); replaces the tower's own in :meth:`project`.
@@ -66,16 +69,33 @@ class ViTTower:
             tower's class name.
     """
 
+    #: Position-embedding resampling of the family's upstream.
+    default_pos_embed_interp: PosEmbedInterp = 'timm'
+
     def __init__(self,
                  visual: nn.Module,
-                 pos_embed_interp: Optional[dict] = None,
+                 pos_embed_interp: Optional[PosEmbedInterp] = None,
                  projection: Optional[nn.Module] = None,
                  owner: Optional[str] = None) -> None:
         self.visual = visual
         self.projection = projection
-        self.pos_embed_interp = dict(pos_embed_interp or {})
         self.owner = owner or type(visual).__name__
         self._pos_cache: Dict[tuple, tuple] = {}
+        self.pos_embed_interp = pos_embed_interp
+
+    @property
+    def pos_embed_interp(self) -> PosEmbedInterp:
+        """The resampling spec (see :func:`plugins.utils.pos_embed_interp_args`).
+        Setting it validates the spec (a typo fails at once) and empties
+        the cache; None means :attr:`default_pos_embed_interp`."""
+        return self._interp_spec
+
+    @pos_embed_interp.setter
+    def pos_embed_interp(self, spec: Optional[PosEmbedInterp]) -> None:
+        spec = self.default_pos_embed_interp if spec is None else spec
+        self._interp_args = pos_embed_interp_args(spec)
+        self._interp_spec = spec
+        self._pos_cache.clear()
 
     @property
     def roots(self) -> List[nn.Module]:
@@ -224,8 +244,8 @@ class ViTTower:
     def pos_embed(self, grid: Grid) -> Optional[torch.Tensor]:
         """Position embedding for a ``(gh, gw)`` grid, in the source layout.
 
-        Resampled with :func:`plugins.utils.resample_pos_embed` (and
-        :attr:`pos_embed_interp`) when the grid differs from the training
+        Resampled with :func:`plugins.utils.resample_pos_embed` as
+        :attr:`pos_embed_interp` says when the grid differs from the training
         grid.  Cached per grid, device and dtype while the source parameter
         is unchanged (its in-place version counter is part of the check, so
         loading weights invalidates it); when the parameter trains and
@@ -247,7 +267,7 @@ class ViTTower:
             if hit is not None and hit[0] == stamp:
                 return hit[1]
         out = resample_pos_embed(pos, grid, src_grid, num_prefix,
-                                 **self.pos_embed_interp)
+                                 **self._interp_args)
         if not needs_graph:
             out = out.detach()
             self._pos_cache[key] = (stamp, out)
@@ -435,6 +455,8 @@ class OpenCLIPViTTower(ViTTower):
         visual (nn.Module): an open_clip ``VisionTransformer``.
         **kwargs: see :class:`ViTTower`.
     """
+
+    default_pos_embed_interp = 'open_clip'
 
     def __init__(self, visual: nn.Module, **kwargs) -> None:
         super().__init__(visual, **kwargs)

@@ -22,8 +22,7 @@ from torch.utils.checkpoint import checkpoint
 from plugins.models.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from plugins.models.vit_tower import ViTTower
 from plugins.models.weights import find_weights_file
-from plugins.utils import (check_state_dict, pos_embed_interp_args, safe_load,
-                           select_prefix)
+from plugins.utils import check_state_dict, safe_load, select_prefix
 
 Grid = Tuple[int, int]
 StateDict = Dict[str, torch.Tensor]
@@ -138,8 +137,8 @@ class CLIPBackboneBase(BaseModule):
         self.check_finite = bool(check_finite)
         self.pos_embed_interp = self.default_pos_embed_interp \
             if pos_embed_interp is None else pos_embed_interp
-        # validated here, so a typo fails at construction
-        tower.pos_embed_interp = pos_embed_interp_args(self.pos_embed_interp)
+        # validated by the tower, so a typo fails at construction
+        tower.pos_embed_interp = self.pos_embed_interp
         if self.init_cfg is not None:
             self.load_pretrained(
                 self.init_cfg['checkpoint'],
