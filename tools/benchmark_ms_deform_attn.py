@@ -452,7 +452,15 @@ def main(argv=None):
             f'speed-up and memory relative to the reference.', '',
             f'- machine: {machine_description(device)}',
             f'- torch {torch.__version__}{cuda}',
-            f'- command: `{command.strip()}`', '',
+            f'- command: `{command.strip()}`',
+            f'- {PEER} (a benchmark peer only, not a dependency), fetched and '
+            f'built outside the repository: `pip download --no-deps '
+            f'--no-binary :all: --no-build-isolation {PEER_SDIST} -d '
+            f'~/.cache/plugins/peers`, then `{"FORCE_CPU=1 " if device == "cpu" else "FORCE_CUDA=1 "}'
+            f'pip install --no-deps --no-build-isolation --target '
+            f'~/.cache/plugins/peers/{device}-torch{torch.__version__} '
+            f'~/.cache/plugins/peers/torch_ms_deform_attn-*.tar.gz`'
+            f'{" (tools/gpu_check.py does this)" if device == "cuda" else ""}', '',
             markdown_table(rows, device), ''] +
             ([f'- {v}' for v in verdicts + notes] + [''] if verdicts + notes else []))
         write_section(args.write, heading, body)
