@@ -348,6 +348,10 @@ def main(argv=None):
     parser.add_argument('--threads', type=int, default=None,
                         help='torch CPU threads (default: torch default)')
     parser.add_argument('--no-mmcv', action='store_true')
+    parser.add_argument('--deterministic', action='store_true',
+                        help='run under torch.use_deterministic_algorithms'
+                             '(True) (CUDA: the fixed-point backward); '
+                             'written to its own section')
     parser.add_argument('--no-peer', action='store_true',
                         help=f'skip {PEER}')
     parser.add_argument('--peer-dir', default=None,
@@ -365,6 +369,8 @@ def main(argv=None):
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.deterministic:
+        torch.use_deterministic_algorithms(True)
     device = args.device
     if device == 'cuda' and not torch.cuda.is_available():
         parser.error('--device cuda: no GPU visible')
@@ -438,7 +444,8 @@ def main(argv=None):
         command = 'python tools/benchmark_ms_deform_attn.py ' + ' '.join(
             argv if argv is not None else sys.argv[1:])
         cuda = f', CUDA {torch.version.cuda}' if device == 'cuda' else ''
-        heading = SECTION.format('CPU' if device == 'cpu' else 'CUDA')
+        heading = SECTION.format(('CPU' if device == 'cpu' else 'CUDA') +
+                                 (', deterministic' if args.deterministic else ''))
         body = '\n'.join([
             heading, '',
             f'`plugins.ops.ms_deform_attn` ("ours", {loader.status(device).get("source", "?")} '

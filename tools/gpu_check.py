@@ -206,6 +206,15 @@ def main(argv=None):
         ok, secs = run(bench, env, os.path.join(logs, 'gpu_check_bench.log'),
                        900)
         results.append(('op benchmark (CUDA)', ok, secs, peer_note))
+        # The cost of the deterministic backward (issue 18, item 4).
+        bench = [sys.executable, 'tools/benchmark_ms_deform_attn.py',
+                 '--device', 'cuda', '--reps', '20', '--deterministic',
+                 '--shapes', 'a,c', '--dtypes', 'float32,mixed', '--impls',
+                 'ours', '--no-mmcv', '--no-peer']
+        if not args.no_write:
+            bench += ['--write', 'docs/benchmarks.md']
+        ok, secs = run(bench, env, os.path.join(logs, 'gpu_check_det.log'), 600)
+        results.append(('op benchmark (CUDA, deterministic)', ok, secs, ''))
 
     # Detector tier.
     if missing:

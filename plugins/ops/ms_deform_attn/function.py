@@ -50,8 +50,8 @@ def _check_shapes(value, spatial_shapes, level_start_index,
                          f'{tuple(level_start_index.shape)}')
 
 
-#: value dtypes that may take float32 locations and weights (item 5 of
-#: docs/ops.md's contract: mixed precision).
+#: value dtypes that may take float32 locations and weights (mixed
+#: precision, see docs/ops.md).
 MIXED_VALUE_DTYPES = (torch.float16, torch.bfloat16)
 
 
