@@ -52,17 +52,17 @@ def cache_dir():
     return os.path.join(root, 'peers')
 
 
-def find_sdist():
-    for folder in (cache_dir(), CARRY_DIR):
+def find_sdist(carry_dir):
+    for folder in (cache_dir(), carry_dir):
         found = sorted(glob.glob(os.path.join(folder, PEER_GLOB)))
         if found:
             return found[-1]
     return None
 
 
-def prepare():
-    """The peer's sdist in build/peers/ (to carry), or None with a note."""
-    sdist = find_sdist()
+def prepare(carry_dir=CARRY_DIR):
+    """The peer's sdist in carry_dir (to carry), or None with a note."""
+    sdist = find_sdist(carry_dir)
     if sdist is None:
         os.makedirs(cache_dir(), exist_ok=True)
         log(f'fetching the {PEER_PYPI} sdist into {cache_dir()} ...')
@@ -78,17 +78,17 @@ def prepare():
                 log(f'pip download failed: {done.stderr.strip()[-300:]}')
         except (OSError, subprocess.TimeoutExpired) as e:
             log(f'pip download failed: {e}')
-        sdist = find_sdist()
+        sdist = find_sdist(carry_dir)
     if sdist is None:
         log(f'{PEER_PYPI} sdist unavailable: its benchmark rows will be '
             f'skipped')
         return None
-    os.makedirs(CARRY_DIR, exist_ok=True)
-    target = os.path.join(CARRY_DIR, os.path.basename(sdist))
+    os.makedirs(carry_dir, exist_ok=True)
+    target = os.path.join(carry_dir, os.path.basename(sdist))
     if os.path.abspath(sdist) != os.path.abspath(target):
         shutil.copy2(sdist, target)
-    log(f'peer sdist: {target} (carry build/peers to a machine without a '
-        f'package registry)')
+    log(f'peer sdist: {target} (carry {os.path.relpath(carry_dir, ROOT)} to a '
+        f'machine without a package registry)')
     return target
 
 
@@ -145,9 +145,12 @@ def main(argv=None):
                         help='only the CPU-side preparation')
     parser.add_argument('--no-write', action='store_true',
                         help='do not write docs/benchmarks.md')
+    parser.add_argument('--carry-dir', default=CARRY_DIR,
+                        help='where the peer sdist is put to be carried '
+                             '(default: build/peers)')
     args = parser.parse_args(argv)
     t_start = time.time()
-    sdist = prepare()
+    sdist = prepare(os.path.abspath(args.carry_dir))
     if args.prepare_only:
         return 0
 
