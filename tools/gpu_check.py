@@ -178,8 +178,20 @@ def main(argv=None):
     # Op tier.
     peer_dir = os.path.join(cache_dir(), f'cuda-torch{torch.__version__}')
     peer_proc = build_peer(sdist, peer_dir, env)
-    ok, secs = run([sys.executable, '-m', 'plugins.ops.build'], env,
-                   os.path.join(logs, 'gpu_check_build.log'), 900)
+    # The CUDA kernel compiles alongside the CPU one (each is one large
+    # translation unit, so ninja alone would run them one after the other).
+    cuda_build = subprocess.Popen(
+        [sys.executable, '-c', 'from plugins.ops.ms_deform_attn import loader; '
+         'print(loader.compile_library("cuda"))'], cwd=ROOT, env=env,
+        stdout=open(os.path.join(logs, 'gpu_check_build_cuda.log'), 'w'),
+        stderr=subprocess.STDOUT)
+    ok, secs = run([sys.executable, '-m', 'plugins.ops.build', '--cpu-only'],
+                   env, os.path.join(logs, 'gpu_check_build.log'), 900)
+    cuda_ok = cuda_build.wait() == 0
+    if not cuda_ok:
+        log('CUDA build FAILED:\n' + open(os.path.join(
+            logs, 'gpu_check_build_cuda.log')).read()[-4000:])
+    ok, secs = ok and cuda_ok, time.time() - t_start
     results.append(('build (op, sm_%d%d)' % (major, minor), ok, secs, ''))
     missing = missing_modules(['mmdet', 'mmcv', 'mmengine'])
     if ok:
