@@ -1,13 +1,14 @@
 # The two commands of the README: `make demo` and `make test`.
 # Both run `make setup` first; set-up caches everything it builds, so a
-# second run only checks the caches.
+# second run only checks the caches.  `make gpu-check` (docs/ops.md) needs no
+# set-up: on a GPU machine it builds and checks the op with the torch there.
 PY := .venv/bin/python
 DEMO_CONFIG ?= configs/_demo_/dino_surgeryclip-tiny_deformneck_toy.py
 DEMO_WORK_DIR ?= work_dirs/demo
 GROUNDING_CONFIG ?= configs/_demo_/grounding_dino_surgeryclip-tiny_deformneck_toy.py
 PYTEST_ARGS ?=
 
-.PHONY: setup demo demo-grounding test toy-data tiny-bert clean-work
+.PHONY: setup demo demo-grounding test toy-data tiny-bert clean-work gpu-check
 
 setup:
 	@bash tools/setup_env.sh
@@ -28,6 +29,11 @@ demo-grounding: setup toy-data tiny-bert
 
 test: setup
 	@bash tools/run_tests.sh $(PYTEST_ARGS)
+
+# GPU tests, CUDA benchmark (vs torch-ms-deform-attn) and a DINO run on bf16;
+# exits non-zero on any failure and with 2 when no GPU is visible.
+gpu-check:
+	@bash tools/gpu_check.sh
 
 clean-work:
 	rm -rf work_dirs

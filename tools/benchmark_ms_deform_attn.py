@@ -1,5 +1,5 @@
-"""Benchmark ``plugins.ops.ms_deform_attn`` against the PyTorch reference
-and mmcv's op.
+"""Benchmark ``plugins.ops.ms_deform_attn`` against the PyTorch reference,
+mmcv's op and torch-ms-deform-attn's kernels.
 
 Shapes (batch 2, 8 heads of 32 channels, 4 points, 4 levels):
 
@@ -9,6 +9,22 @@ Shapes (batch 2, 8 heads of 32 channels, 4 points, 4 levels):
   13x21, 22,223 queries (GPU only: the CPU reference would take minutes);
 * ``d`` projector: the 4 levels of a Swin-B at 512x512 (128x128 .. 16x16),
   256 queries.
+
+Peers, each a row where it can be imported (otherwise skipped with the
+reason printed and written): mmcv (CPU: its grid_sample path; GPU: its CUDA
+kernel) and ``torch-ms-deform-attn`` (PyPI; a benchmark peer, never a
+dependency of plugins), looked up as an installed package or in
+``--peer-dir`` (default ``~/.cache/plugins/peers/<cpu|cuda>-torch<version>``,
+where ``tools/gpu_check.sh`` and the command in docs/benchmarks.md build it
+from its sdist).  dtypes: float32 (CPU and GPU), bfloat16 and mixed (a
+bfloat16 value with float32 locations and weights, autocast's hand-over;
+torch-ms-deform-attn rejects that mix outside autocast, so it has no mixed
+row) on the GPU.  On the GPU the achieved memory bandwidth of ours is
+reported against the device's peak (a lower bound of the bytes moved: the
+inputs, the output, and 4 corner rows per sampling point, or all of value
+if fewer; for the backward also grad_output, the float32 grad_value buffer
+written, read back and converted, and the gradients of locations and
+weights).
 
 Each implementation runs forward and forward+backward; the runs of the
 implementations are interleaved (so background load hits all of them
@@ -21,6 +37,8 @@ Examples::
     python tools/benchmark_ms_deform_attn.py                 # CPU: a, b, d
     python tools/benchmark_ms_deform_attn.py --device cuda   # GPU: a-d, +bf16
     python tools/benchmark_ms_deform_attn.py --write docs/benchmarks.md
+    python tools/benchmark_ms_deform_attn.py --threads 16 --shapes c \
+        --impls ours --reps 3                                  # CPU memory
 """
 import argparse
 import ctypes
@@ -56,10 +74,52 @@ BATCH, HEADS, CHANNELS, POINTS = 2, 8, 32, 4
 
 # Acceptance targets on CPU (fwd+bwd speed-up over the reference).
 CPU_TARGETS = {'a': 8.0, 'b': 5.0}
+# ... and over torch-ms-deform-attn's CPU kernel (issue 18).
+CPU_PEER_TARGET = 2.0
+PEER = 'torch-ms-deform-attn'
+PEER_SDIST = 'torch-ms-deform-attn'  # PyPI name
+
+# dtype rows: (value dtype, locations/weights dtype).
+DTYPES = {'float32': (torch.float32, torch.float32),
+          'bfloat16': (torch.bfloat16, torch.bfloat16),
+          'mixed': (torch.bfloat16, torch.float32)}
 
 
-def make_inputs(shape_key, device, dtype, seed=0):
+def default_peer_dir(device):
+    root = os.environ.get('PLUGINS_CACHE_DIR') or os.path.join(
+        os.path.expanduser('~'), '.cache', 'plugins')
+    return os.path.join(root, 'peers', f'{device}-torch{torch.__version__}')
+
+
+def load_peer(device, peer_dir):
+    """(ms_deform_attn of torch-ms-deform-attn, None) or (None, reason)."""
+    try:
+        import torch_ms_deform_attn  # noqa: F401  (installed)
+    except ImportError:
+        if not os.path.isdir(peer_dir):
+            return None, (f'not installed and no build at {peer_dir} (see '
+                          f'docs/benchmarks.md for the command)')
+        sys.path.insert(0, peer_dir)
+        try:
+            import torch_ms_deform_attn  # noqa: F401,F811
+        except Exception as e:  # built against another torch, say
+            return None, f'import from {peer_dir} failed: {e}'
+    from torch_ms_deform_attn import ms_deform_attn as peer
+    try:
+        # Fails when the package was built without this device's kernel.
+        args, _, _ = make_inputs('a', device, torch.float32, small=True)
+        peer(*args)
+    except Exception as e:
+        return None, f'its {device} kernel does not run: {e}'
+    return peer, None
+
+
+def make_inputs(shape_key, device, dtype, seed=0, coord_dtype=None,
+                small=False):
     _, num_queries, levels = SHAPES[shape_key]
+    if small:
+        num_queries, levels = 3, [(4, 4), (2, 2)]
+    coord_dtype = coord_dtype or dtype
     g = torch.Generator().manual_seed(seed)
     shapes = torch.tensor(levels, dtype=torch.long)
     sizes = shapes.prod(1)
@@ -72,7 +132,7 @@ def make_inputs(shape_key, device, dtype, seed=0):
     attn = torch.rand(BATCH, Lq, HEADS, L, POINTS, generator=g)
     attn /= attn.sum((-1, -2), keepdim=True)
     return (value.to(device, dtype), shapes.to(device), starts.to(device),
-            loc.to(device, dtype), attn.to(device, dtype)), S, Lq
+            loc.to(device, coord_dtype), attn.to(device, coord_dtype)), S, Lq
 
 
 def implementations(device, with_mmcv=True):
@@ -149,9 +209,40 @@ def run_once(fn, args, backward):
     return out
 
 
-def bench_shape(shape_key, device, dtype, impls, reps, warmup=1):
+def moved_bytes(args, backward):
+    """Lower bound of the bytes one call moves (see the module docstring)."""
+    value, shapes, starts, loc, attn = args
+    N, S, M, D = value.shape
+    _, Lq, _, L, P, _ = loc.shape
+    item = value.element_size()
+    rows = min(4 * N * Lq * M * L * P, N * S * M)  # value rows of D
+    gathered = rows * D * item
+    small = loc.numel() * loc.element_size() + attn.numel() * attn.element_size()
+    out = N * Lq * M * D * item
+    total = gathered + small + out
+    if backward:
+        acc = 8 if value.dtype == torch.float64 else 4
+        # grad_output, the accumulation buffer (zeroed, then read once for
+        # the conversion when value is not float32), grad_value, and the
+        # gradients of locations and weights.
+        conversion = value.numel() * (acc + item) if acc != item else 0
+        total += out + value.numel() * acc + conversion + small + gathered
+    return total
+
+
+def peak_bandwidth():
+    """The device's peak memory bandwidth in bytes/s (DDR: 2 transfers per
+    memory clock), or None."""
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    clock = getattr(props, 'memory_clock_rate', 0)  # kHz
+    width = getattr(props, 'memory_bus_width', 0)   # bits
+    return 2 * clock * 1e3 * width / 8 if clock and width else None
+
+
+def bench_shape(shape_key, device, dtype, impls, reps, warmup=1,
+                coord_dtype=None):
     """{impl: dict(fwd=ms, fwd_bwd=ms, peak_mb=MB)} for one shape."""
-    args, S, Lq = make_inputs(shape_key, device, dtype)
+    args, S, Lq = make_inputs(shape_key, device, dtype, coord_dtype=coord_dtype)
     sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
     results = {name: {} for name in impls}
     for mode, backward in (('fwd', False), ('fwd_bwd', True)):
@@ -173,6 +264,12 @@ def bench_shape(shape_key, device, dtype, impls, reps, warmup=1):
             with PeakMemory(device) as mem:
                 run_once(fn, args, backward)
             results[name][key] = mem.mb
+    if device == 'cuda' and 'ours' in results:
+        peak = peak_bandwidth()
+        for mode, backward in (('fwd', False), ('fwd_bwd', True)):
+            rate = moved_bytes(args, backward) / (results['ours'][mode] * 1e-3)
+            results['ours'][f'{mode}_gbs'] = rate / 1e9
+            results['ours'][f'{mode}_peak'] = rate / peak if peak else float('nan')
     return results, S, Lq
 
 
@@ -195,16 +292,34 @@ def machine_description(device):
 
 
 def markdown_table(rows, device):
-    lines = ['| shape | S / Lq | dtype | impl | fwd ms | fwd+bwd ms | '
-             'peak MB fwd | peak MB fwd+bwd | fwd+bwd speed-up | peak vs ref |',
-             '|---|---|---|---|---:|---:|---:|---:|---:|---:|']
+    head = ('| shape | S / Lq | dtype | impl | fwd ms | fwd+bwd ms | '
+            'peak MB fwd | peak MB fwd+bwd | fwd+bwd speed-up | peak vs ref |')
+    rule = '|---|---|---|---|---:|---:|---:|---:|---:|---:|'
+    if device == 'cuda':
+        head += ' fwd GB/s (of peak) | fwd+bwd GB/s (of peak) |'
+        rule += '---:|---:|'
+    lines = [head, rule]
     for row in rows:
-        lines.append(
-            f"| {row['shape']} | {row['S']} / {row['Lq']} | {row['dtype']} | "
-            f"{row['impl']} | {row['fwd']:.2f} | {row['fwd_bwd']:.2f} | "
-            f"{row['peak_fwd_mb']:.1f} | {row['peak_mb']:.1f} | "
-            f"{row['speedup']} | {row['mem_ratio']} |")
+        line = (f"| {row['shape']} | {row['S']} / {row['Lq']} | {row['dtype']} | "
+                f"{row['impl']} | {row['fwd']:.2f} | {row['fwd_bwd']:.2f} | "
+                f"{row['peak_fwd_mb']:.1f} | {row['peak_mb']:.1f} | "
+                f"{row['speedup']} | {row['mem_ratio']} |")
+        if device == 'cuda':
+            for mode in ('fwd', 'fwd_bwd'):
+                if f'{mode}_gbs' in row:
+                    line += f" {row[f'{mode}_gbs']:.0f} ({row[f'{mode}_peak']:.0%}) |"
+                else:
+                    line += ' |'
+        lines.append(line)
     return '\n'.join(lines)
+
+
+def peer_version():
+    try:
+        import torch_ms_deform_attn
+        return torch_ms_deform_attn.__version__
+    except Exception:
+        return '(not available)'
 
 
 def write_section(path, heading, body):
@@ -233,12 +348,29 @@ def main(argv=None):
     parser.add_argument('--threads', type=int, default=None,
                         help='torch CPU threads (default: torch default)')
     parser.add_argument('--no-mmcv', action='store_true')
+    parser.add_argument('--deterministic', action='store_true',
+                        help='run under torch.use_deterministic_algorithms'
+                             '(True) (CUDA: the fixed-point backward); '
+                             'written to its own section')
+    parser.add_argument('--no-peer', action='store_true',
+                        help=f'skip {PEER}')
+    parser.add_argument('--peer-dir', default=None,
+                        help=f'folder holding a build of {PEER} (default: '
+                             f'~/.cache/plugins/peers/<device>-torch<version>)')
+    parser.add_argument('--impls', default=None,
+                        help='comma-separated subset of ours,reference,mmcv,'
+                             f'{PEER}')
+    parser.add_argument('--dtypes', default=None,
+                        help='comma-separated of float32,bfloat16,mixed '
+                             '(default: float32 on CPU, all three on CUDA)')
     parser.add_argument('--write', metavar='MARKDOWN', default=None,
                         help='write the table into this file (own section)')
     args = parser.parse_args(argv)
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.deterministic:
+        torch.use_deterministic_algorithms(True)
     device = args.device
     if device == 'cuda' and not torch.cuda.is_available():
         parser.error('--device cuda: no GPU visible')
@@ -247,30 +379,56 @@ def main(argv=None):
     if not loader.load(device):
         print(f'warning: no compiled {device} kernel ({loader.status(device)}); '
               f'"ours" is the reference', file=sys.stderr)
-    dtypes = [torch.float32] + ([torch.bfloat16] if device == 'cuda' else [])
-    rows, verdicts = [], []
+    dtype_names = (args.dtypes.split(',') if args.dtypes else
+                   ['float32'] + (['bfloat16', 'mixed'] if device == 'cuda' else []))
+    peer, peer_reason = (None, 'disabled (--no-peer)') if args.no_peer else \
+        load_peer(device, args.peer_dir or default_peer_dir(device))
+    if peer is None:
+        print(f'{PEER}: skipped: {peer_reason}', file=sys.stderr)
+    wanted = args.impls.split(',') if args.impls else None
+    rows, verdicts, notes = [], [], []
+    if peer is None:
+        notes.append(f'{PEER}: no row ({peer_reason})')
     for key in keys:
         name = SHAPES[key][0]
-        for dtype in dtypes:
+        for dtype_name in dtype_names:
+            dtype, coord_dtype = DTYPES[dtype_name]
             impls = implementations(device, with_mmcv=not args.no_mmcv)
             if dtype != torch.float32:
                 impls.pop('mmcv', None)  # mmcv has no bf16 kernel
+            if peer is not None and dtype == coord_dtype:
+                impls[PEER] = peer
+            if wanted:
+                impls = {k: v for k, v in impls.items() if k in wanted}
             reps = args.reps
-            print(f'[{key}] {name} {str(dtype)[6:]}: '
+            print(f'[{key}] {name} {dtype_name}: '
                   f'{", ".join(impls)} x{reps} ...', flush=True)
-            results, S, Lq = bench_shape(key, device, dtype, impls, reps)
-            ref = results['reference']
+            results, S, Lq = bench_shape(key, device, dtype, impls, reps,
+                                         coord_dtype=coord_dtype)
+            ref = results.get('reference')
             for impl, r in results.items():
-                speedup = ref['fwd_bwd'] / r['fwd_bwd']
-                ratio = r['peak_mb'] / ref['peak_mb'] if ref['peak_mb'] else float('nan')
+                speedup = ref['fwd_bwd'] / r['fwd_bwd'] if ref else float('nan')
+                ratio = (r['peak_mb'] / ref['peak_mb'] if ref and ref['peak_mb']
+                         else float('nan'))
                 rows.append(dict(shape=f'{key}: {name}', S=S, Lq=Lq,
-                                 dtype=str(dtype)[6:], impl=impl,
+                                 dtype=dtype_name, impl=impl,
                                  speedup=f'{speedup:.1f}x',
                                  mem_ratio=f'{ratio:.2f}', **r))
-                print(f'    {impl:>9}: fwd {r["fwd"]:9.2f} ms  fwd+bwd '
+                extra = (f'  {r["fwd_gbs"]:.0f} / {r["fwd_bwd_gbs"]:.0f} GB/s'
+                         if 'fwd_gbs' in r else '')
+                print(f'    {impl:>20}: fwd {r["fwd"]:9.2f} ms  fwd+bwd '
                       f'{r["fwd_bwd"]:9.2f} ms  peak {r["peak_mb"]:8.1f} MB  '
-                      f'({speedup:.1f}x, {ratio:.2f} of ref memory)')
-            if device == 'cpu' and key in CPU_TARGETS:
+                      f'({speedup:.1f}x, {ratio:.2f} of ref memory){extra}')
+            if PEER in results and 'ours' in results:
+                over = results[PEER]['fwd_bwd'] / results['ours']['fwd_bwd']
+                fwd_over = results[PEER]['fwd'] / results['ours']['fwd']
+                line = (f'{key} ({name}, {dtype_name}): fwd {fwd_over:.1f}x, '
+                        f'fwd+bwd {over:.1f}x faster than {PEER}')
+                if device == 'cpu':
+                    line += (f' (target {CPU_PEER_TARGET:.0f}x): '
+                             f'{"met" if over >= CPU_PEER_TARGET else "NOT met"}')
+                verdicts.append(line)
+            if device == 'cpu' and key in CPU_TARGETS and ref and 'ours' in results:
                 ours = results['ours']
                 speedup = ref['fwd_bwd'] / ours['fwd_bwd']
                 ratio = ours['peak_mb'] / ref['peak_mb']
@@ -286,12 +444,14 @@ def main(argv=None):
         command = 'python tools/benchmark_ms_deform_attn.py ' + ' '.join(
             argv if argv is not None else sys.argv[1:])
         cuda = f', CUDA {torch.version.cuda}' if device == 'cuda' else ''
-        heading = SECTION.format('CPU' if device == 'cpu' else 'CUDA')
+        heading = SECTION.format(('CPU' if device == 'cpu' else 'CUDA') +
+                                 (', deterministic' if args.deterministic else ''))
         body = '\n'.join([
             heading, '',
             f'`plugins.ops.ms_deform_attn` ("ours", {loader.status(device).get("source", "?")} '
-            f'build) vs the PyTorch `grid_sample` reference and mmcv '
-            f'{"(its CPU path is the same grid_sample algorithm)" if device == "cpu" else "(its CUDA kernel)"}.'
+            f'build) vs the PyTorch `grid_sample` reference, mmcv '
+            f'{"(its CPU path is the same grid_sample algorithm)" if device == "cpu" else "(its CUDA kernel)"}'
+            f' and {PEER} {peer_version()} (its {device.upper()} kernel, built from its PyPI sdist).'
             f' Batch {BATCH}, {HEADS} heads x {CHANNELS} channels, {POINTS} '
             f'points, 4 levels; uniformly random locations; median of '
             f'{args.reps} interleaved runs; peak = extra memory of one run '
@@ -299,9 +459,17 @@ def main(argv=None):
             f'speed-up and memory relative to the reference.', '',
             f'- machine: {machine_description(device)}',
             f'- torch {torch.__version__}{cuda}',
-            f'- command: `{command.strip()}`', '',
+            f'- command: `{command.strip()}`',
+            f'- {PEER} (a benchmark peer only, not a dependency), fetched and '
+            f'built outside the repository: `pip download --no-deps '
+            f'--no-binary :all: --no-build-isolation {PEER_SDIST} -d '
+            f'~/.cache/plugins/peers`, then `{"FORCE_CPU=1 " if device == "cpu" else "FORCE_CUDA=1 "}'
+            f'pip install --no-deps --no-build-isolation --target '
+            f'~/.cache/plugins/peers/{device}-torch{torch.__version__} '
+            f'~/.cache/plugins/peers/torch_ms_deform_attn-*.tar.gz`'
+            f'{" (tools/gpu_check.py does this)" if device == "cuda" else ""}', '',
             markdown_table(rows, device), ''] +
-            ([f'- {v}' for v in verdicts] + [''] if verdicts else []))
+            ([f'- {v}' for v in verdicts + notes] + [''] if verdicts + notes else []))
         write_section(args.write, heading, body)
         print(f'wrote {args.write} ({heading[3:]})')
     return 0

@@ -210,9 +210,171 @@ def test_non_contiguous_inputs(inputs):
 
 
 def test_mixed_dtypes_are_promoted(inputs):
+    # Other mixes than a half/bfloat16 value with float32 locations and
+    # weights (mixed precision, below) are promoted to the widest dtype.
     value, shapes, starts, loc, attn = inputs(dtype=torch.float32)
-    out = ms_deform_attn(value.bfloat16(), shapes, starts, loc, attn)
+    out = ms_deform_attn(value, shapes, starts, loc.bfloat16(), attn)
     assert out.dtype == torch.float32
+    out = ms_deform_attn(value.bfloat16(), shapes, starts, loc.double(), attn)
+    assert out.dtype == torch.float64
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_mixed_precision_matches_reference(inputs, dtype):
+    """A half/bfloat16 value with float32 locations and weights (autocast's
+    hand-over): output and value gradient in value's dtype, location and
+    weight gradients in float32, all against the float64 reference on the
+    same (rounded) value and the float32 locations."""
+    value, shapes, starts, loc, attn = inputs(
+        N=2, Lq=6, M=2, D=32, shapes=((12, 167), (6, 84)), P=3,
+        dtype=torch.float32, loc_range=(-0.05, 1.05))
+    value = value.to(dtype)
+    grad_out = torch.rand(2, 6, 64, generator=torch.Generator().manual_seed(1),
+                          dtype=torch.float64)
+    out, grads = _grads(ms_deform_attn, value, shapes, starts, loc, attn, grad_out)
+    assert out.dtype == dtype
+    assert [g.dtype for g in grads] == [dtype, torch.float32, torch.float32]
+    ref_out, ref = _grads(_reference64, value, shapes, starts, loc, attn, grad_out)
+    # Only the output's rounding to value's dtype remains (2^-8 relative
+    # for bfloat16); sampling at bfloat16 locations would move points by
+    # up to 0.65 px on the 167-wide level.
+    assert (out.double() - ref_out).abs().max() <= 8e-3 * ref_out.abs().max()
+    for name, g, r in zip(('value', 'locations', 'weights'), grads, ref):
+        err = (g.double() - r).abs().max() / r.abs().max()
+        assert err <= 1e-2, name
+
+
+def test_mixed_precision_samples_at_float32_resolution(inputs):
+    # bfloat16 has 8 bits of mantissa: near 1.0 a location moves by up to
+    # 2^-9 when rounded, 0.33 px on a 167-wide level.  Kept in float32 the
+    # samples match the float32 computation on the same value.
+    value, shapes, starts, loc, attn = inputs(
+        N=1, Lq=64, M=1, D=16, shapes=((4, 167),), P=4, dtype=torch.float32,
+        loc_range=(0.7, 1.0))
+    value = value.bfloat16()
+    mixed = ms_deform_attn(value, shapes, starts, loc, attn).double()
+    exact = _reference64(value, shapes, starts, loc, attn)
+    rounded = ms_deform_attn(value, shapes, starts, loc.bfloat16(),
+                             attn.bfloat16()).double()
+    scale = exact.abs().max()
+    assert (mixed - exact).abs().max() <= 8e-3 * scale
+    assert (rounded - exact).abs().max() > 2 * (mixed - exact).abs().max()
+
+
+def test_kernel_dtype_errors_name_the_dtypes(inputs):
+    value, shapes, starts, loc, attn = inputs(dtype=torch.float32)
+    with pytest.raises(RuntimeError, match=r'float32 with a float16/bfloat16 '
+                                           r'value\), got value Float, '
+                                           r'sampling_locations BFloat16'):
+        _op()(value, shapes, starts, loc.bfloat16(), attn.bfloat16())
+    with pytest.raises(RuntimeError, match=r'attention_weights BFloat16'):
+        _op()(value.bfloat16(), shapes, starts, loc, attn.bfloat16())
+
+
+@pytest.mark.parametrize('shapes,starts,match', [
+    # H * W overflows int64 to 0: must not pass as an empty level.
+    (((6, 4), (2**33, 2**31)), (0, 24), r'level 1 is 8589934592 x 2147483648'),
+    # H narrows to int32 as 1 (2^32 + 1): caught before narrowing.
+    (((6, 4), (2**32 + 1, 1)), (0, 24), r'at most 2\^31 - 1'),
+    (((6, 4), (-3, 2)), (0, 24), r'must be non-negative'),
+    # a level reaching past S
+    (((6, 4), (3, 2)), (0, 25), r'level_start_index\[1\] = 25'),
+    (((6, 4), (4, 2)), (0, 24), r'hold 32 positions but value has S = 30'),
+])
+def test_inconsistent_levels_raise(inputs, shapes, starts, match):
+    """The metadata checks (levels.h's level_size_ok, shared with the CUDA
+    kernels' in-kernel guard, and PLUGINS_MSDA_CHECK_LEVELS=1's host check
+    of CUDA inputs) on CPU inputs: forward and backward."""
+    value, _, _, loc, attn = inputs()  # S = 30
+    shapes = torch.tensor(shapes, dtype=torch.long)
+    starts = torch.tensor(starts, dtype=torch.long)
+    with pytest.raises(RuntimeError, match=match):
+        _op()(value, shapes, starts, loc, attn)
+    grad_out = torch.zeros(2, 3, 16, dtype=value.dtype)
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.plugins.ms_deform_attn_backward(grad_out, value, shapes,
+                                                  starts, loc, attn)
+
+
+def test_backward_under_deterministic_algorithms(inputs):
+    args = inputs(N=1, Lq=64, M=2, D=8, dtype=torch.float32)
+    grad_out = torch.rand(1, 64, 16, dtype=torch.float64)
+    first = _grads(ms_deform_attn, *args, grad_out)[1]
+    torch.use_deterministic_algorithms(True)
+    try:
+        second = _grads(ms_deform_attn, *args, grad_out)[1]
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+def test_opcheck_backward_transposed_value(inputs):
+    """The backward's fake kernel gives the real kernel's (contiguous)
+    strides for a transposed value, and each input's dtype (mixed
+    precision too)."""
+    for value_dtype, coord_dtype in ((torch.float64, torch.float64),
+                                     (torch.bfloat16, torch.float32)):
+        value, shapes, starts, loc, attn = inputs(N=2, Lq=3, M=2, D=4)
+        value = value.to(value_dtype).transpose(1, 2).contiguous().transpose(1, 2)
+        loc, attn = loc.to(coord_dtype), attn.to(coord_dtype)
+        assert not value.is_contiguous()
+        grad_out = torch.rand(2, 3, 8, dtype=torch.float64).to(value_dtype)
+        torch.library.opcheck(torch.ops.plugins.ms_deform_attn_backward.default,
+                              (grad_out, value, shapes, starts, loc, attn))
+
+
+def test_opcheck_mixed_precision(inputs):
+    value, shapes, starts, loc, attn = inputs(N=2, Lq=3, M=2, D=4,
+                                              dtype=torch.float32)
+    torch.library.opcheck(_op(), (value.bfloat16().requires_grad_(), shapes,
+                                  starts, loc.requires_grad_(),
+                                  attn.requires_grad_()))
+
+
+_SCRATCH_SCRIPT = r"""
+import sys, torch
+torch.set_num_threads(16)
+from plugins.ops.ms_deform_attn import loader
+assert loader.load('cpu'), loader.status('cpu')
+
+def status(field):
+    for line in open('/proc/self/status'):
+        if line.startswith(field):
+            return int(line.split()[1]) * 1024
+
+g = torch.Generator().manual_seed(0)
+N, M, D, Lq, P, H = 1, 2, 64, 64, 4, 256
+shapes = torch.tensor([[H, H]])
+starts = torch.zeros(1, dtype=torch.long)
+value = torch.rand(N, H * H, M, D, generator=g)
+loc = torch.rand(N, Lq, M, 1, P, 2, generator=g)
+attn = torch.rand(N, Lq, M, 1, P, generator=g)
+go = torch.rand(N, Lq, M * D, generator=g)
+args = (go, value, shapes, starts, loc, attn)
+torch.ops.plugins.ms_deform_attn_backward(*args)  # warm up the threads
+import gc, ctypes
+gc.collect(); ctypes.CDLL('libc.so.6').malloc_trim(0)
+open('/proc/self/clear_refs', 'w').write('5')
+base = status('VmRSS')
+torch.ops.plugins.ms_deform_attn_backward(*args)
+print((status('VmHWM') - base) / (value.numel() * 4))
+"""
+
+
+def test_backward_scratch_is_bounded_at_16_threads(repo_root):
+    """With few (batch, head) tasks the backward splits queries into chunks
+    with a grad_value slab each: their number must not follow the thread
+    count (it did: 16 chunks, 18 grad_values of memory here at 16 threads;
+    64-128 on a server).  Now at most 4 slabs (or 64 MiB) plus grad_value
+    itself and the summing."""
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, '-c', _SCRATCH_SCRIPT],
+                         cwd=repo_root, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    ratio = float(out.stdout.strip().splitlines()[-1])
+    # grad_value (1) + 4 chunk slabs + their sum (1) + head copies
+    assert ratio <= 7.5, f'backward took {ratio:.1f} grad_values of memory'
 
 
 def test_backward_is_deterministic(inputs):

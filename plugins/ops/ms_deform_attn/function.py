@@ -50,6 +50,25 @@ def _check_shapes(value, spatial_shapes, level_start_index,
                          f'{tuple(level_start_index.shape)}')
 
 
+#: value dtypes that may take float32 locations and weights (mixed
+#: precision, see docs/ops.md).
+MIXED_VALUE_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def _common_dtypes(value, sampling_locations, attention_weights):
+    """The dtypes the kernels take: all three alike, or a half/bfloat16
+    value with float32 locations and weights."""
+    coord = torch.promote_types(sampling_locations.dtype,
+                                attention_weights.dtype)
+    if value.dtype in MIXED_VALUE_DTYPES and coord in (value.dtype,
+                                                       torch.float32):
+        return (value, sampling_locations.to(coord),
+                attention_weights.to(coord))
+    dtype = torch.promote_types(value.dtype, coord)
+    return (value.to(dtype), sampling_locations.to(dtype),
+            attention_weights.to(dtype))
+
+
 def ms_deform_attn(value: torch.Tensor,
                    spatial_shapes: torch.Tensor,
                    level_start_index: torch.Tensor,
@@ -67,8 +86,13 @@ def ms_deform_attn(value: torch.Tensor,
     half/bfloat16 with float32 accumulation; CUDA: float32/half/bfloat16),
     and the PyTorch reference where none is available.  Differentiable in
     ``value``, ``sampling_locations`` and ``attention_weights``; works under
-    ``torch.compile``.  If the three differ in dtype, all are promoted to
-    the widest one.
+    ``torch.compile``.
+
+    Mixed precision: a float16/bfloat16 ``value`` may come with float32
+    ``sampling_locations`` and ``attention_weights`` (what autocast hands
+    over: offsets and softmax stay float32); points are then sampled at
+    float32 resolution and the output is in ``value``'s dtype.  Any other
+    mix of dtypes is promoted to the widest one.
 
     Args:
         value (Tensor): ``(N, S, M, D)``, ``S = sum_l H_l * W_l``, levels
@@ -81,16 +105,12 @@ def ms_deform_attn(value: torch.Tensor,
         attention_weights (Tensor): ``(N, Lq, M, L, P)``.
 
     Returns:
-        Tensor: ``(N, Lq, M * D)`` in the (promoted) input dtype.
+        Tensor: ``(N, Lq, M * D)`` in ``value``'s (promoted) dtype.
     """
     _check_shapes(value, spatial_shapes, level_start_index,
                   sampling_locations, attention_weights)
-    dtype = torch.promote_types(
-        torch.promote_types(value.dtype, sampling_locations.dtype),
-        attention_weights.dtype)
-    value = value.to(dtype)
-    sampling_locations = sampling_locations.to(dtype)
-    attention_weights = attention_weights.to(dtype)
+    value, sampling_locations, attention_weights = _common_dtypes(
+        value, sampling_locations, attention_weights)
     spatial_shapes = spatial_shapes.long()
     level_start_index = level_start_index.long()
     device = value.device.type

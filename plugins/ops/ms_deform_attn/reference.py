@@ -27,9 +27,16 @@ def ms_deform_attn_reference(value: torch.Tensor,
         attention_weights (Tensor): ``(N, Lq, M, L, P)``.
 
     Returns:
-        Tensor: ``(N, Lq, M * D)``.
+        Tensor: ``(N, Lq, M * D)`` in ``value``'s dtype.  A value of another
+        dtype than the locations (mixed precision: half/bfloat16 value,
+        float32 locations and weights) is sampled in the locations' dtype.
     """
     del level_start_index  # the split sizes follow from spatial_shapes
+    if value.dtype != sampling_locations.dtype:
+        out = ms_deform_attn_reference(
+            value.to(sampling_locations.dtype), spatial_shapes, None,
+            sampling_locations, attention_weights.to(sampling_locations.dtype))
+        return out.to(value.dtype)
     N, S, M, D = value.shape
     _, Lq, _, L, P, _ = sampling_locations.shape
     shapes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]

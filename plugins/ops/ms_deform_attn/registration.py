@@ -21,8 +21,11 @@ def _forward_fake(value, spatial_shapes, level_start_index,
 @torch.library.register_fake(BACKWARD)
 def _backward_fake(grad_output, value, spatial_shapes, level_start_index,
                    sampling_locations, attention_weights):
-    return (torch.empty_like(value), torch.empty_like(sampling_locations),
-            torch.empty_like(attention_weights))
+    # The kernels return fresh contiguous gradients (whatever the inputs'
+    # strides) in each input's dtype; inductor checks the strides.
+    return (value.new_empty(value.shape),
+            sampling_locations.new_empty(sampling_locations.shape),
+            attention_weights.new_empty(attention_weights.shape))
 
 
 def _setup_context(ctx, inputs, output):

@@ -5,6 +5,8 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include "levels.h"
+
 namespace plugins::msda {
 
 // value (N, S, M, D), sampling_locations (N, Lq, M, L, P, 2),
@@ -13,6 +15,14 @@ namespace plugins::msda {
 struct Sizes {
   int64_t N, S, M, D, Lq, L, P;
 };
+
+// The dtype of sampling_locations and attention_weights may be value's, or
+// float32 with a half/bfloat16 value (mixed precision: the points are
+// sampled at float32 resolution, the output is in value's dtype).
+inline bool coord_dtype_ok(at::ScalarType value, at::ScalarType coord) {
+  return coord == value ||
+         ((value == at::kHalf || value == at::kBFloat16) && coord == at::kFloat);
+}
 
 inline Sizes check_inputs(const at::Tensor& value,
                           const at::Tensor& spatial_shapes,
@@ -59,12 +69,16 @@ inline Sizes check_inputs(const at::Tensor& value,
   TORCH_CHECK(at::isFloatingType(value.scalar_type()),
               "ms_deform_attn: value must be floating point, got ",
               value.scalar_type());
-  TORCH_CHECK(sampling_locations.scalar_type() == value.scalar_type() &&
-                  attention_weights.scalar_type() == value.scalar_type(),
-              "ms_deform_attn: value, sampling_locations and "
-              "attention_weights must share a dtype, got ",
-              value.scalar_type(), ", ", sampling_locations.scalar_type(),
-              " and ", attention_weights.scalar_type());
+  TORCH_CHECK(sampling_locations.scalar_type() ==
+                      attention_weights.scalar_type() &&
+                  coord_dtype_ok(value.scalar_type(),
+                                 sampling_locations.scalar_type()),
+              "ms_deform_attn: sampling_locations and attention_weights must "
+              "share value's dtype (or be float32 with a float16/bfloat16 "
+              "value), got value ",
+              value.scalar_type(), ", sampling_locations ",
+              sampling_locations.scalar_type(), " and attention_weights ",
+              attention_weights.scalar_type());
   const auto device = value.device();
   for (const at::Tensor* t : {&spatial_shapes, &level_start_index,
                               &sampling_locations, &attention_weights}) {
@@ -75,8 +89,10 @@ inline Sizes check_inputs(const at::Tensor& value,
   return s;
 }
 
-// Sum of H_l * W_l must equal S (read on the host: CPU tensors only, so
-// the CUDA path does not synchronise for it).
+// Levels consecutive from 0, sum of H_l * W_l equal to S, each level's
+// sizes within level_size_ok (so every level passes level_in_bounds, the
+// CUDA kernels' check).  Read on the host: CPU tensors only (the CUDA path
+// runs it on a host copy only when PLUGINS_MSDA_CHECK_LEVELS=1).
 inline void check_levels_cpu(const at::Tensor& spatial_shapes,
                              const at::Tensor& level_start_index,
                              const Sizes& s) {
@@ -90,9 +106,9 @@ inline void check_levels_cpu(const at::Tensor& spatial_shapes,
                 "ms_deform_attn: spatial_shapes[", l, "] = (", hw[2 * l], ", ",
                 hw[2 * l + 1], ") must be non-negative");
     // The kernels index within a level with 32-bit offsets.
-    TORCH_CHECK(hw[2 * l] * hw[2 * l + 1] < (int64_t{1} << 31),
-                "ms_deform_attn: level ", l, " has ", hw[2 * l], " x ",
-                hw[2 * l + 1], " positions, more than 2^31 - 1");
+    TORCH_CHECK(level_size_ok(hw[2 * l], hw[2 * l + 1]),
+                "ms_deform_attn: level ", l, " is ", hw[2 * l], " x ",
+                hw[2 * l + 1], ": H, W and H * W must be at most 2^31 - 1");
     TORCH_CHECK(st[l] == total, "ms_deform_attn: level_start_index[", l,
                 "] = ", st[l], " but the levels before it hold ", total,
                 " positions");

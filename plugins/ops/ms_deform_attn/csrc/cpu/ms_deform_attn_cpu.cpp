@@ -23,7 +23,11 @@
 // half/bfloat16) and writes it out once, so grad_value is never zero-filled
 // nor read back.  Queries are split into chunks only when
 // batch * heads cannot keep every thread busy; backward chunks then
-// accumulate into separate slabs that are summed at the end.
+// accumulate into separate slabs that are summed at the end (at most
+// kChunkSlabBytes of them, or 4 times grad_value, whatever the thread
+// count).  Locations and weights are read as acc_t (float32 ones with a
+// half/bfloat16 value: mixed precision), and their gradients written as
+// acc_t, then converted to the inputs' dtypes where these differ.
 #include "ms_deform_attn_cpu.h"
 
 #include <ATen/Dispatch.h>
@@ -70,6 +74,11 @@ namespace {
 
 constexpr int kLanes = 16;  // partial sums of the channel reductions
 
+// Backward query chunks accumulate in slabs of S * D acc_t per (batch,
+// head) each: they may take max(4 grad_values, this) bytes, so the scratch
+// memory does not grow with the thread count.
+constexpr int64_t kChunkSlabBytes = int64_t{64} << 20;
+
 // How a call is split over threads.
 struct Plan {
   int64_t chunks;     // query chunks per (batch, head)
@@ -84,8 +93,14 @@ struct Plan {
                  : std::min<int64_t>(std::max<int64_t>(s.Lq, 1),
                                      (4 * threads + heads - 1) / heads);
     if (!forward && chunks > 1) {
-      // Backward chunks cost one slab of S * D floats each.
-      chunks = std::min<int64_t>(chunks, std::max<int64_t>(1, threads));
+      // Backward chunks cost one slab of S * D floats per (batch, head)
+      // each (and every thread working on them one head copy, at most as
+      // many as the chunks' tasks).
+      const int64_t per_chunk_bytes =
+          std::max<int64_t>(1, heads * s.S * s.D * int64_t{sizeof(float)});
+      const int64_t budget =
+          std::max<int64_t>(4, kChunkSlabBytes / per_chunk_bytes);
+      chunks = std::min<int64_t>({chunks, std::max<int64_t>(1, threads), budget});
     }
     per_chunk = (s.Lq + chunks - 1) / chunks;
     // Worth it when a value row is read many times (about 4 corners per
@@ -99,9 +114,10 @@ struct Plan {
 // that plan_points is a flat loop over the L * P points.
 template <typename scalar_t>
 struct Problem {
-  const scalar_t* value;      // (N, S, M, D)
-  const scalar_t* locations;  // (N, Lq, M, L, P, 2)
-  const scalar_t* weights;    // (N, Lq, M, L, P)
+  using coord_t = at::opmath_type<scalar_t>;
+  const scalar_t* value;     // (N, S, M, D)
+  const coord_t* locations;  // (N, Lq, M, L, P, 2)
+  const coord_t* weights;    // (N, Lq, M, L, P)
   const int32_t* H;           // (L * P,) height of each point's level
   const int32_t* W;           // (L * P,) width
   const int32_t* start;       // (L * P,) first position of the level in S
@@ -136,9 +152,10 @@ Problem<scalar_t> make_problem(const at::Tensor& value,
                                const at::Tensor& locations,
                                const at::Tensor& weights, const Levels& lv,
                                const Sizes& s) {
+  using coord_t = typename Problem<scalar_t>::coord_t;
   return {value.const_data_ptr<scalar_t>(),
-          locations.const_data_ptr<scalar_t>(),
-          weights.const_data_ptr<scalar_t>(),
+          locations.const_data_ptr<coord_t>(),
+          weights.const_data_ptr<coord_t>(),
           lv.H.data(),
           lv.W.data(),
           lv.start.data(),
@@ -193,7 +210,7 @@ template <typename scalar_t, typename acc_t>
 MSDA_INLINE void plan_points(const Problem<scalar_t>& pb, int64_t i,
                              const Points<acc_t>& pts) {
   const int64_t LP = pb.s.L * pb.s.P;
-  const scalar_t* __restrict__ loc = pb.locations + i * LP * 2;
+  const auto* __restrict__ loc = pb.locations + i * LP * 2;
   acc_t* __restrict__ lx = pts.lx;
   acc_t* __restrict__ ly = pts.ly;
   int32_t* __restrict__ x0 = pts.x0;
@@ -897,8 +914,8 @@ template <int NV, typename scalar_t, typename src_t, typename acc_t>
 MSDA_CPU_CLONES void backward_queries(
     const Problem<scalar_t>& pb, const Head<src_t>* heads,
     const scalar_t* grad_output, int64_t n, int64_t m, int64_t q_begin,
-    int64_t q_end, acc_t* gv, scalar_t* grad_locations,
-    scalar_t* grad_weights, acc_t* __restrict__ scratch,
+    int64_t q_end, acc_t* gv, acc_t* grad_locations,
+    acc_t* grad_weights, acc_t* __restrict__ scratch,
     PointsBuffer<acc_t>& buf) {
   const Sizes& s = pb.s;
   const int64_t LP = s.L * s.P, D = s.D;
@@ -918,8 +935,8 @@ MSDA_CPU_CLONES void backward_queries(
       prefetch_span(grad_weights + ahead * LP, LP, true);
     }
     grads.load(grad_output + i * D);
-    scalar_t* gloc = grad_locations + i * LP * 2;
-    scalar_t* gattn = grad_weights + i * LP;
+    acc_t* gloc = grad_locations + i * LP * 2;
+    acc_t* gattn = grad_weights + i * LP;
     for (int64_t j = 0; j < LP; ++j) {
       if (has_next) prefetch_point(pb, next, j, heads[j], D);
       acc_t g[3] = {0, 0, 0};
@@ -932,10 +949,10 @@ MSDA_CPU_CLONES void backward_queries(
         H = pt.H;
         grads.add(pt, heads[j], gv, g);
       }
-      gattn[j] = static_cast<scalar_t>(g[0]);
+      gattn[j] = g[0];
       // x = loc_x * W - 0.5, so d/dloc_x = W * d/dx (and H for y).
-      gloc[2 * j] = static_cast<scalar_t>(a * g[1] * static_cast<acc_t>(W));
-      gloc[2 * j + 1] = static_cast<scalar_t>(a * g[2] * static_cast<acc_t>(H));
+      gloc[2 * j] = a * g[1] * static_cast<acc_t>(W);
+      gloc[2 * j + 1] = a * g[2] * static_cast<acc_t>(H);
     }
   }
 }
@@ -1046,9 +1063,10 @@ at::Tensor ms_deform_attn_forward_cpu(const at::Tensor& value,
   map_pages(output);
   const Levels lv(spatial_shapes, level_start_index, s);
   const Plan plan(s, /*forward=*/true);
+  const auto coord_type = at::toOpMathType(value.scalar_type());
   const auto v = value.contiguous();
-  const auto loc = sampling_locations.contiguous();
-  const auto attn = attention_weights.contiguous();
+  const auto loc = sampling_locations.to(coord_type).contiguous();
+  const auto attn = attention_weights.to(coord_type).contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_cpu", [&] {
         using acc_t = at::opmath_type<scalar_t>;
@@ -1092,19 +1110,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
               grad_output.scalar_type(), " differs from value dtype ",
               value.scalar_type());
   const auto options = value.options();
+  const auto coord_options = sampling_locations.options();
   if (s.N * s.Lq * s.M * s.L * s.P == 0 || s.S * s.D == 0) {
-    return std::make_tuple(at::zeros({s.N, s.S, s.M, s.D}, options),
-                           at::zeros({s.N, s.Lq, s.M, s.L, s.P, 2}, options),
-                           at::zeros({s.N, s.Lq, s.M, s.L, s.P}, options));
+    return std::make_tuple(
+        at::zeros({s.N, s.S, s.M, s.D}, options),
+        at::zeros({s.N, s.Lq, s.M, s.L, s.P, 2}, coord_options),
+        at::zeros({s.N, s.Lq, s.M, s.L, s.P}, coord_options));
   }
+  const auto acc_type = at::toOpMathType(value.scalar_type());
   // Every element of these is written by the kernel.
   auto grad_value = at::empty({s.N, s.S, s.M, s.D}, options);
   map_pages(grad_value);
-  auto grad_locations = at::empty({s.N, s.Lq, s.M, s.L, s.P, 2}, options);
-  auto grad_weights = at::empty({s.N, s.Lq, s.M, s.L, s.P}, options);
+  auto grad_locations =
+      at::empty({s.N, s.Lq, s.M, s.L, s.P, 2}, options.dtype(acc_type));
+  auto grad_weights =
+      at::empty({s.N, s.Lq, s.M, s.L, s.P}, options.dtype(acc_type));
   const Levels lv(spatial_shapes, level_start_index, s);
   const Plan plan(s, /*forward=*/false);
-  const auto acc_type = at::toOpMathType(value.scalar_type());
   // With query chunks, each chunk's slab lives in this buffer until the
   // chunks are summed; otherwise the slabs are per-thread scratch.
   at::Tensor chunk_slabs;
@@ -1114,16 +1136,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
   }
   const auto go = grad_output.contiguous();
   const auto v = value.contiguous();
-  const auto loc = sampling_locations.contiguous();
-  const auto attn = attention_weights.contiguous();
+  const auto loc = sampling_locations.to(acc_type).contiguous();
+  const auto attn = attention_weights.to(acc_type).contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, value.scalar_type(),
       "ms_deform_attn_backward_cpu", [&] {
         using acc_t = at::opmath_type<scalar_t>;
         const auto pb = make_problem<scalar_t>(v, loc, attn, lv, s);
         const scalar_t* go_p = go.const_data_ptr<scalar_t>();
-        scalar_t* gloc = grad_locations.mutable_data_ptr<scalar_t>();
-        scalar_t* gattn = grad_weights.mutable_data_ptr<scalar_t>();
+        acc_t* gloc = grad_locations.mutable_data_ptr<acc_t>();
+        acc_t* gattn = grad_weights.mutable_data_ptr<acc_t>();
         scalar_t* gvalue = grad_value.mutable_data_ptr<scalar_t>();
         acc_t* chunk_p = plan.chunks > 1 ? chunk_slabs.mutable_data_ptr<acc_t>()
                                          : nullptr;
@@ -1155,7 +1177,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
     // (N, M, chunks, S, D) -> (N, S, M, D), summing the query chunks.
     grad_value.copy_(chunk_slabs.sum(2).permute({0, 2, 1, 3}));
   }
-  return std::make_tuple(grad_value, grad_locations, grad_weights);
+  // In the inputs' dtypes (no copy where they are acc_t already).
+  return std::make_tuple(grad_value,
+                         grad_locations.to(sampling_locations.scalar_type()),
+                         grad_weights.to(attention_weights.scalar_type()));
 }
 
 }  // namespace plugins::msda

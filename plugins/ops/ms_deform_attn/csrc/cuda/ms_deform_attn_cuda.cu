@@ -7,28 +7,56 @@
 // thread recomputing them for a single channel.  Accumulation is in float
 // (double for double inputs).
 //
-// Backward: grad_value is scattered with atomics into a float buffer (and
-// is therefore not bitwise deterministic: declared through
-// alertNotDeterministic).  The per-point gradients of locations and
-// weights are reduced over the G threads with warp shuffles when G is a
-// power of two <= 32, otherwise with atomics.
+// Backward: grad_value is scattered with atomics into a float buffer
+// (FloatSink).  The per-point gradients of locations and weights are
+// reduced over the G threads with warp shuffles when G is a power of two
+// <= 32, otherwise with atomics.  Float atomics make the result depend on
+// their order; under torch.use_deterministic_algorithms(True) every sum
+// goes through FixedSink instead: each contribution is rounded to a
+// multiple of 2^-k (k chosen on the device from bounds of the inputs, so
+// no sum can overflow) and added as a 64-bit integer, which is exact and
+// so independent of the order: bit-identical results, run after run.
+//
+// Mixed precision: locations and weights are coord_t, value's type or
+// float32 with a half/bfloat16 value.
+//
+// Metadata: the levels are not checked on the host (that would need a
+// sync); each kernel skips a level that does not pass level_in_bounds
+// (levels.h: negative or oversized H/W, or not inside [0, S)) and sets
+// g_level_errors, which ms_deform_attn_cuda_level_errors reads.  With
+// PLUGINS_MSDA_CHECK_LEVELS=1 the CPU checks run on a host copy of the
+// metadata before every launch (syncs; for debugging).
 //
 // Block size 256 with __launch_bounds__, so the kernels launch on every
 // architecture (no 1024-thread blocks); any batch size, no im2col step.
 #include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
+#include <ATen/TensorOperators.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/ceil.h>
+#include <ATen/ops/clamp.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/exp2.h>
+#include <ATen/ops/isfinite.h>
+#include <ATen/ops/log2.h>
+#include <ATen/ops/logical_not.h>
+#include <ATen/ops/ones.h>
+#include <ATen/ops/stack.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <type_traits>
 #include <vector>
 
 #include "../bilinear.h"
+#include "../levels.h"
 #include "../ms_deform_attn.h"
 #include "ms_deform_attn_cuda.h"
 
@@ -36,6 +64,16 @@ namespace plugins::msda {
 namespace {
 
 constexpr int kThreads = 256;
+
+// Set (bit 0) by any kernel that skipped a level failing level_in_bounds.
+__device__ unsigned int g_level_errors = 0;
+
+__device__ __forceinline__ bool level_ok(int64_t H, int64_t W, int64_t start,
+                                         int64_t S) {
+  if (level_in_bounds(H, W, start, S)) return true;
+  atomicOr(&g_level_errors, 1u);
+  return false;
+}
 
 // C values of one thread, loaded/stored as one vector access.
 template <typename T, int C>
@@ -63,13 +101,85 @@ struct Geometry {
   int32_t M, D, L, P, G;  // G = D / C threads per (batch, query, head)
 };
 
-template <typename scalar_t, typename acc_t, int C>
+// Where the backward adds its sums: float atomics into acc_t buffers.
+template <typename acc_t>
+struct FloatSink {
+  acc_t* value;  // (N, S, M, D)
+  acc_t* loc;    // (N, Lq, M, L, P, 2)
+  acc_t* attn;   // (N, Lq, M, L, P)
+
+  __device__ __forceinline__ void add_value(int64_t k, acc_t x) const {
+    atomicAdd(value + k, x);
+  }
+  __device__ __forceinline__ void add_loc(int64_t k, acc_t x) const {
+    atomicAdd(loc + k, x);
+  }
+  __device__ __forceinline__ void add_attn(int64_t k, acc_t x) const {
+    atomicAdd(attn + k, x);
+  }
+  __device__ __forceinline__ void set_loc(int64_t k, acc_t x) const { loc[k] = x; }
+  __device__ __forceinline__ void set_attn(int64_t k, acc_t x) const { attn[k] = x; }
+};
+
+// Deterministic sums: x * scale rounded to a 64-bit integer, added with
+// integer atomics (two's complement wraps, so signed sums come out right).
+// scales: (3,) doubles on the device for value, loc and attn, powers of
+// two with |sum| * scale <= 2^62 (NaN where an input is not finite).
+struct FixedSink {
+  unsigned long long* value;
+  unsigned long long* loc;
+  unsigned long long* attn;
+  const double* scales;
+
+  static __device__ __forceinline__ unsigned long long fixed(double x,
+                                                             double scale) {
+    return static_cast<unsigned long long>(__double2ll_rn(x * scale));
+  }
+  template <typename acc_t>
+  __device__ __forceinline__ void add_value(int64_t k, acc_t x) const {
+    atomicAdd(value + k, fixed(static_cast<double>(x), scales[0]));
+  }
+  template <typename acc_t>
+  __device__ __forceinline__ void add_loc(int64_t k, acc_t x) const {
+    atomicAdd(loc + k, fixed(static_cast<double>(x), scales[1]));
+  }
+  template <typename acc_t>
+  __device__ __forceinline__ void add_attn(int64_t k, acc_t x) const {
+    atomicAdd(attn + k, fixed(static_cast<double>(x), scales[2]));
+  }
+  template <typename acc_t>
+  __device__ __forceinline__ void set_loc(int64_t k, acc_t x) const {
+    loc[k] = fixed(static_cast<double>(x), scales[1]);
+  }
+  template <typename acc_t>
+  __device__ __forceinline__ void set_attn(int64_t k, acc_t x) const {
+    attn[k] = fixed(static_cast<double>(x), scales[2]);
+  }
+};
+
+// out[k] = fixed[k] / scales[which] in out_t (NaN where the scale is).
+template <typename out_t>
+__global__ void __launch_bounds__(kThreads)
+    from_fixed_kernel(const unsigned long long* __restrict__ fixed,
+                      const double* __restrict__ scales, int which,
+                      out_t* __restrict__ out, int64_t n) {
+  const double scale = scales[which];
+  const bool finite = isfinite(scale);
+  for (int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+       k < n; k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const double x = finite ? static_cast<double>(static_cast<long long>(fixed[k])) / scale
+                            : NAN;
+    out[k] = static_cast<out_t>(x);
+  }
+}
+
+template <typename scalar_t, typename coord_t, typename acc_t, int C>
 __global__ void __launch_bounds__(kThreads)
     forward_kernel(const scalar_t* __restrict__ value,
                    const int64_t* __restrict__ shapes,
                    const int64_t* __restrict__ starts,
-                   const scalar_t* __restrict__ locations,
-                   const scalar_t* __restrict__ weights,
+                   const coord_t* __restrict__ locations,
+                   const coord_t* __restrict__ weights,
                    scalar_t* __restrict__ output, const Geometry geo) {
   const int64_t total = geo.N * geo.Lq * geo.M * geo.G;
   const int64_t MD = static_cast<int64_t>(geo.M) * geo.D;
@@ -80,22 +190,26 @@ __global__ void __launch_bounds__(kThreads)
     const int32_t m = static_cast<int32_t>(i % geo.M);
     const int64_t n = i / (geo.Lq * geo.M);
     const scalar_t* value_nm = value + n * geo.S * MD + m * geo.D + g * C;
-    const scalar_t* loc = locations + i * geo.L * geo.P * 2;
-    const scalar_t* attn = weights + i * geo.L * geo.P;
+    const coord_t* loc = locations + i * geo.L * geo.P * 2;
+    const coord_t* attn = weights + i * geo.L * geo.P;
     acc_t acc[C];
 #pragma unroll
     for (int k = 0; k < C; ++k) acc[k] = acc_t(0);
     Bilinear<acc_t> b;
-    for (int32_t l = 0; l < geo.L; ++l) {
-      const int32_t H = static_cast<int32_t>(__ldg(shapes + 2 * l));
-      const int32_t W = static_cast<int32_t>(__ldg(shapes + 2 * l + 1));
-      const scalar_t* level = value_nm + __ldg(starts + l) * MD;
-      for (int32_t p = 0; p < geo.P; ++p, loc += 2, ++attn) {
-        if (!bilinear_coefficients<acc_t>(static_cast<acc_t>(loc[0]),
-                                          static_cast<acc_t>(loc[1]), H, W, b)) {
+    for (int32_t l = 0; l < geo.L; ++l, loc += 2 * geo.P, attn += geo.P) {
+      const int64_t H64 = __ldg(shapes + 2 * l), W64 = __ldg(shapes + 2 * l + 1);
+      const int64_t start = __ldg(starts + l);
+      if (!level_ok(H64, W64, start, geo.S)) continue;  // samples nothing
+      const int32_t H = static_cast<int32_t>(H64);
+      const int32_t W = static_cast<int32_t>(W64);
+      const scalar_t* level = value_nm + start * MD;
+      for (int32_t p = 0; p < geo.P; ++p) {
+        if (!bilinear_coefficients<acc_t>(static_cast<acc_t>(loc[2 * p]),
+                                          static_cast<acc_t>(loc[2 * p + 1]), H,
+                                          W, b)) {
           continue;
         }
-        const acc_t a = static_cast<acc_t>(*attn);
+        const acc_t a = static_cast<acc_t>(attn[p]);
 #pragma unroll
         for (int c = 0; c < 4; ++c) {
           if (!b.valid[c]) continue;
@@ -114,17 +228,16 @@ __global__ void __launch_bounds__(kThreads)
 // kWarpReduce: G is a power of two <= 32, so the G threads of a (batch,
 // query, head) sit in one warp and reduce with shuffles; otherwise each
 // thread adds its partial sums atomically.
-template <typename scalar_t, typename acc_t, int C, bool kWarpReduce>
+template <typename scalar_t, typename coord_t, typename acc_t, int C,
+          bool kWarpReduce, typename Sink>
 __global__ void __launch_bounds__(kThreads)
     backward_kernel(const scalar_t* __restrict__ grad_output,
                     const scalar_t* __restrict__ value,
                     const int64_t* __restrict__ shapes,
                     const int64_t* __restrict__ starts,
-                    const scalar_t* __restrict__ locations,
-                    const scalar_t* __restrict__ weights,
-                    acc_t* __restrict__ grad_value,
-                    acc_t* __restrict__ grad_locations,
-                    acc_t* __restrict__ grad_weights, const Geometry geo) {
+                    const coord_t* __restrict__ locations,
+                    const coord_t* __restrict__ weights, const Sink sink,
+                    const Geometry geo) {
   const int64_t total = geo.N * geo.Lq * geo.M * geo.G;
   const int64_t MD = static_cast<int64_t>(geo.M) * geo.D;
   const int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
@@ -138,11 +251,11 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t n = i / (geo.Lq * geo.M);
   const int64_t channel = m * static_cast<int64_t>(geo.D) + g * C;
   const scalar_t* value_nm = value + n * geo.S * MD + channel;
-  acc_t* grad_value_nm = grad_value + n * geo.S * MD + channel;
-  const scalar_t* loc = locations + i * geo.L * geo.P * 2;
-  const scalar_t* attn = weights + i * geo.L * geo.P;
-  acc_t* gloc = grad_locations + i * geo.L * geo.P * 2;
-  acc_t* gattn = grad_weights + i * geo.L * geo.P;
+  const int64_t grad_value_nm = n * geo.S * MD + channel;  // index in sink.value
+  const coord_t* loc = locations + i * geo.L * geo.P * 2;
+  const coord_t* attn = weights + i * geo.L * geo.P;
+  const int64_t gloc = i * geo.L * geo.P * 2;  // index in sink.loc
+  const int64_t gattn = i * geo.L * geo.P;     // index in sink.attn
   acc_t go[C];
   if (active) {
     load_pack<scalar_t, acc_t, C>(grad_output + i * geo.D + g * C, go);
@@ -152,13 +265,18 @@ __global__ void __launch_bounds__(kThreads)
   }
   Bilinear<acc_t> b;
   for (int32_t l = 0; l < geo.L; ++l) {
-    const int32_t H = static_cast<int32_t>(__ldg(shapes + 2 * l));
-    const int32_t W = static_cast<int32_t>(__ldg(shapes + 2 * l + 1));
-    const int64_t start = __ldg(starts + l) * MD;
+    const int64_t H64 = __ldg(shapes + 2 * l), W64 = __ldg(shapes + 2 * l + 1);
+    const int64_t level_start = __ldg(starts + l);
+    // A bad level reads and writes nothing (its points get zero gradients);
+    // the loop still runs so that every lane takes part in the shuffles.
+    const bool level_good = level_ok(H64, W64, level_start, geo.S);
+    const int32_t H = level_good ? static_cast<int32_t>(H64) : 0;
+    const int32_t W = level_good ? static_cast<int32_t>(W64) : 0;
+    const int64_t start = level_start * MD;
     for (int32_t p = 0; p < geo.P; ++p) {
       const int32_t j = l * geo.P + p;
       acc_t g_attn = 0, g_x = 0, g_y = 0, a = 0;
-      if (active &&
+      if (active && level_good &&
           bilinear_coefficients<acc_t>(static_cast<acc_t>(loc[2 * j]),
                                        static_cast<acc_t>(loc[2 * j + 1]), H, W,
                                        b)) {
@@ -174,7 +292,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
           for (int q = 0; q < C; ++q) {
             dot += go[q] * v[q];
-            atomicAdd(grad_value_nm + row + q, k * go[q]);
+            sink.add_value(grad_value_nm + row + q, k * go[q]);
           }
           g_attn += b.w[c] * dot;
           g_x += b.dwdx[c] * dot;
@@ -191,14 +309,14 @@ __global__ void __launch_bounds__(kThreads)
           g_y += __shfl_xor_sync(0xffffffffu, g_y, offset);
         }
         if (active && g == 0) {
-          gattn[j] = g_attn;
-          gloc[2 * j] = g_x;
-          gloc[2 * j + 1] = g_y;
+          sink.set_attn(gattn + j, g_attn);
+          sink.set_loc(gloc + 2 * j, g_x);
+          sink.set_loc(gloc + 2 * j + 1, g_y);
         }
       } else if (active) {
-        atomicAdd(gattn + j, g_attn);
-        atomicAdd(gloc + 2 * j, g_x);
-        atomicAdd(gloc + 2 * j + 1, g_y);
+        sink.add_attn(gattn + j, g_attn);
+        sink.add_loc(gloc + 2 * j, g_x);
+        sink.add_loc(gloc + 2 * j + 1, g_y);
       }
     }
   }
@@ -221,9 +339,75 @@ constexpr int wide_channels() {
   return sizeof(scalar_t) >= 16 ? 1 : 16 / sizeof(scalar_t);
 }
 
+// Blocks of a grid-stride launch over `threads` threads.
 int64_t blocks_for(int64_t threads) {
   const int64_t blocks = (threads + kThreads - 1) / kThreads;
   return std::max<int64_t>(1, std::min<int64_t>(blocks, (int64_t{1} << 31) - 1));
+}
+
+template <typename T>
+struct Tag {
+  using type = T;
+};
+
+// Calls f(Tag<coord_t>{}) with the type of the locations and weights:
+// value's own, or float32 with a half/bfloat16 value.
+template <typename scalar_t, typename F>
+void with_coord_type(at::ScalarType coord, F&& f) {
+  if constexpr (std::is_same_v<scalar_t, at::Half> ||
+                std::is_same_v<scalar_t, at::BFloat16>) {
+    if (coord == at::kFloat) return f(Tag<float>{});
+  }
+  f(Tag<scalar_t>{});
+}
+
+// PLUGINS_MSDA_CHECK_LEVELS=1: check the metadata on the host (a sync)
+// with the CPU checks before launching, so a bad level raises with its
+// numbers instead of being skipped.
+void maybe_check_levels_on_host(const at::Tensor& spatial_shapes,
+                                const at::Tensor& level_start_index,
+                                const Sizes& s) {
+  const char* flag = std::getenv("PLUGINS_MSDA_CHECK_LEVELS");
+  if (flag == nullptr || flag[0] == '\0' || flag[0] == '0') return;
+  check_levels_cpu(spatial_shapes.cpu(), level_start_index.cpu(), s);
+}
+
+// (3,) doubles on the device: the scales of FixedSink for grad_value,
+// grad_locations and grad_weights, 2^(62 - ceil(log2(bound))) for bounds
+// of the absolute sums (weights w_c of a point sum to at most 1, their
+// x/y derivatives to at most 2 in absolute value):
+//   grad_value:     Lq * L * P * max|a| * max|go|
+//   grad_weights:   D * max|go| * max|v|
+//   grad_locations: 2 * D * max|go| * max|v| * max|a| * max(H, W)
+// Computed with tensor ops on the device: no sync.  NaN where a bound is
+// not finite (an input holds inf or NaN): from_fixed_kernel then writes NaN.
+at::Tensor fixed_point_scales(const at::Tensor& go, const at::Tensor& v,
+                              const at::Tensor& attn,
+                              const at::Tensor& spatial_shapes, const Sizes& s) {
+  const auto amax = [](const at::Tensor& t) {
+    return t.abs().amax().to(at::kDouble);
+  };
+  const auto go_max = amax(go), v_max = amax(v), a_max = amax(attn);
+  const auto hw_max = spatial_shapes.amax().to(at::kDouble);
+  const double points = static_cast<double>(s.Lq * s.L * s.P);
+  const double D = static_cast<double>(s.D);
+  const auto bounds =
+      at::stack({go_max * a_max * points,
+                 go_max * v_max * a_max * hw_max * (2.0 * D), go_max * v_max * D});
+  auto scales = at::exp2(
+      at::clamp(at::ceil(at::log2(bounds)).neg_().add_(62.0), -1000.0, 1000.0));
+  return scales.masked_fill_(at::logical_not(at::isfinite(bounds)), NAN);
+}
+
+template <typename out_t>
+void from_fixed(const at::Tensor& fixed, const at::Tensor& scales, int which,
+                at::Tensor& out, cudaStream_t stream) {
+  const int64_t n = out.numel();
+  if (n == 0) return;
+  from_fixed_kernel<out_t><<<blocks_for(n), kThreads, 0, stream>>>(
+      reinterpret_cast<const unsigned long long*>(fixed.const_data_ptr<int64_t>()),
+      scales.const_data_ptr<double>(), which, out.mutable_data_ptr<out_t>(), n);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 }  // namespace
@@ -239,6 +423,7 @@ at::Tensor ms_deform_attn_forward_cuda(const at::Tensor& value,
   auto output = at::empty({s.N, s.Lq, s.M * s.D}, value.options());
   if (output.numel() == 0) return output;
   if (s.S == 0 || s.L == 0 || s.P == 0) return output.zero_();
+  maybe_check_levels_on_host(spatial_shapes, level_start_index, s);
   const auto v = value.contiguous();
   const auto shapes = spatial_shapes.contiguous();
   const auto starts = level_start_index.contiguous();
@@ -256,19 +441,22 @@ at::Tensor ms_deform_attn_forward_cuda(const at::Tensor& value,
                            static_cast<int32_t>(s.P),
                            static_cast<int32_t>(s.D / C)};
         const int64_t blocks = blocks_for(s.N * s.Lq * s.M * geo.G);
-        auto launch = [&](auto kernel) {
-          kernel<<<blocks, kThreads, 0, stream>>>(
-              v.const_data_ptr<scalar_t>(), shapes.const_data_ptr<int64_t>(),
-              starts.const_data_ptr<int64_t>(), loc.const_data_ptr<scalar_t>(),
-              attn.const_data_ptr<scalar_t>(),
-              output.mutable_data_ptr<scalar_t>(), geo);
-        };
-        if (C == kWide) {
-          launch(forward_kernel<scalar_t, acc_t, kWide>);
-        } else {
-          launch(forward_kernel<scalar_t, acc_t, 1>);
-        }
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        with_coord_type<scalar_t>(loc.scalar_type(), [&](auto tag) {
+          using coord_t = typename decltype(tag)::type;
+          auto launch = [&](auto kernel) {
+            kernel<<<blocks, kThreads, 0, stream>>>(
+                v.const_data_ptr<scalar_t>(), shapes.const_data_ptr<int64_t>(),
+                starts.const_data_ptr<int64_t>(), loc.const_data_ptr<coord_t>(),
+                attn.const_data_ptr<coord_t>(),
+                output.mutable_data_ptr<scalar_t>(), geo);
+          };
+          if (C == kWide) {
+            launch(forward_kernel<scalar_t, coord_t, acc_t, kWide>);
+          } else {
+            launch(forward_kernel<scalar_t, coord_t, acc_t, 1>);
+          }
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        });
       });
   return output;
 }
@@ -287,24 +475,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
               "ms_deform_attn_backward: grad_output (", grad_output.scalar_type(),
               ", ", grad_output.device(), ") must match value (",
               value.scalar_type(), ", ", value.device(), ")");
-  at::globalContext().alertNotDeterministic("ms_deform_attn_backward_cuda");
   const c10::cuda::CUDAGuard guard(value.device());
-  const auto acc_type = at::toOpMathType(value.scalar_type());
-  const auto acc_options = value.options().dtype(acc_type);
-  auto grad_value = at::zeros({s.N, s.S, s.M, s.D}, acc_options);
-  auto grad_locations = at::zeros({s.N, s.Lq, s.M, s.L, s.P, 2}, acc_options);
-  auto grad_weights = at::zeros({s.N, s.Lq, s.M, s.L, s.P}, acc_options);
+  // Deterministic sums (FixedSink) when deterministic algorithms are on.
+  const bool deterministic = at::globalContext().deterministicAlgorithms();
+  const auto value_type = value.scalar_type();
+  const auto coord_type = sampling_locations.scalar_type();
+  const auto acc_type = at::toOpMathType(value_type);
+  const auto buffer_options =
+      value.options().dtype(deterministic ? at::kLong : acc_type);
+  auto grad_value = at::zeros({s.N, s.S, s.M, s.D}, buffer_options);
+  auto grad_locations = at::zeros({s.N, s.Lq, s.M, s.L, s.P, 2}, buffer_options);
+  auto grad_weights = at::zeros({s.N, s.Lq, s.M, s.L, s.P}, buffer_options);
+  at::Tensor scales;
+  auto stream = c10::cuda::getCurrentCUDAStream();
   if (s.N * s.Lq * s.M * s.L * s.P > 0 && s.S * s.D > 0) {
+    maybe_check_levels_on_host(spatial_shapes, level_start_index, s);
     const auto go = grad_output.contiguous();
     const auto v = value.contiguous();
     const auto shapes = spatial_shapes.contiguous();
     const auto starts = level_start_index.contiguous();
     const auto loc = sampling_locations.contiguous();
     const auto attn = attention_weights.contiguous();
-    auto stream = c10::cuda::getCurrentCUDAStream();
+    if (deterministic) scales = fixed_point_scales(go, v, attn, shapes, s);
     AT_DISPATCH_FLOATING_TYPES_AND2(
-        at::kHalf, at::kBFloat16, value.scalar_type(),
-        "ms_deform_attn_backward_cuda", [&] {
+        at::kHalf, at::kBFloat16, value_type, "ms_deform_attn_backward_cuda", [&] {
           using acc_t = at::opmath_type<scalar_t>;
           constexpr int kWide = wide_channels<scalar_t>();
           const int C = channels_per_thread<scalar_t>(
@@ -314,38 +508,87 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
           const Geometry geo{s.N, s.S, s.Lq, static_cast<int32_t>(s.M),
                              static_cast<int32_t>(s.D), static_cast<int32_t>(s.L),
                              static_cast<int32_t>(s.P), G};
+          // One thread per item (no grid-stride loop: the warp shuffles
+          // need every lane), so the rounded-up block count must fit.
           const int64_t threads = s.N * s.Lq * s.M * G;
-          TORCH_CHECK(threads / kThreads < (int64_t{1} << 31),
-                      "ms_deform_attn_backward_cuda: problem too large (",
-                      threads, " threads)");
           const int64_t blocks = (threads + kThreads - 1) / kThreads;
-          auto launch = [&](auto kernel) {
-            kernel<<<blocks, kThreads, 0, stream>>>(
-                go.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>(),
-                shapes.const_data_ptr<int64_t>(), starts.const_data_ptr<int64_t>(),
-                loc.const_data_ptr<scalar_t>(), attn.const_data_ptr<scalar_t>(),
-                grad_value.mutable_data_ptr<acc_t>(),
-                grad_locations.mutable_data_ptr<acc_t>(),
-                grad_weights.mutable_data_ptr<acc_t>(), geo);
-          };
-          if (C == kWide && warp_reduce) {
-            launch(backward_kernel<scalar_t, acc_t, kWide, true>);
-          } else if (C == kWide) {
-            launch(backward_kernel<scalar_t, acc_t, kWide, false>);
-          } else if (warp_reduce) {
-            launch(backward_kernel<scalar_t, acc_t, 1, true>);
-          } else {
-            launch(backward_kernel<scalar_t, acc_t, 1, false>);
-          }
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          TORCH_CHECK(blocks <= (int64_t{1} << 31) - 1,
+                      "ms_deform_attn_backward_cuda: problem too large (",
+                      threads, " threads in ", blocks,
+                      " blocks, more than 2^31 - 1)");
+          with_coord_type<scalar_t>(coord_type, [&](auto tag) {
+            using coord_t = typename decltype(tag)::type;
+            auto launch = [&](auto sink, auto wide, auto warp) {
+              constexpr int kC = decltype(wide)::value ? kWide : 1;
+              constexpr bool kWarp = decltype(warp)::value;
+              backward_kernel<scalar_t, coord_t, acc_t, kC, kWarp, decltype(sink)>
+                  <<<blocks, kThreads, 0, stream>>>(
+                      go.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>(),
+                      shapes.const_data_ptr<int64_t>(),
+                      starts.const_data_ptr<int64_t>(),
+                      loc.const_data_ptr<coord_t>(), attn.const_data_ptr<coord_t>(),
+                      sink, geo);
+              C10_CUDA_KERNEL_LAUNCH_CHECK();
+            };
+            auto with_shape = [&](auto sink) {
+              using T = std::true_type;
+              using F = std::false_type;
+              if (C == kWide && warp_reduce) {
+                launch(sink, T{}, T{});
+              } else if (C == kWide) {
+                launch(sink, T{}, F{});
+              } else if (warp_reduce) {
+                launch(sink, F{}, T{});
+              } else {
+                launch(sink, F{}, F{});
+              }
+            };
+            if (deterministic) {
+              const auto fixed = [](at::Tensor& t) {
+                return reinterpret_cast<unsigned long long*>(
+                    t.mutable_data_ptr<int64_t>());
+              };
+              with_shape(FixedSink{fixed(grad_value), fixed(grad_locations),
+                                   fixed(grad_weights),
+                                   scales.const_data_ptr<double>()});
+            } else {
+              with_shape(FloatSink<acc_t>{grad_value.mutable_data_ptr<acc_t>(),
+                                          grad_locations.mutable_data_ptr<acc_t>(),
+                                          grad_weights.mutable_data_ptr<acc_t>()});
+            }
+          });
         });
   }
-  if (acc_type != value.scalar_type()) {
-    return std::make_tuple(grad_value.to(value.scalar_type()),
-                           grad_locations.to(value.scalar_type()),
-                           grad_weights.to(value.scalar_type()));
+  if (deterministic) {
+    // Integer sums -> the inputs' dtypes (all zeros when nothing ran).
+    if (!scales.defined()) {
+      scales = at::ones({3}, value.options().dtype(at::kDouble));
+    }
+    auto out_value = at::empty_like(grad_value, value.options());
+    auto out_loc = at::empty_like(grad_locations, sampling_locations.options());
+    auto out_attn = at::empty_like(grad_weights, attention_weights.options());
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, value_type, "ms_deform_attn_from_fixed", [&] {
+          from_fixed<scalar_t>(grad_value, scales, 0, out_value, stream);
+        });
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, coord_type, "ms_deform_attn_from_fixed", [&] {
+          from_fixed<scalar_t>(grad_locations, scales, 1, out_loc, stream);
+          from_fixed<scalar_t>(grad_weights, scales, 2, out_attn, stream);
+        });
+    return std::make_tuple(out_value, out_loc, out_attn);
   }
-  return std::make_tuple(grad_value, grad_locations, grad_weights);
+  return std::make_tuple(grad_value.to(value_type), grad_locations.to(coord_type),
+                         grad_weights.to(coord_type));
+}
+
+int64_t take_level_errors(int64_t device) {
+  const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
+  unsigned int errors = 0;
+  const unsigned int zero = 0;
+  C10_CUDA_CHECK(cudaMemcpyFromSymbol(&errors, g_level_errors, sizeof(errors)));
+  C10_CUDA_CHECK(cudaMemcpyToSymbol(g_level_errors, &zero, sizeof(zero)));
+  return errors;
 }
 
 std::vector<int64_t> compiled_cuda_archs() {

@@ -20,6 +20,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
     const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
     const at::Tensor& sampling_locations, const at::Tensor& attention_weights);
 
+// Reads and clears the flag the kernels on `device` set when they skipped a
+// level failing level_in_bounds (levels.h); nonzero: some call got
+// inconsistent spatial_shapes / level_start_index.  Synchronises.
+int64_t take_level_errors(int64_t device);
+
 // The compute capabilities this library was compiled for (e.g. {800, 900}).
 std::vector<int64_t> compiled_cuda_archs();
 

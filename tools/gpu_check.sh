@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# `make gpu-check`: the first thing to run on a machine with a CUDA GPU.
+# Uses the project's .venv when there is one, else the machine's python3
+# (a GPU machine not set up by `make setup`: only torch, nvcc and pytest
+# are needed for the op tier).  See tools/gpu_check.py and docs/ops.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+py=${PYTHON:-}
+if [ -z "$py" ]; then
+  if [ -x .venv/bin/python ] && .venv/bin/python -c 'import torch' 2>/dev/null; then
+    py=.venv/bin/python
+  else
+    py=python3
+  fi
+fi
+if ! "$py" -c 'import torch' 2>/dev/null; then
+  echo "[gpu-check] FAILED: $py cannot import torch (set PYTHON=...)" >&2
+  exit 2
+fi
+exec "$py" tools/gpu_check.py "$@"
