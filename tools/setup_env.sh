@@ -91,8 +91,8 @@ main() {
   if [ ! -f "$psalm_venv/.stamp-deps" ]; then
     [ -x "$psalm_venv/bin/python" ] || "$PYTHON" -m venv "$psalm_venv"
     "$psalm_venv/bin/python" -m pip install --disable-pip-version-check -q \
-      -c "$psalm_pins" torch transformers tokenizers huggingface-hub \
-      safetensors numpy
+      -c "$psalm_pins" torch torchvision transformers tokenizers \
+      huggingface-hub safetensors numpy timm pytest
     touch "$psalm_venv/.stamp-deps"
   else echo "cached"; fi
   ln -sfn "$psalm_venv" .venv-psalm
