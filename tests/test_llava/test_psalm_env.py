@@ -79,5 +79,6 @@ def test_dropin_and_llava_pass_under_psalm_transformers():
     tail = proc.stdout[-4000:] + proc.stderr[-2000:]
     assert proc.returncode == 0, tail
     summary = proc.stdout.strip().splitlines()[-1]
+    print(f'under {PSALM_VENV.name}: {summary}')
     assert re.search(r'\d+ passed', summary), tail
     assert 'skipped' not in summary and 'failed' not in summary, summary
