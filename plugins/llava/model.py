@@ -43,10 +43,10 @@ def projector_inputs(projector_type: str, maps: List[torch.Tensor]):
 
 def _rebuild_rotary_embeddings(llm: nn.Module, config) -> int:
     """Re-create the rotary embeddings (their buffers are not in the file
-    and stay on the meta device): one per model in transformers >= 4.4x
-    (built from the config), one per attention layer in 4.36 (PSALM's pin;
-    built from ``dim``/``max_position_embeddings``/``base``). Returns how
-    many were rebuilt."""
+    and stay on the meta device): one per model in transformers 4.57 (built
+    from the config), one per attention layer in 4.36, PSALM's pin (built
+    from ``dim``/``max_position_embeddings``/``base``). Returns how many
+    were rebuilt."""
     names = [n for n, _ in llm.named_modules() if n.endswith('rotary_emb')]
     for name in names:
         old = llm.get_submodule(name)
