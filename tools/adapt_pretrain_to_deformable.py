@@ -12,6 +12,12 @@ the ``model.mm_projector.`` / ``mm_projector.`` prefix.  OUT keeps PSALM's
 ``mm_projector.`` prefix so ``--pretrain_mm_mlp_adapter OUT`` loads it;
 ``.safetensors`` or a torch ``.bin`` by extension.  A table of transferred /
 newly initialised / dropped keys is printed.
+
+PSALM's ``swin_conv`` keys (``layer1.0.*``, ``fc.*``) are recognised; ``fc``
+(2048 -> LLM width) becomes the deformable projector's last output Linear
+``output_proj.2``; the BasicBlock has no counterpart and is dropped.  A file
+in another layout, or one from which nothing transfers (e.g. another
+``--projector-outdim``), is refused with exit code 2 and nothing is written.
 """
 import argparse
 import os.path as osp
@@ -45,12 +51,16 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    state, report = adapt_swin_conv_state(
-        safe_load(args.input), projector_outdim=args.projector_outdim,
-        swin_type=args.swin_type, mm_hidden_dim=args.mm_hidden_dim,
-        mm_n_heads=args.mm_n_heads, mm_n_points=args.mm_n_points,
-        mm_num_tokens=args.mm_num_tokens, mm_num_layers=args.mm_num_layers,
-        seed=args.seed)
+    try:
+        state, report = adapt_swin_conv_state(
+            safe_load(args.input), projector_outdim=args.projector_outdim,
+            swin_type=args.swin_type, mm_hidden_dim=args.mm_hidden_dim,
+            mm_n_heads=args.mm_n_heads, mm_n_points=args.mm_n_points,
+            mm_num_tokens=args.mm_num_tokens,
+            mm_num_layers=args.mm_num_layers, seed=args.seed)
+    except ValueError as err:
+        print(f'{args.input}: {err}; nothing written', file=sys.stderr)
+        return 2
     print(format_report(report))
     out = {f'model.mm_projector.{k}': v.contiguous() for k, v in state.items()}
     if args.output.endswith('.safetensors'):

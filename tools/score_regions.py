@@ -26,7 +26,6 @@ Example::
 """
 import argparse
 import json
-import os
 import sys
 from collections import OrderedDict
 from pathlib import Path
@@ -55,8 +54,12 @@ def parse_args(argv=None):
     p.add_argument('--image-root', help='image folder (results input)')
     p.add_argument('--model', default='ViT-B-32', help='open_clip config')
     p.add_argument('--weights',
-                   help='open_clip_model.safetensors / '
-                   '.bin or a folder holding one (default: random weights)')
+                   help='open_clip_model.safetensors / .bin or a folder '
+                   'holding one (required: scores from random weights mean '
+                   'nothing; see --random-weights)')
+    p.add_argument('--random-weights', action='store_true',
+                   help='smoke runs only: score with randomly initialised '
+                   'weights instead of --weights')
     p.add_argument('--pretrained-tag',
                    help='open_clip release of the '
                    'weights, for its mean/std (e.g. laion2b_s34b_b79k)')
@@ -82,7 +85,13 @@ def parse_args(argv=None):
                    help='write each image '
                    'with its regions coloured by multiplier')
     p.add_argument('--show-dir', help='default: <out stem>_show/')
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if bool(args.weights) == bool(args.random_weights):
+        p.error('--weights PATH is required (region scores from random '
+                'weights mean nothing); pass --random-weights instead for a '
+                'smoke run' if not args.weights else
+                '--weights and --random-weights exclude each other')
+    return args
 
 
 def to_xyxy(region: dict) -> list:
@@ -171,8 +180,9 @@ def draw(image: np.ndarray, boxes, records, path: Path) -> None:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    os.environ.setdefault('HF_HUB_OFFLINE', '1')
     from tqdm import tqdm
+
+    import plugins  # noqa: F401  (puts the Hugging Face hub offline)
 
     from plugins.scoring import build_region_scorer, load_image
     jobs = collect_jobs(args)
@@ -210,6 +220,7 @@ def main(argv=None) -> dict:
             draw(image, boxes, scored, show_dir / (Path(path).stem + '.png'))
     result = dict(model=args.model,
                   weights=args.weights,
+                  random_weights=args.random_weights,
                   strategy=args.strategy,
                   head=scorer.head,
                   multiplier_rule=scorer.rule.to_dict(),

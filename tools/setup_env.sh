@@ -4,7 +4,9 @@
 # Creates a virtual environment in a cache folder outside the clone, links it
 # as ./.venv, installs every pinned dependency (requirements/pins.txt), builds
 # mmcv with ops from its sdist (third_party/mmcv/), installs this package in
-# editable mode and compiles our deformable-attention op.  Every slow step is
+# editable mode and compiles our deformable-attention op; then builds a second
+# venv with PSALM's pins (requirements/psalm-pins.txt, linked as ./.venv-psalm)
+# for the PSALM drop-in tests.  Every slow step is
 # cached, keyed by the versions it depends on, so a second run is quick.
 #
 # Environment:
@@ -22,6 +24,7 @@ main() {
   PYTHON=${PYTHON:-python3.11}
   cache=${PLUGINS_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/plugins}
   pins=requirements/pins.txt
+  psalm_pins=requirements/psalm-pins.txt
   t0=$(date +%s)
   step() { printf '\n[setup %3ds] %s\n' "$(( $(date +%s) - t0 ))" "$*"; }
 
@@ -77,6 +80,22 @@ main() {
 
   step "6/6 multi-scale deformable attention op (CPU, and CUDA when nvcc is present)"
   PLUGINS_CACHE_DIR="$cache" "$py" -m plugins.ops.build
+
+  step "+ PSALM's pins: a second venv for the PSALM drop-in tests ($psalm_pins)"
+  # PSALM runs in its own environment (transformers 4.36.2); the tests run
+  # third_party/psalm and plugins.llava there too (tests/test_llava/
+  # test_psalm_env.py).  torch is the main venv's version, from the same
+  # wheel; keyed by the pins file like the main venv.
+  psalm_key=$( (cat "$psalm_pins"; echo "$pyver") | sha256sum | cut -c1-12)
+  psalm_venv="$cache/venvs/psalm-py$pyver-$psalm_key"
+  if [ ! -f "$psalm_venv/.stamp-deps" ]; then
+    [ -x "$psalm_venv/bin/python" ] || "$PYTHON" -m venv "$psalm_venv"
+    "$psalm_venv/bin/python" -m pip install --disable-pip-version-check -q \
+      -c "$psalm_pins" torch torchvision transformers tokenizers \
+      huggingface-hub safetensors numpy timm pytest
+    touch "$psalm_venv/.stamp-deps"
+  else echo "cached"; fi
+  ln -sfn "$psalm_venv" .venv-psalm
 
   step "done in $(( $(date +%s) - t0 ))s; interpreter: $root/.venv/bin/python"
 }

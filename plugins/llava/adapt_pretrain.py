@@ -4,22 +4,48 @@ from typing import Dict, List, NamedTuple, Tuple
 
 import torch
 
-from .projector_builder import build_deformable_projector
+from .projector_builder import (SwinConvProjector,
+                                build_deformable_projector)
 from .projector_weights import strip_projector_prefix
 
-#: ``swin_conv`` key -> ``deformable`` key: the LLM-facing Linear of PSALM's
-#: ``swin_conv`` (2048 -> LLM width) has the same role and shape as the last
-#: Linear of the deformable projector's output head.
+#: ``swin_conv`` key -> ``deformable`` key: ``fc``, the LLM-facing Linear of
+#: PSALM's ``swin_conv`` (2048 -> LLM width), has the same role and shape as
+#: the last Linear of the deformable projector's output head.  Nothing else
+#: of ``swin_conv`` (its stride-2 BasicBlock ``layer1.0.*``) has a
+#: counterpart.
 SWIN_CONV_TO_DEFORMABLE = {
-    'proj.weight': 'output_proj.2.weight',
-    'proj.bias': 'output_proj.2.bias',
+    'fc.weight': 'output_proj.2.weight',
+    'fc.bias': 'output_proj.2.bias',
 }
+
+
+def swin_conv_keys() -> List[str]:
+    """Every state-dict key of PSALM's ``swin_conv`` projector (parameters
+    and BatchNorm buffers; PSALM's trainer saves only the parameters)."""
+    with torch.device('meta'):
+        return sorted(SwinConvProjector(8, 8, mid_channels=8).state_dict())
 
 
 class AdaptReport(NamedTuple):
     transferred: List[Tuple[str, str, tuple]]
     initialised: List[Tuple[str, tuple]]
     dropped: List[Tuple[str, tuple, str]]
+
+
+def check_swin_conv_layout(source: Dict[str, torch.Tensor]) -> None:
+    """Refuse a file that is not a ``swin_conv`` projector, naming what it
+    holds (e.g. an already converted file, or PSALM's ``conv`` type)."""
+    known = set(swin_conv_keys())
+    unknown = sorted(set(source) - known)
+    if not source or unknown or 'fc.weight' not in source:
+        raise ValueError(
+            'not a swin_conv projector (PSALM ResNetSwin layout: '
+            "'layer1.0.{conv1,bn1,conv2,bn2}.*', 'layer1.0.downsample."
+            "{0,1}.*', 'fc.{weight,bias}', with or without the "
+            "'model.mm_projector.' / 'mm_projector.' prefix): "
+            f'{len(source)} keys after stripping the prefix, '
+            f'{len(unknown)} unknown (e.g. {unknown[:5]}), '
+            f"'fc.weight' {'present' if 'fc.weight' in source else 'absent'}")
 
 
 def adapt_swin_conv_state(source: Dict[str, torch.Tensor], *,
@@ -33,10 +59,16 @@ def adapt_swin_conv_state(source: Dict[str, torch.Tensor], *,
     every source tensor that maps onto it with the same shape, and reports
     what was transferred, newly initialised and dropped.
 
+    Raises:
+        ValueError: the file is not in PSALM's ``swin_conv`` layout, or
+            nothing could be transferred (e.g. ``fc`` has another output
+            width than ``projector_outdim``).
+
     Returns:
         tuple: ``(state_dict, AdaptReport)``.
     """
     source = strip_projector_prefix(source)
+    check_swin_conv_layout(source)
     torch.manual_seed(seed)
     projector = build_deformable_projector(SimpleNamespace(
         mm_projector_type='deformable', swin_type=swin_type,
@@ -56,6 +88,13 @@ def adapt_swin_conv_state(source: Dict[str, torch.Tensor], *,
         else:
             state[target] = value.to(state[target].dtype).clone()
             transferred.append((key, target, tuple(value.shape)))
+    if not transferred:
+        why = [f'{k} {s}: {w}' for k, s, w in dropped
+               if k in SWIN_CONV_TO_DEFORMABLE]
+        raise ValueError(
+            'nothing transferred from the swin_conv file to the deformable '
+            f'projector ({"; ".join(why) or "no fc.* key"}); check '
+            '--projector-outdim (the LLM width of the swin_conv run)')
     done = {t for _, t, _ in transferred}
     initialised = [(k, tuple(v.shape)) for k, v in state.items()
                    if k not in done]

@@ -41,6 +41,27 @@ def projector_inputs(projector_type: str, maps: List[torch.Tensor]):
     return last
 
 
+def _rebuild_rotary_embeddings(llm: nn.Module, config) -> int:
+    """Re-create the rotary embeddings (their buffers are not in the file
+    and stay on the meta device): one per model in transformers 4.57 (built
+    from the config), one per attention layer in 4.36, PSALM's pin (built
+    from ``dim``/``max_position_embeddings``/``base``). Returns how many
+    were rebuilt."""
+    names = [n for n, _ in llm.named_modules() if n.endswith('rotary_emb')]
+    for name in names:
+        old = llm.get_submodule(name)
+        if hasattr(old, 'dim') and hasattr(old, 'base'):
+            kwargs = dict(max_position_embeddings=old.max_position_embeddings,
+                          base=old.base)
+            if hasattr(old, 'scaling_factor'):
+                kwargs['scaling_factor'] = old.scaling_factor
+            fresh = type(old)(old.dim, **kwargs)
+        else:
+            fresh = type(old)(config=config)
+        llm.set_submodule(name, fresh)
+    return len(names)
+
+
 def load_pretrained_phi(folder: str, vocab_size: int) -> PhiForCausalLM:
     """Phi from a local Hugging Face folder (``config.json`` +
     ``model.safetensors`` or a sharded index), resized to ``vocab_size``.
@@ -73,7 +94,7 @@ def load_pretrained_phi(folder: str, vocab_size: int) -> PhiForCausalLM:
     if missing or unexpected:
         raise ValueError(f'{folder}: missing keys {missing[:5]}..., '
                          f'unexpected keys {unexpected[:5]}...')
-    llm.model.rotary_emb = type(llm.model.rotary_emb)(config=config)
+    _rebuild_rotary_embeddings(llm, config)
     if vocab_size != config.vocab_size:
         llm.resize_token_embeddings(vocab_size)
     return llm

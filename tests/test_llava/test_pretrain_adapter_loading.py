@@ -24,7 +24,7 @@ def baseline(tiny_config, tmp_path_factory):
     path = tmp_path_factory.mktemp('adapter') / 'mm_projector.bin'
     torch.save({f'model.mm_projector.{k}': v
                 for k, v in swin_conv.state_dict().items()}, path)
-    return path, swin_conv.proj.weight.detach().clone()
+    return path, swin_conv.fc.weight.detach().clone()
 
 
 def _deformable(tiny_config):

@@ -1,4 +1,11 @@
-"""The PSALM drop-in (third_party/psalm) against a fake PSALM package."""
+"""The PSALM drop-in (third_party/psalm) against a fake PSALM package.
+
+Runs in the main environment (transformers 4.57.x) and, through
+test_psalm_env.py, in PSALM's own (transformers 4.36.2). PSALM's training
+module imports ``transformers.utils.is_torch_tpu_available``, which only
+PSALM's transformers has: there the train entry is tested, in the main
+environment the drop-in's error saying so.
+"""
 import importlib.util
 import json
 import os
@@ -9,11 +16,14 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import transformers.utils
 
 HERE = Path(__file__).resolve().parent
 FAKE_ROOT = HERE / 'fake_psalm'
 REPO = HERE.parents[1]
 DROPIN = REPO / 'third_party' / 'psalm'
+#: PSALM's trainer imports this; transformers 4.36.2 has it, 4.57 not.
+PSALM_TRAIN_IMPORTS = hasattr(transformers.utils, 'is_torch_tpu_available')
 
 
 def _load_dropin():
@@ -56,11 +66,17 @@ def fake_psalm():
 
 def _model_args(**kw):
     base = dict(mm_projector_type='deformable', swin_type='base',
+                with_norm=True, with_layernorm=False,  # PSALM's defaults
                 projector_outdim=64, pretrain_mm_mlp_adapter=None,
                 mm_hidden_dim=64, mm_n_heads=8, mm_n_points=4,
                 mm_num_tokens=16)
     base.update(kw)
     return SimpleNamespace(**base)
+
+
+def _apply(dropin):
+    """Every patch PSALM's installed transformers allows (see module doc)."""
+    return dropin.apply(patch_train=PSALM_TRAIN_IMPORTS)
 
 
 def _psalm_model(hidden=64):
@@ -76,23 +92,32 @@ def test_imports_without_psalm(dropin):
 
 
 def test_apply_reports_every_patch(dropin, fake_psalm):
-    report = dropin.apply()
+    report = _apply(dropin)
     assert set(report['builder']) == {
         'psalm.model.multimodal_projector.builder', 'psalm.model.llava_arch',
         'psalm.model.language_model.llava_phi'}
     assert set(report['encode_images']) == {'LlavaMetaForCausalLM', 'PSALM'}
     assert report['initialize_vision_modules'] == ['PSALMModel']
-    assert report['model_arguments']
+    assert bool(report['model_arguments']) == PSALM_TRAIN_IMPORTS
     # Idempotent: nothing is wrapped twice.
-    again = dropin.apply()
+    again = _apply(dropin)
     assert again['encode_images'] == [] and again['model_arguments'] == []
     from psalm.model.language_model import llava_phi
     assert llava_phi.build_vision_projector.psalm_original.__module__ == \
         'psalm.model.multimodal_projector.builder'
 
 
+def test_train_module_needs_psalm_transformers(dropin, fake_psalm):
+    if PSALM_TRAIN_IMPORTS:
+        assert dropin.apply()['model_arguments']
+    else:
+        with pytest.raises(ImportError, match=r'is_torch_tpu_available.*'
+                           r'PSALM pins transformers==4\.36\.2'):
+            dropin.apply()
+
+
 def test_builder_routes_deformable_and_keeps_psalm_types(dropin, fake_psalm):
-    dropin.apply()
+    _apply(dropin)
     from psalm.model.language_model import llava_phi
     cfg = SimpleNamespace(mm_projector_type='deformable', swin_type='base',
                           projector_outdim=64, mm_hidden_dim=64, mm_n_heads=8,
@@ -103,7 +128,7 @@ def test_builder_routes_deformable_and_keeps_psalm_types(dropin, fake_psalm):
     psalm_type = llava_phi.build_vision_projector(SimpleNamespace(
         mm_projector_type='swin_conv', mm_input_embeds=1024,
         projector_outdim=64))
-    assert type(psalm_type).__name__ == 'SwinConvStandIn'
+    assert type(psalm_type).__name__ == 'ResNetSwinStandIn'
     with pytest.raises(ValueError, match='Unknown projector type'):
         llava_phi.build_vision_projector(
             SimpleNamespace(mm_projector_type='nope'))
@@ -118,7 +143,7 @@ def _record_inputs(module):
 def test_projector_lines_are_printed(dropin, fake_psalm, capsys):
     import logging
     logging.getLogger('plugins').handlers.clear()  # restored by the fixture
-    dropin.apply()
+    _apply(dropin)
     model = _psalm_model()
     model.get_model().initialize_vision_modules(_model_args())
     err = capsys.readouterr().err
@@ -128,7 +153,7 @@ def test_projector_lines_are_printed(dropin, fake_psalm, capsys):
 
 
 def test_encode_images_passes_all_four_maps(dropin, fake_psalm):
-    dropin.apply()
+    _apply(dropin)
     model = _psalm_model()
     model.get_model().initialize_vision_modules(_model_args())
     # The projector arguments reached the config the builder read.
@@ -141,7 +166,7 @@ def test_encode_images_passes_all_four_maps(dropin, fake_psalm):
 
 
 def test_encode_images_keeps_last_map_for_psalm_types(dropin, fake_psalm):
-    dropin.apply()
+    _apply(dropin)
     model = _psalm_model()
     model.get_model().initialize_vision_modules(
         _model_args(mm_projector_type='swin_conv'))
@@ -152,7 +177,7 @@ def test_encode_images_keeps_last_map_for_psalm_types(dropin, fake_psalm):
 
 
 def test_adapter_loads_strictly(dropin, fake_psalm, tmp_path):
-    dropin.apply()
+    _apply(dropin)
     source = _psalm_model()
     source.get_model().initialize_vision_modules(_model_args())
     state = {f'model.mm_projector.{k}': v.clone() for k, v in
@@ -176,6 +201,10 @@ def test_adapter_loads_strictly(dropin, fake_psalm, tmp_path):
 
 
 def test_model_arguments_gain_projector_fields(dropin, fake_psalm):
+    if not PSALM_TRAIN_IMPORTS:
+        with pytest.raises(ImportError, match='is_torch_tpu_available'):
+            import psalm.train.train  # noqa: F401  (PSALM's own import)
+        return
     dropin.apply()
     import dataclasses
 
@@ -188,7 +217,8 @@ def test_model_arguments_gain_projector_fields(dropin, fake_psalm):
 
 def test_run_psalm_train_entry(tmp_path):
     """``run_psalm.py train`` parses the new arguments through PSALM's own
-    HfArgumentParser (as under the deepspeed launcher)."""
+    HfArgumentParser (as under the deepspeed launcher); outside PSALM's
+    transformers it stops, saying which version PSALM needs."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(REPO), os.environ.get('PYTHONPATH', '')]))
     proc = subprocess.run(
@@ -196,6 +226,10 @@ def test_run_psalm_train_entry(tmp_path):
          '--mm_projector_type', 'deformable', '--mm_n_points', '8',
          '--mm_hidden_dim', '512', '--local_rank=0'],
         cwd=FAKE_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    if not PSALM_TRAIN_IMPORTS:
+        assert proc.returncode != 0
+        assert 'PSALM pins transformers==4.36.2' in proc.stderr
+        return
     assert proc.returncode == 0, proc.stderr[-2000:]
     line = next(l for l in proc.stdout.splitlines()
                 if l.startswith('MODEL_ARGS '))
@@ -203,3 +237,54 @@ def test_run_psalm_train_entry(tmp_path):
     assert args['mm_projector_type'] == 'deformable'
     assert args['mm_n_points'] == 8 and args['mm_hidden_dim'] == 512
     assert args['mm_n_heads'] == 8
+
+
+def test_psalm_swin_conv_weights_run_in_plugins_builder(fake_psalm):
+    """A PSALM ``swin_conv`` (the fake, built from PSALM's facts) loads
+    strictly into ``plugins.llava.build_vision_projector`` and gives the
+    same tokens: the builder is a drop-in for PSALM's."""
+    from psalm.model.multimodal_projector.builder import \
+        build_vision_projector as psalm_build
+
+    from plugins.llava import build_vision_projector
+    cfg = SimpleNamespace(mm_projector_type='swin_conv', mm_input_embeds=16,
+                          projector_outdim=8)
+    torch.manual_seed(0)
+    psalm = psalm_build(cfg)
+    with torch.no_grad():
+        for buf in psalm.buffers():
+            if buf.is_floating_point():
+                buf.uniform_(0.5, 1.5)
+    ours = build_vision_projector(cfg)
+    ours.load_state_dict(psalm.state_dict(), strict=True)
+    x = torch.randn(2, 16, 8, 8)
+    torch.testing.assert_close(ours.eval()(x), psalm.eval()(x))
+
+
+def test_psalm_adapter_file_through_tool_into_deformable(dropin, fake_psalm,
+                                                         tmp_path):
+    """PSALM's mm_projector.bin of a swin_conv run (named_parameters of the
+    model, ``model.mm_projector.`` prefix) -> the adapter tool -> loaded
+    strictly by the patched initialize_vision_modules."""
+    _apply(dropin)
+    from psalm.model.language_model.llava_phi import PSALM
+
+    from tools.adapt_pretrain_to_deformable import main as adapt_main
+    torch.manual_seed(0)
+    baseline = PSALM(SimpleNamespace(hidden_size=64))
+    baseline.get_model().initialize_vision_modules(
+        _model_args(mm_projector_type='swin_conv'))
+    source = {f'model.{k}': v.detach() for k, v in
+              baseline.get_model().named_parameters() if 'mm_projector' in k}
+    src, out = tmp_path / 'mm_projector.bin', tmp_path / 'deformable.bin'
+    torch.save(source, src)
+    assert adapt_main([str(src), str(out), '--projector-outdim', '64',
+                       '--mm-hidden-dim', '64', '--mm-num-tokens', '16']) == 0
+    model = _psalm_model()
+    model.get_model().initialize_vision_modules(
+        _model_args(pretrain_mm_mlp_adapter=str(out)))
+    torch.testing.assert_close(
+        model.get_model().mm_projector.output_proj[2].weight,
+        baseline.get_model().mm_projector.fc.weight)
+    tokens = model.encode_images(torch.randn(1, 3, 128, 128))
+    assert tokens.shape == (1, 16, 64)

@@ -74,7 +74,8 @@ def test_folder_and_coco_results_inputs(tmp_path, image, repo_root):
     regions = tmp_path / 'regions.json'
     regions.write_text(json.dumps({'a.png': REGIONS, 'b.png': REGIONS[:1]}))
     common = [
-        '--model', 'ViT-Tiny-16-test', '--positive', 'a cat', '--negative',
+        '--model', 'ViT-Tiny-16-test', '--random-weights', '--positive',
+        'a cat', '--negative',
         'sky,grass'
     ]
     result = main([

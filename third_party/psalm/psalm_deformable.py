@@ -216,7 +216,26 @@ def _import_optional(name: str):
         # dependency (detectron2, ...) must surface.
         if err.name and (err.name == name or name.startswith(err.name + '.')):
             return None
-        raise
+        raise ImportError(f'{name} failed to import: {err}{_pins_hint()}') \
+            from err
+
+
+#: The transformers release PSALM pins (its pyproject.toml).
+PSALM_TRANSFORMERS = '4.36.2'
+
+
+def _pins_hint() -> str:
+    """Where the installed transformers is not PSALM's, say so: PSALM's own
+    code (e.g. its trainer's ``is_torch_tpu_available`` import) needs it."""
+    try:
+        import transformers
+    except ImportError:
+        return ''
+    if transformers.__version__ == PSALM_TRANSFORMERS:
+        return ''
+    return (f'; PSALM pins transformers=={PSALM_TRANSFORMERS}, this '
+            f'environment has {transformers.__version__}: run PSALM in its '
+            'own environment (docs/integrations/psalm.md)')
 
 
 def apply(package: str = 'psalm', patch_train: bool = True) -> Dict[str, list]:

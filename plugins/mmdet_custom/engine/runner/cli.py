@@ -41,7 +41,53 @@ def load_config(args) -> Config:
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs',
                                 osp.splitext(osp.basename(args.config))[0])
+    check_local_model_folders(cfg)
     return cfg
+
+
+#: Registered types whose ``name`` is a Hugging Face model folder (mmdet's
+#: GroundingDINO text encoder reads ``model.language_model.name`` with
+#: ``AutoTokenizer``/``BertModel.from_pretrained``), and the config variable
+#: the shipped configs set it from.
+HF_FOLDER_TYPES = {'BertModel': 'lang_model_name'}
+
+
+def _hf_folder_refs(node, path):
+    if isinstance(node, dict):
+        if node.get('type') in HF_FOLDER_TYPES and 'name' in node:
+            yield f'{path}.name', node['type'], node['name']
+        for key, value in node.items():
+            yield from _hf_folder_refs(value, f'{path}.{key}')
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            yield from _hf_folder_refs(value, f'{path}[{i}]')
+
+
+def check_local_model_folders(cfg: Config) -> None:
+    """Fail at once, naming the config key and the path, when a Hugging Face
+    model folder the model will load (GroundingDINO's BERT) is missing.
+
+    With the hub off (importing ``plugins`` puts it off unless
+    ``PLUGINS_ALLOW_HUB=1`` / ``HF_HUB_OFFLINE=0``), transformers would
+    otherwise fail only after building the rest of the model, and with the
+    hub on it retries the hub for half a minute first.
+    """
+    from plugins import hub_allowed
+    if hub_allowed():
+        return
+    for key, typ, name in _hf_folder_refs(cfg.get('model', {}), 'model'):
+        folder = osp.abspath(osp.expanduser(str(name)))
+        if osp.isfile(osp.join(folder, 'config.json')):
+            continue
+        what = ('has no config.json' if osp.isdir(folder) else
+                'is not a local folder')
+        raise FileNotFoundError(
+            f'{cfg.filename}: {key} (`{HF_FOLDER_TYPES[typ]}` in the shipped '
+            f'configs) = {name!r} {what} (looked at {folder}). The '
+            'Hugging Face hub is off, so the text encoder must be a local '
+            'folder with config.json, the weights and the tokenizer files '
+            '(`make tiny-bert` writes a tiny one to data/tiny_bert; set '
+            'PLUGINS_ALLOW_HUB=1 to download instead)')
 
 
 def prepare_cpu_distributed(cfg: Config) -> bool:

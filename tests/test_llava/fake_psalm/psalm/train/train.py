@@ -6,9 +6,16 @@ from typing import Optional
 
 import transformers
 
+# As PSALM: train.py -> train_datasets -> llava_trainer, whose import of
+# transformers.utils.is_torch_tpu_available fails where transformers dropped
+# it (present in 4.36.2, absent in 4.57.6).
+from psalm.train.llava_trainer import LLaVATrainer  # noqa: F401
+
 
 @dataclass
 class ModelArguments:
+    with_norm: bool = field(default=True)
+    with_layernorm: bool = field(default=False)
     mm_projector_type: Optional[str] = field(default='swin_conv')
     swin_type: Optional[str] = field(default='base')
     projector_outdim: Optional[int] = field(default=2048)

@@ -28,11 +28,18 @@ class PSALMModel(LlavaMetaModel, nn.Module):
         return self.vision_tower
 
     def initialize_vision_modules(self, model_args, fsdp=None):
+        # PSALM reads these two without a default (ModelArguments has them).
+        with_norm = model_args.with_norm
+        with_layernorm = model_args.with_layernorm
         self.vision_tower = FakeSwinB()
+        self.config.swin_type = getattr(model_args, 'swin_type', 'base')
+        if self.config.swin_type != 'base':
+            self.config.mm_input_embeds = 1536
         self.config.mm_projector_type = getattr(model_args,
                                                 'mm_projector_type', 'conv')
-        self.config.swin_type = getattr(model_args, 'swin_type', 'base')
         self.config.mm_hidden_size = 256
+        self.config.with_norm = with_norm
+        self.config.with_layernorm = with_layernorm
         self.config.projector_outdim = self.projector_outdim
         if not hasattr(self, 'mm_projector'):
             self.mm_projector = build_vision_projector(self.config)
