@@ -1,5 +1,6 @@
 """Host-free layers: the deformable cross-attention projector and its parts."""
-from .alignment import (DeformableCrossAttentionLayer,
+from .alignment import (DEFAULT_HIDDEN_DIM, DEFAULT_NUM_HEADS,
+                        DEFAULT_NUM_POINTS, DeformableCrossAttentionLayer,
                         MultiScaleDeformableCrossAttentionAlignment)
 from .ms_deform_cross_attention import (MSDeformCrossAttention,
                                         grid_init_offsets_,
@@ -8,6 +9,7 @@ from .norm import group_norm
 from .position_encoding import reference_grid, sine_position_encoding
 
 __all__ = [
+    'DEFAULT_HIDDEN_DIM', 'DEFAULT_NUM_HEADS', 'DEFAULT_NUM_POINTS',
     'DeformableCrossAttentionLayer',
     'MultiScaleDeformableCrossAttentionAlignment', 'MSDeformCrossAttention',
     'grid_init_offsets_', 'group_norm', 'ms_deform_attention_forward', 'reference_grid',

@@ -14,6 +14,13 @@ from .position_encoding import reference_grid, sine_position_encoding
 Features = Union[Sequence[torch.Tensor], Dict[str, torch.Tensor]]
 QUERY_MODES = ('pooled', 'level', 'all', 'learnable')
 
+#: The projector's defaults, written once: attention width, heads and
+#: sampling points per head and level (the user's notes: 256 / 8 / 4).
+#: The PSALM builder, the LLaVA-Phi config and the mmdet neck read these.
+DEFAULT_HIDDEN_DIM = 256
+DEFAULT_NUM_HEADS = 8
+DEFAULT_NUM_POINTS = 4
+
 
 class DeformableCrossAttentionLayer(nn.Module):
     """Deformable cross-attention + FFN, each with residual and LayerNorm.
@@ -110,9 +117,9 @@ class MultiScaleDeformableCrossAttentionAlignment(nn.Module):
 
     def __init__(self,
                  in_channels: Sequence[int],
-                 hidden_dim: int = 256,
-                 n_heads: int = 8,
-                 n_points: int = 4,
+                 hidden_dim: int = DEFAULT_HIDDEN_DIM,
+                 n_heads: int = DEFAULT_NUM_HEADS,
+                 n_points: int = DEFAULT_NUM_POINTS,
                  num_layers: int = 2,
                  ffn_dim: Optional[int] = None,
                  query_mode: str = 'pooled',

@@ -6,6 +6,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Optional, Union
 
+from plugins.layers.alignment import (DEFAULT_HIDDEN_DIM, DEFAULT_NUM_HEADS,
+                                      DEFAULT_NUM_POINTS)
+
 CONFIG_DIR = Path(__file__).resolve().parent / 'configs'
 
 
@@ -58,9 +61,9 @@ class LlavaSegConfig:
     image_size: int = 1024
     swin_type: str = 'base'
     mm_projector_type: str = 'deformable'
-    mm_hidden_dim: int = 256
-    mm_n_heads: int = 8
-    mm_n_points: int = 4
+    mm_hidden_dim: int = DEFAULT_HIDDEN_DIM
+    mm_n_heads: int = DEFAULT_NUM_HEADS
+    mm_n_points: int = DEFAULT_NUM_POINTS
     projector_outdim: Optional[int] = None
     mm_num_tokens: Optional[int] = None
     mask_dim: int = 256

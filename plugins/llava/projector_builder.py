@@ -16,7 +16,9 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
-from plugins.layers import MultiScaleDeformableCrossAttentionAlignment
+from plugins.layers import (DEFAULT_HIDDEN_DIM, DEFAULT_NUM_HEADS,
+                            DEFAULT_NUM_POINTS,
+                            MultiScaleDeformableCrossAttentionAlignment)
 
 logger = logging.getLogger('plugins.llava')
 
@@ -224,9 +226,9 @@ def _out_dim(config) -> int:
 
 def build_deformable_projector(config) -> nn.Module:
     """The ``deformable`` projector from PSALM-style config attributes."""
-    hidden = int(getattr(config, 'mm_hidden_dim', 256))
-    n_heads = int(getattr(config, 'mm_n_heads', 8))
-    n_points = int(getattr(config, 'mm_n_points', 4))
+    hidden = _or_default(config, 'mm_hidden_dim', DEFAULT_HIDDEN_DIM)
+    n_heads = _or_default(config, 'mm_n_heads', DEFAULT_NUM_HEADS)
+    n_points = _or_default(config, 'mm_n_points', DEFAULT_NUM_POINTS)
     num_tokens = int(getattr(config, 'mm_num_tokens', None) or
                      DEFAULT_NUM_TOKENS)
     if hidden % n_heads != 0:
