@@ -107,6 +107,9 @@ class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         self.backbone_prefix = paramwise_cfg.pop('backbone_prefix',
                                                  'backbone.')
         super().__init__(optim_wrapper_cfg, paramwise_cfg)
+        # Non-empty, so that the default __call__ goes through add_params.
+        self.paramwise_cfg = dict(paramwise_cfg,
+                                  layer_decay_rate=self.layer_decay_rate)
 
     def add_params(self, params: List[dict], module: nn.Module,
                    prefix: str = '', **kwargs) -> None:
