@@ -1,5 +1,6 @@
 # Two-stage Deformable-DETR with box refinement (mmdet) on the CLIP Surgery
-# ViT-B/16 image encoder and DeformableCrossAttentionNeck (one map -> strides 8, 16, 32, 64).
+# ViT-B/16 image encoder and DeformableCrossAttentionNeck (one map -> strides
+# 8, 16, 32, 64).
 #
 # Expected weights (a local file; nothing is downloaded): OpenAI CLIP ViT-B/16
 # `ViT-B-16.pt` or open_clip ViT-B-16 weights; set model.backbone.pretrained.

@@ -1,6 +1,6 @@
 # DINO (mmdet) with the OpenCLIP ViT-B/32 image encoder (single scale, stride 32)
-# and DeformableCrossAttentionNeck (the ViT's one map -> strides 8, 16, 32, 64,
-# each level refined by deformable attention over all four).
+# and DeformableCrossAttentionNeck (the ViT's one map -> strides 8, 16, 32,
+# 64, each level refined by deformable attention over all four).
 #
 # Expected weights (a local file; nothing is downloaded):
 #   open_clip ViT-B-32 `open_clip_model.safetensors` (e.g.

@@ -1,6 +1,6 @@
 # DINO (mmdet) with the CLIP Surgery ViT-B/16 image encoder (single scale, stride 16)
-# and DeformableCrossAttentionNeck (the ViT's one map -> strides 8, 16, 32, 64,
-# each level refined by deformable attention over all four).
+# and DeformableCrossAttentionNeck (the ViT's one map -> strides 8, 16, 32,
+# 64, each level refined by deformable attention over all four).
 #
 # Expected weights (a local file; nothing is downloaded):
 #   OpenAI CLIP ViT-B/16 archive `ViT-B-16.pt`, or open_clip

@@ -1,6 +1,6 @@
 # GroundingDINO (mmdet) with the CLIP Surgery ViT-B/16 image encoder and
-# DeformableCrossAttentionNeck (one map -> strides 8, 16, 32, 64), fine-tuned on COCO with the
-# class names as the text prompt.
+# DeformableCrossAttentionNeck (one map -> strides 8, 16, 32, 64), fine-tuned
+# on COCO with the class names as the text prompt.
 #
 # Expected files (local; nothing is downloaded):
 #   * image encoder: OpenAI CLIP ViT-B/16 `ViT-B-16.pt` or open_clip ViT-B-16
