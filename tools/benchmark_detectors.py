@@ -20,6 +20,10 @@ for four necks, with the same schedule and data for each seed:
   (``num_layers=0``: each level only 1x1 conv + GroupNorm, a
   ChannelMapper-style baseline).
 
+Finished runs are kept in ``<work-dir>/rows.jsonl`` (per ``--iters``), so
+a long benchmark can be split into several calls (e.g. ``--necks
+16-128-deform 8-64-deform`` first); each call reports every finished run.
+
 Each run is ``tools/train.py`` in a subprocess (train on the first 8 images,
 evaluate on the same 8, as the demo does); the runs of one seed are
 interleaved so that background load falls on all necks alike.  Reported:
@@ -112,6 +116,12 @@ def train_once(neck: str, seed: int, iters: int, data: Path,
         raise RuntimeError(f'{neck} seed {seed} failed (exit '
                            f'{proc.returncode}); log: {work_dir}/run.log\n'
                            + (proc.stdout + proc.stderr)[-2000:])
+    return read_run(neck, seed, work_dir, wall)
+
+
+def read_run(neck: str, seed: int, work_dir: Path, wall: float) -> dict:
+    """A finished run's final metrics and median seconds per iteration
+    (from its ``vis_data/scalars.json``)."""
     scalars = sorted(work_dir.glob('*/vis_data/scalars.json'))[-1]
     entries = [json.loads(line) for line in scalars.read_text().splitlines()]
     times = [e['time'] for e in entries
@@ -257,12 +267,28 @@ def main(argv=None) -> int:
     rows: List[dict] = []
     if not args.skip_train:
         data = ensure_data(ROOT / args.data, args.min_size, args.max_size)
+        # Finished runs are kept in rows.jsonl: a later call (other --necks
+        # or --seeds) adds to them, and the report covers all of them.
+        store = ROOT / args.work_dir / 'rows.jsonl'
+        store.parent.mkdir(parents=True, exist_ok=True)
+        if store.is_file():
+            rows = [r for r in map(json.loads,
+                                   store.read_text().splitlines())
+                    if r.get('iters') == args.iters]
+        done = {(r['neck'], r['seed']) for r in rows}
         for seed in args.seeds:
             for neck in args.necks:
+                if (neck, seed) in done:
+                    continue
                 row = train_once(neck, seed, args.iters, data,
                                  ROOT / args.work_dir / f'{neck}_seed{seed}')
+                row['iters'] = args.iters
                 rows.append(row)
+                with open(store, 'a') as f:
+                    f.write(json.dumps(row) + '\n')
                 print(json.dumps(row), flush=True)
+        order = list(NECKS)
+        rows.sort(key=lambda r: (r['seed'], order.index(r['neck'])))
     vit = None
     if not args.skip_vit:
         vit = vit_forward_backward(args.vit_size, args.device)
