@@ -21,8 +21,9 @@ for four necks, with the same schedule and data for each seed:
   ChannelMapper-style baseline).
 
 Finished runs are kept in ``<work-dir>/rows.jsonl`` (per ``--iters``), so
-a long benchmark can be split into several calls (e.g. ``--necks
-16-128-deform 8-64-deform`` first); each call reports every finished run.
+a long benchmark can be split into several calls, also at the same time
+(e.g. ``--seeds 1`` and ``--seeds 2``); a call skips the runs that are
+finished or whose folder exists, and reports every finished run.
 
 Each run is ``tools/train.py`` in a subprocess (train on the first 8 images,
 evaluate on the same 8, as the demo does); the runs of one seed are
@@ -131,6 +132,17 @@ def read_run(neck: str, seed: int, work_dir: Path, wall: float) -> dict:
                time=statistics.median(times))
     row.update({m: float(final[m]) for m in METRICS})
     return row
+
+
+def _stored_rows(store: Path, iters: int) -> List[dict]:
+    if not store.is_file():
+        return []
+    return [r for r in map(json.loads, store.read_text().splitlines())
+            if r.get('iters') == iters]
+
+
+def _done(store: Path, iters: int) -> set:
+    return {(r['neck'], r['seed']) for r in _stored_rows(store, iters)}
 
 
 def summarize(rows: List[dict]) -> Dict[str, dict]:
@@ -271,22 +283,22 @@ def main(argv=None) -> int:
         # or --seeds) adds to them, and the report covers all of them.
         store = ROOT / args.work_dir / 'rows.jsonl'
         store.parent.mkdir(parents=True, exist_ok=True)
-        if store.is_file():
-            rows = [r for r in map(json.loads,
-                                   store.read_text().splitlines())
-                    if r.get('iters') == args.iters]
-        done = {(r['neck'], r['seed']) for r in rows}
         for seed in args.seeds:
             for neck in args.necks:
-                if (neck, seed) in done:
+                run_dir = ROOT / args.work_dir / f'{neck}_seed{seed}'
+                if (neck, seed) in _done(store, args.iters):
                     continue
-                row = train_once(neck, seed, args.iters, data,
-                                 ROOT / args.work_dir / f'{neck}_seed{seed}')
+                if run_dir.exists():  # another call is running it
+                    print(f'skipping {neck} seed {seed}: {run_dir} exists '
+                          '(another call runs it, or it failed: delete the '
+                          'folder to redo it)', flush=True)
+                    continue
+                row = train_once(neck, seed, args.iters, data, run_dir)
                 row['iters'] = args.iters
-                rows.append(row)
                 with open(store, 'a') as f:
                     f.write(json.dumps(row) + '\n')
                 print(json.dumps(row), flush=True)
+        rows = _stored_rows(store, args.iters)
         order = list(NECKS)
         rows.sort(key=lambda r: (r['seed'], order.index(r['neck'])))
     vit = None
