@@ -191,7 +191,8 @@ def vit_forward_backward(size: int, device: str) -> dict:
     if device.startswith('cuda'):
         torch.cuda.synchronize()
     return dict(size=size, mem=mem, time=time.perf_counter() - t0,
-                tokens=(size // 16)**2)
+                tokens=(size // 16)**2,
+                when=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()))
 
 
 # ----------------------------------------------------------------------
@@ -247,6 +248,7 @@ def section_text(rows, vit, args, elapsed) -> str:
             f'ViT-B/16 (`OpenCLIPBackbone(\'ViT-B-16\')`, random weights, '
             f'trainable), one forward + backward of a (1, 3, {vit["size"]}, '
             f'{vit["size"]}) input ({vit["tokens"]} patch tokens):', '',
+            f'(measured {vit.get("when", "in this call")})', '',
             '| attention | peak memory (MiB) | time (s) |', '|---|---|---|',
             f'| global, all 12 blocks | {vit["mem"]:.0f} | {vit["time"]:.1f} |',
             '| windowed (window 14, 4 global blocks) | not built: issue 16 '
@@ -302,9 +304,14 @@ def main(argv=None) -> int:
         order = list(NECKS)
         rows.sort(key=lambda r: (r['seed'], order.index(r['neck'])))
     vit = None
+    vit_store = ROOT / args.work_dir / f'vit_{args.vit_size}_{args.device}.json'
     if not args.skip_vit:
         vit = vit_forward_backward(args.vit_size, args.device)
+        vit_store.parent.mkdir(parents=True, exist_ok=True)
+        vit_store.write_text(json.dumps(vit))
         print(json.dumps(vit), flush=True)
+    elif vit_store.is_file():  # measured by an earlier call
+        vit = json.loads(vit_store.read_text())
     text = section_text(rows, vit, args, time.perf_counter() - start)
     print(text)
     if args.write:
