@@ -203,17 +203,23 @@ def _fmt(stat, digits=3):
     return f'{mean:.{digits}f} ± {sd:.{digits}f} ({lo:.{digits}f}-{hi:.{digits}f})'
 
 
+def _sides(lo: int, hi: int) -> str:
+    return f'{lo}x{lo}' if lo == hi else f'{lo}-{hi}'
+
+
 def section_text(rows, vit, args, elapsed) -> str:
     from tools.benchmark_backbones import device_name, load_average
     cmd = ' '.join(['python tools/benchmark_detectors.py'] + sys.argv[1:])
     lines = [SECTION, '', f'Measured with `nice {cmd}` on '
              f'{device_name(args.device)} (a machine shared with other '
-             f'jobs), {elapsed / 60:.0f} min in all.', '']
+             f'jobs), {elapsed / 60:.0f} min for this call (runs finished '
+             'by earlier calls are included, see rows.jsonl).', '']
     if rows:
         seeds = sorted({r['seed'] for r in rows})
         lines += [
             f'Tiny demo detector (`{CONFIG}`) on the small-object toy set '
-            f'(`{args.data}`: 8 images of {args.min_size}-{args.max_size} px, '
+            f'(`{args.data}`: 8 images of '
+            f'{_sides(args.min_size, args.max_size)} px, '
             '4-10 shapes each with 6-24 px boxes; trained and evaluated on '
             f'the same 8 images), {args.iters} iterations of batch 2 '
             '(AdamW 2e-4, warm-up 20, the demo\'s optimiser), seeds '
