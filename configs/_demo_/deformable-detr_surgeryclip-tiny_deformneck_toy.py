@@ -11,4 +11,4 @@ model = dict(
     backbone=dict(type='SurgeryCLIPBackbone', model_name='ViT-Tiny-16-test',
                   surgery_depth=2, frozen=False),
     neck=dict(type='DeformableCrossAttentionNeck', in_channels=[64],
-              out_channels=256, num_extra_levels=3, n_heads=8, n_points=4))
+              out_channels=256, num_heads=8, num_points=4))

@@ -1,5 +1,6 @@
 # Two-stage Deformable-DETR with box refinement (mmdet) on the CLIP Surgery
-# ViT-B/16 image encoder and DeformableCrossAttentionNeck (1 level -> 4).
+# ViT-B/16 image encoder and DeformableCrossAttentionNeck (one map -> strides
+# 8, 16, 32, 64).
 #
 # Expected weights (a local file; nothing is downloaded): OpenAI CLIP ViT-B/16
 # `ViT-B-16.pt` (CLIP Surgery's; runs with QuickGELU automatically) or
@@ -26,9 +27,13 @@ model = dict(
         type='DeformableCrossAttentionNeck',
         in_channels=[{{_base_.clip_vitb_width}}],
         out_channels=256,
-        num_extra_levels=3,
-        n_heads=8,
-        n_points=4))
+        in_strides=[16],
+        # strides 8-64 (as detrex's DINO + ViTDet): 8 by a transposed conv
+        # from the stride-16 map, 32 and 64 by strided convs; the
+        # *_deformneck-s16-128 variant keeps the earlier 16, 32, 64, 128.
+        out_strides=[8, 16, 32, 64],
+        num_heads=8,
+        num_points=4))
 # When unfrozen, the backbone learns at 0.1x the base LR.
 optim_wrapper = dict(paramwise_cfg=dict(custom_keys={
     'backbone': dict(lr_mult=0.1),

@@ -1,6 +1,6 @@
 # DINO (mmdet) with the BiomedCLIP ViT-B/16 image encoder (single scale, stride 16)
-# and DeformableCrossAttentionNeck (1 level -> 4 levels, each refined by
-# deformable attention over all four).
+# and DeformableCrossAttentionNeck (the ViT's one map -> strides 8, 16, 32,
+# 64, each level refined by deformable attention over all four).
 #
 # Expected weights (a local file; nothing is downloaded):
 #   `open_clip_pytorch_model.bin` from the
@@ -25,8 +25,12 @@ model = dict(
         type='DeformableCrossAttentionNeck',
         in_channels=[768],
         out_channels=256,
-        num_extra_levels=3,
-        n_heads=8,
-        n_points=4))
+        in_strides=[16],
+        # strides 8-64 (as detrex's DINO + ViTDet): 8 by a transposed conv
+        # from the stride-16 map, 32 and 64 by strided convs; the
+        # *_deformneck-s16-128 variant keeps the earlier 16, 32, 64, 128.
+        out_strides=[8, 16, 32, 64],
+        num_heads=8,
+        num_points=4))
 # Frozen by default; when unfrozen the backbone learns at 0.1x the base LR
 # (mmdet's DINO config sets custom_keys={'backbone': dict(lr_mult=0.1)}).

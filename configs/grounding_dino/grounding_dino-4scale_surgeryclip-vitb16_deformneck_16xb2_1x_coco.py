@@ -1,6 +1,6 @@
 # GroundingDINO (mmdet) with the CLIP Surgery ViT-B/16 image encoder and
-# DeformableCrossAttentionNeck (1 level -> 4), fine-tuned on COCO with the
-# class names as the text prompt.
+# DeformableCrossAttentionNeck (one map -> strides 8, 16, 32, 64), fine-tuned
+# on COCO with the class names as the text prompt.
 #
 # Expected files (local; nothing is downloaded):
 #   * image encoder: OpenAI CLIP ViT-B/16 `ViT-B-16.pt` (CLIP Surgery's; runs
@@ -32,8 +32,12 @@ model = dict(
         type='DeformableCrossAttentionNeck',
         in_channels=[{{_base_.clip_vitb_width}}],
         out_channels=256,
-        num_extra_levels=3,
-        n_heads=8,
-        n_points=4),
+        in_strides=[16],
+        # strides 8-64 (as detrex's DINO + ViTDet): 8 by a transposed conv
+        # from the stride-16 map, 32 and 64 by strided convs; the
+        # *_deformneck-s16-128 variant keeps the earlier 16, 32, 64, 128.
+        out_strides=[8, 16, 32, 64],
+        num_heads=8,
+        num_points=4),
     # Checkpointed layers need fairscale, which we do not install.
     encoder=dict(num_cp=0))

@@ -51,3 +51,28 @@ def test_deterministic(tmp_path):
     img_a = np.array(Image.open(a / 'images' / 'train' / '000001.png'))
     img_b = np.array(Image.open(b / 'images' / 'train' / '000001.png'))
     assert np.array_equal(img_a, img_b)
+
+
+def test_small_object_variant(tmp_path):
+    from tools.make_toy_dataset import make_small_object_dataset
+    a = make_small_object_dataset(tmp_path / 'a', num_train=6, num_val=2)
+    b = make_small_object_dataset(tmp_path / 'b', num_train=6, num_val=2)
+    coco = _load(a, 'train')
+    assert coco == _load(b, 'train')  # deterministic
+    assert len(coco['images']) == 6 and len(_load(a, 'train8')['images']) == 6
+    sizes = {(img['width'], img['height']) for img in coco['images']}
+    assert len(sizes) > 1  # random sizes...
+    for img in coco['images']:
+        assert 256 <= img['width'] <= 512 and 256 <= img['height'] <= 512
+        pixels = Image.open(a / 'images' / 'train' / img['file_name'])
+        assert pixels.size == (img['width'], img['height'])
+        anns = [x for x in coco['annotations'] if x['image_id'] == img['id']]
+        assert 4 <= len(anns) <= 10  # several objects per image
+        for ann in anns:
+            x, y, w, h = ann['bbox']
+            assert 5.5 <= max(w, h) <= 24.5, ann  # 6-24 px boxes
+            assert w * h < 32 * 32  # COCO "small"
+            assert x >= 0 and y >= 0 and x + w <= img['width']
+    img_a = np.array(Image.open(a / 'images' / 'train' / '000002.png'))
+    img_b = np.array(Image.open(b / 'images' / 'train' / '000002.png'))
+    assert np.array_equal(img_a, img_b)

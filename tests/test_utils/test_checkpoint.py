@@ -243,7 +243,7 @@ def test_torchscript_archive_with_foreign_global_is_refused(tmp_path):
 def test_safe_load_keeps_process_wide_allow_list(tmp_path):
     """A safe_load must not remove globals allow-listed by someone else."""
     import numpy as np
-    marker = np.dtype  # one of the classes plugins.engine allow-lists
+    marker = np.dtype  # one of the classes the mmdet wing allow-lists
     torch.serialization.add_safe_globals([marker])
     path = tmp_path / 'w.pth'
     torch.save({'w': torch.zeros(2)}, path)

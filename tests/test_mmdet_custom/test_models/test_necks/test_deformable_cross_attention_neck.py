@@ -97,3 +97,120 @@ def test_dino_with_neck_trains_and_predicts(repo_root):
         results = model.predict(data['inputs'], data['data_samples'])
     assert len(results) == 2
     assert results[0].pred_instances.bboxes.shape[1] == 4
+
+
+# -- out_strides: finer levels by transposed convs, coarser by strided convs --
+def test_out_strides_8_to_64_from_a_stride_16_map():
+    torch.manual_seed(0)
+    neck = DeformableCrossAttentionNeck([96], out_channels=64,
+                                        out_strides=(8, 16, 32, 64),
+                                        num_heads=4)
+    outs = neck([torch.randn(2, 96, 15, 20)])
+    assert [tuple(o.shape) for o in outs] == [
+        (2, 64, 30, 40), (2, 64, 15, 20), (2, 64, 8, 10), (2, 64, 4, 5)]
+    # stride 8: one 2x2 stride-2 transposed conv halving the channels,
+    # then norm and activation (ViTDet's simple feature pyramid)
+    (up, ) = neck.fine_convs
+    assert isinstance(up[0], torch.nn.ConvTranspose2d)
+    assert (up[0].in_channels, up[0].out_channels) == (96, 48)
+    assert up[0].kernel_size == (2, 2) and up[0].stride == (2, 2)
+    assert isinstance(up[1], torch.nn.GroupNorm)
+    assert isinstance(up[2], torch.nn.GELU)
+    assert len(neck.extra_convs) == 2  # 16 -> 32 -> 64
+    assert neck.level_channels == [48, 96, 64, 64]
+    assert neck.alignment.n_levels == 4
+
+
+def test_out_strides_4_and_vit_b32_and_five_levels():
+    neck = DeformableCrossAttentionNeck([32], out_channels=32,
+                                        out_strides=(4, 8, 16, 32, 64),
+                                        num_heads=4)
+    outs = neck([torch.randn(1, 32, 6, 6)])
+    assert [o.shape[-1] for o in outs] == [24, 12, 6, 3, 2]
+    # stride 4: two transposed convs (32 -> 16 -> 8 channels)
+    assert [m.out_channels for m in neck.fine_convs[0]
+            if isinstance(m, torch.nn.ConvTranspose2d)] == [16, 8]
+    # a stride-32 ViT (B/32): 8 and 16 both finer than the input
+    neck32 = DeformableCrossAttentionNeck([32], out_channels=32,
+                                          in_strides=[32],
+                                          out_strides=[8, 16, 32, 64],
+                                          num_heads=4)
+    outs = neck32([torch.randn(1, 32, 5, 7)])
+    assert [tuple(o.shape[-2:]) for o in outs] == [(20, 28), (10, 14),
+                                                   (5, 7), (3, 4)]
+
+
+def test_finer_levels_get_gradients_and_are_refined():
+    torch.manual_seed(0)
+    neck = DeformableCrossAttentionNeck([16], out_channels=32,
+                                        out_strides=(8, 16, 32), num_heads=4)
+    x = torch.randn(1, 16, 8, 8)
+    outs = neck([x])
+    sum(o.sum() for o in outs).backward()
+    assert neck.fine_convs[0][0].weight.grad.abs().sum() > 0
+    # every level sees every other: the stride-8 output depends on the
+    # coarsest level's conv
+    with torch.no_grad():
+        before = neck([x])[0].clone()
+        neck.extra_convs[0][0].weight.add_(1.0)
+        assert not torch.allclose(before, neck([x])[0])
+
+
+def test_num_layers_0_is_a_channel_mapper_style_baseline():
+    torch.manual_seed(0)
+    neck = DeformableCrossAttentionNeck([32, 48], out_channels=32,
+                                        num_extra_levels=0, num_layers=0,
+                                        num_heads=4)
+    fine, coarse = torch.randn(1, 32, 8, 8), torch.randn(1, 48, 4, 4)
+    out_a = neck([fine, coarse])[0]
+    out_b = neck([fine, coarse + 1.0])[0]
+    assert torch.equal(out_a, out_b)  # no cross-level refinement
+    proj = neck.alignment.input_proj[0]
+    assert torch.allclose(out_a, proj(fine), atol=1e-6)
+
+
+def test_default_is_the_earlier_16_to_128_pyramid():
+    neck = DeformableCrossAttentionNeck([16], out_channels=32, num_heads=4)
+    assert neck.out_strides == [16, 32, 64, 128]
+    assert len(neck.fine_convs) == 0 and len(neck.extra_convs) == 3
+
+
+def test_old_argument_names_warn_and_still_work():
+    with pytest.warns(DeprecationWarning, match="'n_heads' is renamed "
+                      "'num_heads'"):
+        neck = DeformableCrossAttentionNeck([16], out_channels=32,
+                                            n_heads=4, n_points=2)
+    attn = neck.alignment.layers[0].cross_attn
+    assert (neck.alignment.n_heads, neck.alignment.n_points) == (4, 2)
+    assert attn is not None
+    with pytest.raises(TypeError, match="unexpected argument 'n_level'"):
+        DeformableCrossAttentionNeck([16], n_level=3)
+
+
+def test_stride_errors_name_the_numbers():
+    with pytest.raises(ValueError, match='output stride 12 cannot be built'):
+        DeformableCrossAttentionNeck([16], out_strides=(12, 16))
+    with pytest.raises(ValueError, match=r'must increase'):
+        DeformableCrossAttentionNeck([16], out_strides=(32, 16))
+    with pytest.raises(ValueError, match='not both'):
+        DeformableCrossAttentionNeck([16], out_strides=(16, 32),
+                                     num_extra_levels=1)
+    with pytest.raises(ValueError, match='one stride per input level'):
+        DeformableCrossAttentionNeck([16, 32], in_strides=[16],
+                                     out_strides=(16, 32))
+    with pytest.raises(ValueError, match='1 to 5 levels'):
+        DeformableCrossAttentionNeck([16], out_strides=(4, 8, 16, 32, 64,
+                                                        128))
+
+
+def test_norm_cfg_builds_mmcv_norms():
+    neck = MODELS.build(dict(type='DeformableCrossAttentionNeck',
+                             in_channels=[32], out_channels=32,
+                             out_strides=[8, 16, 32], num_heads=4,
+                             norm_cfg=dict(type='GN', num_groups=4)))
+    norms = [m for m in neck.fine_convs.modules()
+             if isinstance(m, torch.nn.GroupNorm)]
+    norms += [m for m in neck.extra_convs.modules()
+              if isinstance(m, torch.nn.GroupNorm)]
+    assert [n.num_groups for n in norms] == [4, 4]
+    assert len(neck([torch.randn(1, 32, 8, 8)])) == 3
