@@ -92,5 +92,5 @@ class SurgeryCLIPBackbone(OpenCLIPBackbone):
             x,
             self.surgery_depth,
             out_indices=self.out_indices,
-            call=self._call_block)
+            call=self.block_caller(grid))
         return outs
