@@ -20,13 +20,21 @@ Measured per variant:
   resident set just before it (the model and the input are allocated
   before).
 
+``--sdpa math`` forces PyTorch's reference attention kernel, which keeps
+the ``(heads, T, T)`` attention weights for the backward (as attention with
+an explicit mask or relative-position bias does); the default lets PyTorch
+pick its fused kernel (on CPU a flash-attention kernel, which keeps only
+``O(T)`` per head), where activations linear in ``T`` dominate.
+
 Usage::
 
     python tools/benchmark_window_attention.py [--model ViT-B-16]
         [--size 1024] [--window 14] [--global-blocks 2 5 8 11]
-        [--device cpu] [--threads 2]
+        [--device cpu] [--threads 2] [--sdpa default|math]
 """
 import argparse
+import contextlib
+import functools
 import json
 import resource
 import subprocess
@@ -44,7 +52,7 @@ def _rss_mib() -> float:
 
 
 def run_variant(model_name: str, size: int, window, global_blocks,
-                device: str, threads: int) -> dict:
+                device: str, threads: int, sdpa: str = 'default') -> dict:
     """One variant, in this process; returns its numbers."""
     sys.path.insert(0, str(ROOT))
     import torch
@@ -58,9 +66,16 @@ def run_variant(model_name: str, size: int, window, global_blocks,
         global_blocks=global_blocks).to(device).train()
     x = torch.randn(1, 3, size, size, device=device)
 
+    if sdpa == 'math':
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        kernel = functools.partial(sdpa_kernel, SDPBackend.MATH)
+    else:
+        kernel = contextlib.nullcontext
+
     def step(inp):
         model.zero_grad(set_to_none=True)
-        model(inp)[0].float().sum().backward()
+        with kernel():
+            model(inp)[0].float().sum().backward()
 
     def sync():
         if device.startswith('cuda'):
@@ -82,6 +97,7 @@ def run_variant(model_name: str, size: int, window, global_blocks,
         global_blocks=list(model.global_blocks) if window else None,
         device=device,
         threads=threads,
+        sdpa=sdpa,
         time_s=round(seconds, 2),
         tensor_peak_mib=round(tensor_peak, 1),
         rss_peak_delta_mib=round(rss_peak - rss_before, 1)
@@ -99,6 +115,7 @@ def main() -> None:
                    default=[2, 5, 8, 11])
     p.add_argument('--device', default='cpu')
     p.add_argument('--threads', type=int, default=2)
+    p.add_argument('--sdpa', choices=['default', 'math'], default='default')
     p.add_argument('--variant', choices=['global', 'windowed'],
                    help='run one variant in this process (internal)')
     a = p.parse_args()
@@ -106,7 +123,7 @@ def main() -> None:
         window = a.window if a.variant == 'windowed' else None
         blocks = a.global_blocks if a.variant == 'windowed' else None
         print(json.dumps(run_variant(a.model, a.size, window, blocks,
-                                     a.device, a.threads)))
+                                     a.device, a.threads, a.sdpa)))
         return
     rows = {}
     for variant in ('global', 'windowed'):
