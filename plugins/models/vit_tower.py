@@ -10,7 +10,10 @@ same steps, whatever family the tower comes from:
   the position embedding of that grid (resampled from the training grid and
   cached, :meth:`ViTTower.pos_embed`) and pre-norm -> ``(B, P + N, C)``;
 * :attr:`ViTTower.blocks`, run by :meth:`ViTTower.forward_blocks` (the
-  outputs of chosen blocks, gradient checkpointing through ``call``);
+  outputs of chosen blocks, gradient checkpointing through ``call``,
+  windowed attention in the non-global blocks when
+  :meth:`ViTTower.set_window_attention` turned it on, see
+  :mod:`plugins.models.window_attention`);
 * :meth:`ViTTower.norm`, :meth:`ViTTower.project` (into the joint
   image-text space), :meth:`ViTTower.pool` (the image embedding, as
   ``encode_image`` gives it) and :meth:`ViTTower.tokens_to_map`;
@@ -35,6 +38,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from plugins.models.window_attention import (WindowedCall, check_window_size,
+                                             resolve_global_blocks)
 from plugins.utils.pos_embed import (PosEmbedInterp, pos_embed_interp_args,
                                      resample_pos_embed)
 
@@ -82,6 +87,8 @@ class ViTTower:
         self.owner = owner or type(visual).__name__
         self._pos_cache: Dict[tuple, tuple] = {}
         self.pos_embed_interp = pos_embed_interp
+        self.window_size: Optional[int] = None
+        self.global_blocks: Tuple[int, ...] = ()
 
     @property
     def pos_embed_interp(self) -> PosEmbedInterp:
@@ -292,11 +299,60 @@ class ViTTower:
         patches = self._patch_tokens(pixels)
         return self._embed_patches(patches, self.pos_embed((h // p, w // p)))
 
+    def set_window_attention(self,
+                             window_size: Optional[int] = None,
+                             global_blocks: Optional[Sequence[int]] = None
+                             ) -> None:
+        """Turn windowed attention on (or off with ``window_size=None``).
+
+        Args:
+            window_size (int, optional): window side in patches (ViTDet:
+                14); None: every block attends globally.
+            global_blocks (Sequence[int], optional): blocks that stay
+                global, negatives counted from the end. Default: ViTDet's,
+                the last block of each quarter (12 blocks: 2, 5, 8, 11; see
+                :func:`plugins.models.window_attention.default_global_blocks`).
+
+        Raises:
+            ValueError: ``window_size < 1``, an index out of range or named
+                twice, or ``global_blocks`` without ``window_size``.
+        """
+        window_size = check_window_size(window_size, self.owner)
+        if window_size is None:
+            if global_blocks is not None:
+                raise ValueError(
+                    f'{self.owner}: global_blocks={tuple(global_blocks)} '
+                    'needs window_size (None means every block is global)')
+            self.window_size, self.global_blocks = None, ()
+            return
+        self.global_blocks = resolve_global_blocks(
+            global_blocks, len(self.blocks), self.owner)
+        self.window_size = window_size
+
+    def block_caller(self, grid: Optional[Grid],
+                     call: Optional[BlockCaller] = None) -> BlockCaller:
+        """The ``call(fn, x)`` hook the blocks run through: ``call`` (default
+        ``fn(x)``), inside windowed attention when it is on.
+
+        Args:
+            grid (tuple[int, int], optional): the patch grid of the tokens;
+                required when windowed attention is on.
+            call (callable, optional): hook to wrap (e.g. checkpointing).
+        """
+        call = call or _plain_call
+        if self.window_size is None:
+            return call
+        if grid is None:
+            raise ValueError(f'{self.owner}: windowed attention needs the '
+                             'patch grid; pass grid= to forward_blocks')
+        return WindowedCall(self.blocks, grid, self.num_prefix_tokens,
+                            self.window_size, self.global_blocks, call)
+
     def forward_blocks(self,
                        x: torch.Tensor,
                        out_indices: Sequence[int],
-                       call: Optional[BlockCaller] = None
-                       ) -> List[torch.Tensor]:
+                       call: Optional[BlockCaller] = None,
+                       grid: Optional[Grid] = None) -> List[torch.Tensor]:
         """Run the blocks; return the tokens after each of ``out_indices``.
 
         Stops after the last requested block.
@@ -306,11 +362,14 @@ class ViTTower:
             out_indices (Sequence[int]): non-negative block indices.
             call (callable, optional): ``call(block, x)``; default
                 ``block(x)``.
+            grid (tuple[int, int], optional): the patch grid ``(gh, gw)``
+                of ``x``; needed with windowed attention
+                (:meth:`set_window_attention`).
 
         Returns:
             list[Tensor]: ``(B, T, C)`` per entry of ``out_indices``.
         """
-        call = call or _plain_call
+        call = self.block_caller(grid, call)
         wanted = set(out_indices)
         last = max(out_indices)
         taken = {}
@@ -364,7 +423,7 @@ class ViTTower:
         """
         indices = self.resolve_indices(out_indices)
         pixels, grid = self.prepare(pixels, check_finite)
-        outs = self.forward_blocks(self.embed(pixels), indices, call)
+        outs = self.forward_blocks(self.embed(pixels), indices, call, grid)
         return [self.tokens_to_map(t, grid, with_proj) for t in outs]
 
     def resolve_indices(self, out_indices: Sequence[int]) -> Tuple[int, ...]:

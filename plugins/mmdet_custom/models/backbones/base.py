@@ -69,6 +69,20 @@ class CLIPBackboneBase(BaseModule):
             (:attr:`embed_dims`). Default: False.
         with_cp (bool): gradient checkpointing of each block while training.
             Default: False.
+        window_size (int, optional): windowed attention for large inputs
+            (as ViTDet): blocks not in ``global_blocks`` attend within
+            non-overlapping ``window_size x window_size`` windows of the
+            patch grid (padded to a window multiple, cropped back; prefix
+            tokens copied into every window and averaged back), the others
+            globally; same weights, no new parameters; works with
+            ``with_cp``, ``train_last_n_blocks`` and CLIP Surgery.  A window
+            covering the grid is global attention.  ViTDet: 14. Default:
+            None (every block global), see
+            :mod:`plugins.models.window_attention`.
+        global_blocks (Sequence[int], optional): blocks that stay global
+            with ``window_size``; negatives count from the end. Default:
+            ViTDet's, the last block of each quarter (12 blocks: 2, 5, 8,
+            11; 24 blocks: 5, 11, 17, 23).
         check_finite (bool): raise on NaN/Inf in the input (one device
             sync per forward). Default: True.
         pos_embed_interp (str | dict, optional): how the position embedding
@@ -102,6 +116,8 @@ class CLIPBackboneBase(BaseModule):
                  train_last_n_blocks: Optional[int] = None,
                  with_proj: bool = False,
                  with_cp: bool = False,
+                 window_size: Optional[int] = None,
+                 global_blocks: Optional[Sequence[int]] = None,
                  check_finite: bool = True,
                  pos_embed_interp: Optional[Union[str, dict]] = None,
                  pretrained: Optional[str] = None,
@@ -134,6 +150,9 @@ class CLIPBackboneBase(BaseModule):
         self.train_last_n_blocks = train_last_n_blocks
         self.with_proj = bool(with_proj)
         self.with_cp = bool(with_cp)
+        tower.set_window_attention(window_size, global_blocks)
+        self.window_size = tower.window_size
+        self.global_blocks = tower.global_blocks
         self.check_finite = bool(check_finite)
         self.pos_embed_interp = self.default_pos_embed_interp \
             if pos_embed_interp is None else pos_embed_interp
@@ -294,7 +313,8 @@ class CLIPBackboneBase(BaseModule):
         """Run the blocks; return the tokens after each of ``out_indices``.
 
         Override for towers whose blocks are not a plain chain (e.g. CLIP
-        Surgery's dual path).
+        Surgery's dual path); run the blocks through :meth:`block_caller`
+        (checkpointing, windowed attention).
 
         Args:
             x (Tensor): ``(B, N, C)`` tokens from :meth:`embed_tokens`.
@@ -304,7 +324,13 @@ class CLIPBackboneBase(BaseModule):
             list[Tensor]: ``(B, N, C)`` per entry of ``out_indices``.
         """
         return self.tower.forward_blocks(x, self.out_indices,
-                                         self._call_block)
+                                         self._call_block, grid)
+
+    def block_caller(self, grid: Grid):
+        """The ``call(fn, x)`` hook every block (and CLIP Surgery branch)
+        runs through: gradient checkpointing (``with_cp``) inside windowed
+        attention (``window_size``) for a ``(gh, gw)`` grid."""
+        return self.tower.block_caller(grid, self._call_block)
 
     def _call_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if self.with_cp and self.training and torch.is_grad_enabled():

@@ -28,6 +28,10 @@ class SurgeryCLIPBackbone(OpenCLIPBackbone):
     path's tokens.  With ``surgery_depth=0`` it is
     :class:`OpenCLIPBackbone`.
 
+    With ``window_size`` (windowed attention, see
+    :class:`CLIPBackboneBase`) a windowed block's value-value branch runs on
+    the same windows as the block.
+
     The original path of the last surgery block is not computed (it only
     feeds the class token, which a map drops), so that block's FFN
     (``ln_2``, ``mlp``) is unused and kept frozen (DDP-safe).
@@ -92,5 +96,5 @@ class SurgeryCLIPBackbone(OpenCLIPBackbone):
             x,
             self.surgery_depth,
             out_indices=self.out_indices,
-            call=self._call_block)
+            call=self.block_caller(grid))
         return outs
