@@ -36,8 +36,8 @@ Part 2: peak memory and time of one forward + backward of
 ``OpenCLIPBackbone('ViT-B-16')`` (random weights, trainable) on a
 ``(1, 3, S, S)`` input with global attention in every block (peak memory as
 in tools/benchmark_backbones.py: CUDA allocator statistics, or on CPU the
-replayed profiler allocation events).  Windowed attention is issue 16 item 2,
-not built yet; its row says so.
+replayed profiler allocation events).  Windowed attention is measured by
+tools/benchmark_window_attention.py; its row points there.
 
 Usage::
 
@@ -257,8 +257,8 @@ def section_text(rows, vit, args, elapsed) -> str:
             f'(measured {vit.get("when", "in this call")})', '',
             '| attention | peak memory (MiB) | time (s) |', '|---|---|---|',
             f'| global, all 12 blocks | {vit["mem"]:.0f} | {vit["time"]:.1f} |',
-            '| windowed (window 14, 4 global blocks) | not built: issue 16 '
-            'item 2 (waits for the ViT tower refactor, issue 17) | - |', '']
+            '| windowed (window 14, 4 global blocks) | see "Windowed '
+            'attention" (`tools/benchmark_window_attention.py`) | - |', '']
     lines += [f'Load average at the end: {load_average()}.', '']
     return '\n'.join(lines)
 
