@@ -54,9 +54,9 @@ from .open_clip_factory import (HF_CONFIG_DIR, build_preprocess,
                                 build_tokenizer, create_model,
                                 get_model_config, register_model_configs)
 from .concept_clip_weights import (  # noqa: F401 (re-exported)
-    ARCHITECTURE_FIELDS, CONCEPT_CLIP_WEIGHT_FILE_NAMES, WRAPPER_PREFIXES,
-    config_differences, convert_concept_clip_state_dict, folder_of,
-    read_concept_clip_weights, read_folder_config)
+    CONCEPT_CLIP_WEIGHT_FILE_NAMES, config_differences,
+    convert_concept_clip_state_dict, folder_of, read_concept_clip_weights,
+    read_folder_config)
 from .testing import CONCEPT_CLIP_TINY_TIMM_NAME  # noqa: F401 (registers it)
 from .weights import find_weights_file
 
@@ -444,8 +444,9 @@ def check_folder_config(path: Union[str, os.PathLike],
     """Check a folder's ``config.json`` against the config ConceptCLIP is
     built from.
 
-    Compares the fields of :data:`ARCHITECTURE_FIELDS` that the folder's
-    config states (image size counts as ``(H, W)``).
+    Compares the fields of
+    :data:`plugins.models.concept_clip_weights.ARCHITECTURE_FIELDS` that the
+    folder's config states (image size counts as ``(H, W)``).
 
     Args:
         path: the HF folder, or a weights file inside it.
