@@ -3,9 +3,9 @@
 # second run only checks the caches.  `make gpu-check` (docs/ops.md) needs no
 # set-up: on a GPU machine it builds and checks the op with the torch there.
 PY := .venv/bin/python
-DEMO_CONFIG ?= configs/_demo_/dino_surgeryclip-tiny_deformneck_toy.py
+DEMO_CONFIG ?= configs/_demo_/dino-4scale_surgeryclip-tiny_deformneck-s16-128_toy.py
 DEMO_WORK_DIR ?= work_dirs/demo
-GROUNDING_CONFIG ?= configs/_demo_/grounding_dino_surgeryclip-tiny_deformneck_toy.py
+GROUNDING_CONFIG ?= configs/_demo_/grounding_dino-4scale_surgeryclip-tiny_deformneck-s16-128_toy.py
 PYTEST_ARGS ?=
 
 .PHONY: setup demo demo-grounding test toy-data tiny-bert clean-work gpu-check

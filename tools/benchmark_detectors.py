@@ -7,7 +7,7 @@ takes about 40 minutes on a shared 2-core CPU; on a free or bigger machine
 raise ``--iters`` and ``--max-size``.
 
 Part 1 trains the tiny demo detector
-(``configs/_demo_/dino_surgeryclip-tiny_deformneck_toy-small.py``: DINO +
+(``configs/_demo_/dino-4scale_surgeryclip-tiny_deformneck_toy-small.py``: DINO +
 SurgeryCLIP ``ViT-Tiny-16-test`` + ``DeformableCrossAttentionNeck``, random
 weights) on the small-object toy set (``tools/make_toy_dataset.py --variant
 small``: 4-10 shapes with 6-24 px boxes per image; written here if missing)
@@ -61,7 +61,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 SECTION = '## Detectors: pyramid strides on small objects (issue 16)'
-CONFIG = 'configs/_demo_/dino_surgeryclip-tiny_deformneck_toy-small.py'
+CONFIG = 'configs/_demo_/dino-4scale_surgeryclip-tiny_deformneck_toy-small.py'
 NECKS: Dict[str, dict] = {
     '16-128-deform': dict(out_strides=[16, 32, 64, 128], num_layers=1),
     '8-64-deform': dict(out_strides=[8, 16, 32, 64], num_layers=1),

@@ -37,7 +37,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEER_PYPI = 'torch-ms-deform-attn'
 PEER_GLOB = 'torch_ms_deform_attn-*.tar.gz'
 CARRY_DIR = os.path.join(ROOT, 'build', 'peers')
-DEMO_CONFIG = 'configs/_demo_/dino_surgeryclip-tiny_deformneck_toy.py'
+DEMO_CONFIG = 'configs/_demo_/dino-4scale_surgeryclip-tiny_deformneck-s16-128_toy.py'
 SECTION = '## GPU check'
 MMDET_OP_TEST = ('tests/test_mmdet_custom/test_models/test_layers/'
                  'test_ms_deform_attention.py')

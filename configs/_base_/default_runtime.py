@@ -1,10 +1,8 @@
-# Runtime shared by every config: mmdet's defaults plus `custom_imports`, so
-# the config also runs under mmdet's own tools/train.py and tools/test.py.
+# Runtime of the configs that do not inherit one of mmdet's: mmdet's
+# defaults plus what plugins_runtime.py adds (`custom_imports`, so the config
+# also runs under mmdet's own tools/train.py and tools/test.py).
+_base_ = ['./plugins_runtime.py']
 default_scope = 'mmdet'
-custom_imports = dict(imports=['plugins'], allow_failed_imports=False)
-# Checkpoints are written to a temporary file and renamed: a kill during a
-# save never leaves a truncated checkpoint behind.
-runner_type = 'AtomicCheckpointRunner'
 
 default_hooks = dict(
     timer=dict(type='IterTimerHook'),
@@ -24,11 +22,6 @@ vis_backends = [dict(type='LocalVisBackend')]
 visualizer = dict(
     type='DetLocalVisualizer', vis_backends=vis_backends, name='visualizer')
 log_processor = dict(type='LogProcessor', window_size=50, by_epoch=True)
-
-# Checkpoints carry torch's RNG state so --resume continues bit-exactly.
-# MSDeformAttentionHook runs mmdet's deformable attention layers on our
-# kernels (plugins.ops) instead of mmcv's (grid_sample on CPU).
-custom_hooks = [dict(type='RNGStateHook'), dict(type='MSDeformAttentionHook')]
 
 log_level = 'INFO'
 load_from = None

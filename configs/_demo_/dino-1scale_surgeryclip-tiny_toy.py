@@ -1,10 +1,9 @@
 # The single-level comparison for the main demo: the ViT map alone through a
 # 1x1 ChannelMapper, DINO with num_feature_levels=1.
-_base_ = ['./dino_surgeryclip-tiny_deformneck_toy.py']
-model = dict(
-    num_feature_levels=1,
-    neck=dict(_delete_=True, type='ChannelMapper', in_channels=[64],
-              kernel_size=1, out_channels=256, act_cfg=None,
-              norm_cfg=dict(type='GN', num_groups=32), num_outs=1),
-    encoder=dict(layer_cfg=dict(self_attn_cfg=dict(num_levels=1))),
-    decoder=dict(layer_cfg=dict(cross_attn_cfg=dict(num_levels=1))))
+_base_ = [
+    './dino-4scale_surgeryclip-tiny_deformneck-s16-128_toy.py',
+    '../_base_/models/channel_mapper_1scale.py',
+]
+model = dict(_base_.one_level,
+             neck=dict(_base_.channel_mapper_1scale, _delete_=True,
+                       in_channels=[_base_.clip_tiny_width]))

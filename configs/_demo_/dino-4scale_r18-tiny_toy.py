@@ -3,25 +3,9 @@
 # config the resume tests train).
 _base_ = [
     '../_base_/models/dino_tiny.py',
+    '../_base_/models/resnet18_tiny.py',
     '../_base_/datasets/toy_detection.py',
     '../_base_/schedules/toy_iters.py',
 ]
-model = dict(
-    backbone=dict(
-        type='ResNet',
-        depth=18,
-        num_stages=4,
-        out_indices=(1, 2, 3),
-        frozen_stages=-1,
-        norm_cfg=dict(type='BN', requires_grad=True),
-        norm_eval=False,
-        style='pytorch',
-        init_cfg=None),
-    neck=dict(
-        type='ChannelMapper',
-        in_channels=[128, 256, 512],
-        kernel_size=1,
-        out_channels=256,
-        act_cfg=None,
-        norm_cfg=dict(type='GN', num_groups=32),
-        num_outs=4))
+model = dict(backbone=_base_.resnet18_tiny,
+             neck=_base_.resnet18_channel_mapper)

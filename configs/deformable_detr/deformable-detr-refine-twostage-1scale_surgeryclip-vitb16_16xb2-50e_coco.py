@@ -1,16 +1,8 @@
 # The single-level comparison: the ViT's stride-16 map alone through a 1x1
 # ChannelMapper, Deformable-DETR with num_feature_levels=1.
-_base_ = ['./deformable-detr-refine-twostage_surgeryclip-vitb16_deformneck_16xb2-50e_coco.py']
-model = dict(
-    num_feature_levels=1,
-    neck=dict(
-        _delete_=True,
-        type='ChannelMapper',
-        in_channels=[768],
-        kernel_size=1,
-        out_channels=256,
-        act_cfg=None,
-        norm_cfg=dict(type='GN', num_groups=32),
-        num_outs=1),
-    encoder=dict(layer_cfg=dict(self_attn_cfg=dict(num_levels=1))),
-    decoder=dict(layer_cfg=dict(cross_attn_cfg=dict(num_levels=1))))
+_base_ = [
+    './deformable-detr-refine-twostage_surgeryclip-vitb16_deformneck_16xb2-50e_coco.py',
+    '../_base_/models/channel_mapper_1scale.py',
+]
+model = dict(_base_.one_level,
+             neck=dict(_base_.channel_mapper_1scale, _delete_=True))

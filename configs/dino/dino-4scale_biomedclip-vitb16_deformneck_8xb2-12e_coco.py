@@ -1,36 +1,9 @@
-# DINO (mmdet) with the BiomedCLIP ViT-B/16 image encoder (single scale, stride 16)
-# and DeformableCrossAttentionNeck (the ViT's one map -> strides 8, 16, 32,
-# 64, each level refined by deformable attention over all four).
+# DINO + DeformableCrossAttentionNeck (strides 8-64) on the BiomedCLIP
+# ViT-B/16 image encoder: the SurgeryCLIP config with the backbone swapped.
 #
 # Expected weights (a local file; nothing is downloaded):
-#   `open_clip_pytorch_model.bin` from the
-#   BiomedCLIP-PubMedBERT_256-vit_base_patch16_224 folder.
-#   Set `model.backbone.pretrained` to its path (see docs/model_zoo.md).
-_base_ = [
-    'mmdet::dino/dino-4scale_r50_8xb2-12e_coco.py',
-    '../_base_/plugins_runtime.py',
-    '../_base_/models/clip_vitb16_backbone.py',
-]
-model = dict(
-    data_preprocessor=dict(mean={{_base_.clip_mean}},
-                           std={{_base_.clip_std}},
-                           pad_size_divisor=16),
-    backbone=dict(
-        _delete_=True,
-        type='BiomedCLIPBackbone',
-        pretrained=None,  # path to the weights file above
-        frozen=True),  # or frozen=False, train_last_n_blocks=4
-    neck=dict(
-        _delete_=True,
-        type='DeformableCrossAttentionNeck',
-        in_channels=[768],
-        out_channels=256,
-        in_strides=[16],
-        # strides 8-64 (as detrex's DINO + ViTDet): 8 by a transposed conv
-        # from the stride-16 map, 32 and 64 by strided convs; the
-        # *_deformneck-s16-128 variant keeps the earlier 16, 32, 64, 128.
-        out_strides=[8, 16, 32, 64],
-        num_heads=8,
-        num_points=4))
-# Frozen by default; when unfrozen the backbone learns at 0.1x the base LR
-# (mmdet's DINO config sets custom_keys={'backbone': dict(lr_mult=0.1)}).
+# `open_clip_pytorch_model.bin` from the
+# BiomedCLIP-PubMedBERT_256-vit_base_patch16_224 folder.  Set
+# `model.backbone.pretrained` to its path (docs/model_zoo.md).
+_base_ = ['./dino-4scale_surgeryclip-vitb16_deformneck_8xb2-12e_coco.py']
+model = dict(backbone=dict(_base_.biomedclip_vitb16, _delete_=True))

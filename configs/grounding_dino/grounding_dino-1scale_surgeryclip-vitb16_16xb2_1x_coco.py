@@ -1,17 +1,10 @@
 # The user's GroundingDINO set-up: the ViT's last map only
-# (return_interm_indices=[3], num_feature_levels=1 in Open-GroundingDino terms).
-_base_ = ['./grounding_dino-4scale_surgeryclip-vitb16_deformneck_16xb2_1x_coco.py']
-model = dict(
-    num_feature_levels=1,
-    neck=dict(
-        _delete_=True,
-        type='ChannelMapper',
-        in_channels=[768],
-        kernel_size=1,
-        out_channels=256,
-        act_cfg=None,
-        bias=True,
-        norm_cfg=dict(type='GN', num_groups=32),
-        num_outs=1),
-    encoder=dict(layer_cfg=dict(self_attn_cfg=dict(num_levels=1))),
-    decoder=dict(layer_cfg=dict(cross_attn_cfg=dict(num_levels=1))))
+# (return_interm_indices=[3], num_feature_levels=1 in Open-GroundingDino
+# terms), through a 1x1 ChannelMapper with a bias.
+_base_ = [
+    './grounding_dino-4scale_surgeryclip-vitb16_deformneck_16xb2_1x_coco.py',
+    '../_base_/models/channel_mapper_1scale.py',
+]
+model = dict(_base_.one_level,
+             neck=dict(_base_.channel_mapper_1scale, _delete_=True,
+                       bias=True))

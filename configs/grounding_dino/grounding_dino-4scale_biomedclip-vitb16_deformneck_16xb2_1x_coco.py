@@ -1,10 +1,6 @@
-# GroundingDINO on the BiomedCLIP ViT-B/16 image encoder: the SurgeryCLIP config with the
-# backbone swapped (same DeformableCrossAttentionNeck, strides 8-64).
-# Set model.backbone.pretrained to a local weights file (docs/model_zoo.md).
+# GroundingDINO on the BiomedCLIP ViT-B/16 image encoder: the SurgeryCLIP
+# config with the backbone swapped (same DeformableCrossAttentionNeck,
+# strides 8-64).  Set model.backbone.pretrained to BiomedCLIP's local
+# `open_clip_pytorch_model.bin` (docs/model_zoo.md).
 _base_ = ['./grounding_dino-4scale_surgeryclip-vitb16_deformneck_16xb2_1x_coco.py']
-model = dict(
-    backbone=dict(
-        _delete_=True,
-        type='BiomedCLIPBackbone',
-        pretrained=None,  # BiomedCLIP `open_clip_pytorch_model.bin`
-        frozen=True))
+model = dict(backbone=dict(_base_.biomedclip_vitb16, _delete_=True))

@@ -1,11 +1,6 @@
-# GroundingDINO on the OpenCLIP ViT-B/16 image encoder: the SurgeryCLIP config with the
-# backbone swapped (same DeformableCrossAttentionNeck, strides 8-64).
-# Set model.backbone.pretrained to a local weights file (docs/model_zoo.md).
+# GroundingDINO on the OpenCLIP ViT-B/16 image encoder: the SurgeryCLIP
+# config with the backbone swapped (same DeformableCrossAttentionNeck,
+# strides 8-64).  Set model.backbone.pretrained to a local open_clip ViT-B-16
+# weights file or OpenAI `ViT-B-16.pt` (docs/model_zoo.md).
 _base_ = ['./grounding_dino-4scale_surgeryclip-vitb16_deformneck_16xb2_1x_coco.py']
-model = dict(
-    backbone=dict(
-        _delete_=True,
-        type='OpenCLIPBackbone',
-        model_name='ViT-B-16',
-        pretrained=None,  # open_clip ViT-B-16 weights or OpenAI `ViT-B-16.pt`
-        frozen=True))
+model = dict(backbone=dict(_base_.openclip_vitb16, _delete_=True))

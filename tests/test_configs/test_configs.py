@@ -19,8 +19,8 @@ DEMO_DETECTORS = sorted(p for p in (ROOT / 'configs' / '_demo_').glob('*.py')
 def test_demo_detectors_are_collected():
     # The parametrised demo test below must never run over an empty list.
     names = {p.name for p in DEMO_DETECTORS}
-    assert {'dino_surgeryclip-tiny_deformneck_toy.py',
-            'grounding_dino_surgeryclip-tiny_deformneck_toy.py'} <= names
+    assert {'dino-4scale_surgeryclip-tiny_deformneck-s16-128_toy.py',
+            'grounding_dino-4scale_surgeryclip-tiny_deformneck-s16-128_toy.py'} <= names
     assert len(ALL_CONFIGS) > len(DEMO_DETECTORS) >= 8
 
 

@@ -2,7 +2,7 @@
 import pytest
 from mmengine.config import Config
 
-DEMO_CONFIG = 'configs/_demo_/vpt_tpt_tiny_toy.py'
+DEMO_CONFIG = 'configs/_demo_/vpt4-tpt4_biomedclip-tiny_toy-semantic.py'
 CLASSES = ('background', 'circle', 'square', 'triangle')
 
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 import plugins  # noqa: F401  (registers every plugin)
 
-CONFIG = 'configs/_demo_/dino_openclip-tiny_deformneck_toy.py'
+CONFIG = 'configs/_demo_/dino-4scale_openclip-tiny_deformneck-s16-128_toy.py'
 
 
 @pytest.fixture(scope='module', autouse=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-CONFIG = 'configs/_demo_/dino_surgeryclip-tiny_deformneck_toy.py'
+CONFIG = 'configs/_demo_/dino-4scale_surgeryclip-tiny_deformneck-s16-128_toy.py'
 
 
 def _mmdet_tool(name: str) -> Path:

@@ -52,7 +52,7 @@ def test_missing_bert_folder_fails_at_once(repo_root, tmp_path):
     start = time.monotonic()
     proc = subprocess.run(
         [sys.executable, 'tools/train.py',
-         'configs/_demo_/grounding_dino_surgeryclip-tiny_deformneck_toy.py',
+         'configs/_demo_/grounding_dino-4scale_surgeryclip-tiny_deformneck-s16-128_toy.py',
          '--work-dir', str(tmp_path / 'w'), '--cfg-options',
          f'model.language_model.name={missing}'],
         cwd=repo_root, env=env, capture_output=True, text=True, timeout=600)

@@ -72,7 +72,7 @@ def test_clear_errors(toy_data_root, tmp_path):
 def test_configs_parse(repo_root):
     from mmengine.config import Config
     full = Config.fromfile(
-        str(repo_root / 'configs/vpt_tpt/biomedclip_vpt4_tpt4_seg.py'))
+        str(repo_root / 'configs/vpt_tpt/vpt4-tpt4_biomedclip-vitb16_seg.py'))
     assert full.model.type == 'VPTTPTSemanticSegmentor'
     assert full.model.segmentor.model_name == \
         'BiomedCLIP-PubMedBERT_256-vit_base_patch16_224'
@@ -81,7 +81,7 @@ def test_configs_parse(repo_root):
     assert full.custom_imports.imports == ['plugins']
     assert full.default_hooks.visualization.type == 'SemSegVisualizationHook'
     demo = Config.fromfile(
-        str(repo_root / 'configs/_demo_/vpt_tpt_tiny_toy.py'))
+        str(repo_root / 'configs/_demo_/vpt4-tpt4_biomedclip-tiny_toy-semantic.py'))
     assert demo.model.segmentor.model_name == 'BiomedCLIP-Tiny-test'
     assert demo.model.class_names == CLASSES
     assert demo.train_dataloader.dataset.data_root == 'data/toy/'

@@ -122,7 +122,7 @@ def test_example_config_builds(mmdet_scope, repo_root):
     from mmengine.config import Config
     cfg = Config.fromfile(
         repo_root / 'configs/region_scoring/'
-        'dino_openclip-tiny_deformneck_rescored-vitb32_toy.py')
+        'dino-4scale_openclip-tiny_deformneck-s16-128_rescored-vitb32_toy.py')
     assert cfg.model.detector.type == 'DINO'
     det = MODELS.build(cfg.model)
     assert type(det).__name__ == 'RegionRescoringDetector'

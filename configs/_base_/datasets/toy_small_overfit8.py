@@ -1,17 +1,11 @@
-# The demo detector (tiny DINO + SurgeryCLIP ViT-Tiny-16-test + deformable
-# neck, same schedule and seed) on the small-object toy data
-# (`python tools/make_toy_dataset.py --variant small --out data/toy_small`):
-# 256-512 px images, 4-10 shapes each with 6-24 px boxes (all COCO "small"),
-# with the 8-64 pyramid.  tools/benchmark_detectors.py trains it against
-# 16-128 and without the deformable refinement (neck num_layers=0).
-#
-# Images keep their size (no resize, so objects stay small).  Like the demo,
-# it trains on the first 8 training images and evaluates on the same 8: on
-# a CPU budget this measures whether a pyramid can localise small objects at
-# all, not generalisation.
-_base_ = ['./dino_surgeryclip-tiny_deformneck_toy.py']
-model = dict(neck=dict(out_strides=[8, 16, 32, 64]))
-
+# The small-object toy data (`python tools/make_toy_dataset.py --variant
+# small --out data/toy_small`): 256-512 px images, 4-10 shapes each with
+# 6-24 px boxes (all COCO "small").  Images keep their size (no resize, so
+# objects stay small).  Like toy_detection_overfit8.py, it trains on the
+# first 8 training images and evaluates on the same 8: on a CPU budget this
+# measures whether a detector can localise small objects at all, not
+# generalisation.
+_base_ = ['./toy_detection_overfit8.py']
 data_root = 'data/toy_small/'
 train_pipeline = [
     dict(type='LoadImageFromFile'),

@@ -5,12 +5,12 @@
 # (0.1 / 0.5 / 1.0 / 2.0, see docs/region_scoring.md).
 # Point `weights` at a local open_clip_model.safetensors (laion2b_s34b_b79k);
 # with `weights=None` the scorer has random weights (smoke tests only).
-_base_ = ['../_demo_/dino_openclip-tiny_deformneck_toy.py']
+_base_ = ['../_demo_/dino-4scale_openclip-tiny_deformneck-s16-128_toy.py']
 
 model = dict(
     _delete_=True,
     type='RegionRescoringDetector',
-    detector={{_base_.model}},
+    detector=_base_.model,
     scorer=dict(
         model='ViT-B-32',
         weights=None,  # e.g. '/models/ViT-B-32/open_clip_model.safetensors'

@@ -3,11 +3,11 @@
 # test architecture (timm test_vit trunk, 2-layer BERT), a short schedule and
 # validation every 25 iterations, so mIoU can be watched rising.
 #   python tools/make_toy_dataset.py
-#   python tools/train.py configs/_demo_/vpt_tpt_tiny_toy.py
+#   python tools/train.py configs/_demo_/vpt4-tpt4_biomedclip-tiny_toy-semantic.py
 # No pretrained weights exist offline: the frozen CLIP is random, re-drawn
 # with `random_init='fan_in'` so its features depend on the prompts (at
 # open_clip's own init every class name gives the same text feature).
-_base_ = ['../vpt_tpt/biomedclip_vpt4_tpt4_seg.py']
+_base_ = ['../vpt_tpt/vpt4-tpt4_biomedclip-vitb16_seg.py']
 
 model = dict(
     segmentor=dict(model_name='BiomedCLIP-Tiny-test', random_init='fan_in'))

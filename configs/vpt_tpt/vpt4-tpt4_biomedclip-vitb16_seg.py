@@ -5,7 +5,7 @@
 #
 # Point `data_root`, `classes` and `pretrained` at your data and the
 # downloaded BiomedCLIP folder (open_clip_pytorch_model.bin + vocab.txt):
-#   python tools/train.py configs/vpt_tpt/biomedclip_vpt4_tpt4_seg.py \
+#   python tools/train.py configs/vpt_tpt/vpt4-tpt4_biomedclip-vitb16_seg.py \
 #       --cfg-options model.segmentor.pretrained=/path/to/BiomedCLIP
 # Masks: single-channel PNGs of class indices, same file names as images.
 _base_ = ['../_base_/default_runtime.py']
