@@ -296,6 +296,14 @@ class SurgeryCLIPVisual(nn.Module):
         pos_embed_interp (str | dict): position-embedding resampling, see
             :func:`plugins.utils.pos_embed_interp_args`. Default:
             ``'clip_surgery'``.
+        window_size (int, optional): windowed attention for large inputs
+            (ViTDet: 14): blocks not in ``global_blocks`` attend within
+            non-overlapping windows of the patch grid, their value-value
+            branch on the same windows; same weights.  None (default):
+            every block global.  See :meth:`set_window_attention`.
+        global_blocks (Sequence[int], optional): with ``window_size``, the
+            blocks that stay global. Default: ViTDet's, the last block of
+            each quarter.
 
     Example:
         >>> import torch
@@ -315,7 +323,9 @@ class SurgeryCLIPVisual(nn.Module):
     def __init__(self,
                  visual: VisionTransformer,
                  surgery_depth: int = 6,
-                 pos_embed_interp: Union[str, dict] = 'clip_surgery'):
+                 pos_embed_interp: Union[str, dict] = 'clip_surgery',
+                 window_size: Optional[int] = None,
+                 global_blocks: Optional[Sequence[int]] = None):
         super().__init__()
         if not isinstance(visual, VisionTransformer):
             raise TypeError('SurgeryCLIPVisual needs an open_clip '
@@ -329,11 +339,20 @@ class SurgeryCLIPVisual(nn.Module):
             owner=type(self).__name__)
         self.surgery_depth = int(surgery_depth)
         self.grad_checkpointing = False
+        self.tower.set_window_attention(window_size, global_blocks)
 
     @property
     def pos_embed_interp(self):
         """The position-embedding resampling spec (the tower's)."""
         return self.tower.pos_embed_interp
+
+    def set_window_attention(self,
+                             window_size: Optional[int] = None,
+                             global_blocks: Optional[Sequence[int]] = None
+                             ) -> None:
+        """Windowed attention on (or off with ``window_size=None``); see
+        :meth:`plugins.models.vit_tower.ViTTower.set_window_attention`."""
+        self.tower.set_window_attention(window_size, global_blocks)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Checkpoint every block and surgery branch while training."""
@@ -378,7 +397,7 @@ class SurgeryCLIPVisual(nn.Module):
             self.visual.transformer.resblocks,
             x,
             self.surgery_depth,
-            call=self._call,
+            call=self.tower.block_caller(grid, self._call),
             keep_original=True)
         tokens = torch.cat([x_ori[:, :1], x_sur[:, 1:]], dim=1)
         tokens = self.tower.norm(tokens)
@@ -414,7 +433,7 @@ class SurgeryCLIPVisual(nn.Module):
             self.visual.transformer.resblocks,
             x,
             self.surgery_depth,
-            call=self._call)
+            call=self.tower.block_caller(grid, self._call))
         return self.tower.tokens_to_map(x_sur, grid, with_proj)
 
 

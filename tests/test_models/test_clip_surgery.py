@@ -161,6 +161,48 @@ def test_gradient_checkpointing_gives_the_same_gradients(clip):
     clip.visual.zero_grad()
 
 
+def test_windowed_attention_covering_the_grid_is_global(clip):
+    # A window as large as the (padded) grid is global attention; a small
+    # one changes the surgery map, and both paths run on the windows.
+    x = _randn(1, 3, 96, 128)  # 6 x 8 patches
+    plain = SurgeryCLIPVisual(clip.visual, surgery_depth=2).eval()
+    whole = SurgeryCLIPVisual(clip.visual, surgery_depth=2, window_size=8,
+                              global_blocks=[3]).eval()
+    small = SurgeryCLIPVisual(clip.visual, surgery_depth=2).eval()
+    small.set_window_attention(2, [3])
+    with torch.no_grad():
+        ref_map, ref_tokens = plain.forward_map(x), plain(x)
+        torch.testing.assert_close(whole.forward_map(x), ref_map,
+                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(whole(x), ref_tokens, rtol=1e-5,
+                                   atol=1e-5)
+        assert (small.forward_map(x) - ref_map).abs().max() > 1e-3
+        assert (small(x) - ref_tokens).abs().max() > 1e-3
+    small.set_window_attention(None)
+    with torch.no_grad():
+        torch.testing.assert_close(small.forward_map(x), ref_map)
+    with pytest.raises(ValueError, match='global_blocks'):
+        SurgeryCLIPVisual(clip.visual, surgery_depth=2, global_blocks=[3])
+
+
+def test_windowed_attention_with_checkpointing_same_gradients(clip):
+    x = _randn(1, 3, 64, 96)
+    grads = []
+    for cp in (False, True):
+        tower = SurgeryCLIPVisual(clip.visual, surgery_depth=2,
+                                  window_size=2, global_blocks=[1]).train()
+        tower.set_grad_checkpointing(cp)
+        clip.visual.zero_grad()
+        tower.forward_map(x).square().mean().backward()
+        grads.append({n: p.grad.clone()
+                      for n, p in tower.named_parameters()
+                      if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for key in grads[0]:
+        torch.testing.assert_close(grads[0][key], grads[1][key])
+    clip.visual.zero_grad()
+
+
 def _naive_feature_surgery(tokens, text, t=2.0):
     """The issue's sentence, one image and one class at a time."""
     out = torch.zeros(tokens.shape[0], tokens.shape[1] - 1, text.shape[0])

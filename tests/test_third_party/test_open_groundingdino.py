@@ -102,6 +102,27 @@ def test_equals_the_mmdet_backbone_on_clip_normalised_input(ckpts):
             ref(clip_in)[0])
 
 
+def test_windowed_attention_equals_the_mmdet_backbone(ckpts):
+    # surgeryclip_window_size / _global_blocks reach the tower: the same
+    # windowed attention as SurgeryCLIPBackbone(window_size=...), and not
+    # the global result (a 6 x 8 grid in 2 x 2 windows).
+    from plugins.mmdet_custom.models.backbones import SurgeryCLIPBackbone
+    args = _args(ckpts['safetensors'], surgeryclip_input_norm='clip',
+                 surgeryclip_window_size=2, surgeryclip_global_blocks=[3])
+    backbone, _ = ogd.build_surgeryclip_backbone(args)
+    assert backbone.body.tower.window_size == 2
+    ref = SurgeryCLIPBackbone(TINY, surgery_depth=2, with_proj=True,
+                              window_size=2, global_blocks=[3],
+                              pretrained=str(ckpts['safetensors'])).eval()
+    plain, _ = ogd.build_surgeryclip_backbone(
+        _args(ckpts['safetensors'], surgeryclip_input_norm='clip'))
+    x = _images(96, 128, batch=1)
+    with torch.no_grad():
+        ours = backbone(x)['0'].tensors
+        torch.testing.assert_close(ours, ref(x)[0], atol=1e-5, rtol=1e-5)
+        assert (ours - plain(x)['0'].tensors).abs().max() > 1e-3
+
+
 def test_openai_archive_loads_with_quick_gelu(ckpts):
     backbone, channels = ogd.build_surgeryclip_backbone(
         _args(ckpts['openai'], surgeryclip_with_proj=False))

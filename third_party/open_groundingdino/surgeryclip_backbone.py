@@ -38,6 +38,11 @@ one is importable (a minimal one otherwise).  See
                                     normalises with ImageNet statistics; they
                                     are converted to CLIP's inside) or
                                     ``'clip'`` (already CLIP-normalised)
+``surgeryclip_window_size``         windowed attention for large inputs
+                                    (ViTDet: 14; None: every block global)
+``surgeryclip_global_blocks``       with a window size, the blocks that stay
+                                    global (default: the last of each
+                                    quarter, ViT-B: 2, 5, 8, 11)
 ``use_checkpoint``                  gradient checkpointing while training
 ==================================  ==========================================
 """
@@ -267,7 +272,9 @@ def build_surgeryclip_backbone(
             clip.visual,
             surgery_depth=int(_arg(args, 'surgeryclip_surgery_depth', 6)),
             pos_embed_interp=_arg(args, 'surgeryclip_pos_embed_interp',
-                                  'clip_surgery')),
+                                  'clip_surgery'),
+            window_size=getattr(args, 'surgeryclip_window_size', None),
+            global_blocks=getattr(args, 'surgeryclip_global_blocks', None)),
         train_backbone=bool(_arg(args, 'train_surgeryclip_backbone', False)),
         train_last_n_blocks=getattr(args, 'surgeryclip_train_last_n_blocks',
                                     None),
