@@ -272,41 +272,36 @@ MSDA_CPU_CLONES void backward_queries(
   const Sizes& s = pb.s;
   const int64_t LP = s.L * s.P, D = s.D;
   auto grads = PointGrads<NV, src_t, acc_t>::make(scratch, D);
-  if (q_begin < q_end) plan_points(pb, (n * s.Lq + q_begin) * s.M + m, buf.query(0));
-  for (int64_t q = q_begin; q < q_end; ++q) {
-    const int64_t i = (n * s.Lq + q) * s.M + m;
-    const Points<acc_t> cur = buf.query((q - q_begin) % 2);
-    const Points<acc_t> next = buf.query((q + 1 - q_begin) % 2);
-    const bool has_next = q + 1 < q_end;
-    if (has_next) plan_points(pb, i + s.M, next);
-    if (q + kAhead < q_end) {
-      const int64_t ahead = i + kAhead * s.M;
-      prefetch_query_inputs(pb, ahead);
-      prefetch_span(grad_output + ahead * D, D, false);
-      prefetch_span(grad_locations + ahead * LP * 2, LP * 2, true);
-      prefetch_span(grad_weights + ahead * LP, LP, true);
-    }
-    grads.load(grad_output + i * D);
-    acc_t* gloc = grad_locations + i * LP * 2;
-    acc_t* gattn = grad_weights + i * LP;
-    for (int64_t j = 0; j < LP; ++j) {
-      if (has_next) prefetch_point(pb, next, j, heads[j], D);
-      acc_t g[3] = {0, 0, 0};
-      acc_t a = 0;
-      int32_t W = 0, H = 0;
-      if (cur.state[j] != kOutside) {
-        const Point<acc_t> pt = expand_point(pb, cur, i, j);
-        a = pt.a;
-        W = pt.W;
-        H = pt.H;
-        grads.add(pt, heads[j], gv, g);
-      }
-      gattn[j] = g[0];
-      // x = loc_x * W - 0.5, so d/dloc_x = W * d/dx (and H for y).
-      gloc[2 * j] = a * g[1] * static_cast<acc_t>(W);
-      gloc[2 * j + 1] = a * g[2] * static_cast<acc_t>(H);
-    }
-  }
+  walk_queries(
+      pb, n, m, q_begin, q_end, buf,
+      [&](int64_t later) MSDA_LAMBDA_INLINE {
+        prefetch_span(grad_output + later * D, D, false);
+        prefetch_span(grad_locations + later * LP * 2, LP * 2, true);
+        prefetch_span(grad_weights + later * LP, LP, true);
+      },
+      [&](int64_t i, const Points<acc_t>& cur, const Points<acc_t>& next,
+          bool has_next) MSDA_LAMBDA_INLINE {
+        grads.load(grad_output + i * D);
+        acc_t* gloc = grad_locations + i * LP * 2;
+        acc_t* gattn = grad_weights + i * LP;
+        for (int64_t j = 0; j < LP; ++j) {
+          if (has_next) prefetch_point(pb, next, j, heads[j], D);
+          acc_t g[3] = {0, 0, 0};
+          acc_t a = 0;
+          int32_t W = 0, H = 0;
+          if (cur.state[j] != kOutside) {
+            const Point<acc_t> pt = expand_point(pb, cur, i, j);
+            a = pt.a;
+            W = pt.W;
+            H = pt.H;
+            grads.add(pt, heads[j], gv, g);
+          }
+          gattn[j] = g[0];
+          // x = loc_x * W - 0.5, so d/dloc_x = W * d/dx (and H for y).
+          gloc[2 * j] = a * g[1] * static_cast<acc_t>(W);
+          gloc[2 * j + 1] = a * g[2] * static_cast<acc_t>(H);
+        }
+      });
 }
 
 // Writes the (S, D) float slab of head m of batch n into grad_value and

@@ -26,8 +26,10 @@ namespace {
 // Helpers must be inlined into each clone to be compiled for its ISA.
 #if defined(__GNUC__)
 #define MSDA_INLINE inline __attribute__((always_inline))
+#define MSDA_LAMBDA_INLINE __attribute__((always_inline))
 #else
 #define MSDA_INLINE inline
+#define MSDA_LAMBDA_INLINE
 #endif
 
 constexpr int kLanes = 16;  // partial sums of the channel reductions

@@ -126,25 +126,21 @@ MSDA_CPU_CLONES void forward_queries(const Problem<scalar_t>& pb,
   const Sizes& s = pb.s;
   auto row = RowSum<NV, src_t, acc_t>::make(scratch, s.D);
   const int64_t LP = s.L * s.P, D = s.D;
-  if (q_begin < q_end) plan_points(pb, (n * s.Lq + q_begin) * s.M + m, buf.query(0));
-  for (int64_t q = q_begin; q < q_end; ++q) {
-    const int64_t i = (n * s.Lq + q) * s.M + m;
-    const Points<acc_t> cur = buf.query((q - q_begin) % 2);
-    const Points<acc_t> next = buf.query((q + 1 - q_begin) % 2);
-    const bool has_next = q + 1 < q_end;
-    if (has_next) plan_points(pb, i + s.M, next);
-    if (q + kAhead < q_end) {
-      prefetch_query_inputs(pb, i + kAhead * s.M);
-      prefetch_span(out + (i + kAhead * s.M) * D, D, true);
-    }
-    row.zero();
-    for (int64_t j = 0; j < LP; ++j) {
-      if (has_next) prefetch_point(pb, next, j, heads[j], D);
-      if (cur.state[j] == kOutside) continue;
-      row.add(expand_point(pb, cur, i, j), heads[j]);
-    }
-    row.store(out + i * D);
-  }
+  walk_queries(
+      pb, n, m, q_begin, q_end, buf,
+      [&](int64_t later) MSDA_LAMBDA_INLINE {
+        prefetch_span(out + later * D, D, true);
+      },
+      [&](int64_t i, const Points<acc_t>& cur, const Points<acc_t>& next,
+          bool has_next) MSDA_LAMBDA_INLINE {
+        row.zero();
+        for (int64_t j = 0; j < LP; ++j) {
+          if (has_next) prefetch_point(pb, next, j, heads[j], D);
+          if (cur.state[j] == kOutside) continue;
+          row.add(expand_point(pb, cur, i, j), heads[j]);
+        }
+        row.store(out + i * D);
+      });
 }
 
 }  // namespace

@@ -193,5 +193,35 @@ MSDA_INLINE void prefetch_query_inputs(const Problem<scalar_t>& pb, int64_t i) {
   prefetch_span(pb.weights + i * LP, LP, false);
 }
 
+// The query pipeline of a task (forward and backward alike): queries
+// [q_begin, q_end) of head m of batch n, each query's points planned one
+// query ahead (into the other half of buf), its locations and weights
+// prefetched kAhead queries ahead.  Per query, ahead(i + kAhead * M)
+// prefetches the caller's own rows and body(i, cur, next, has_next) does
+// the work (i: the (n, q, m) row; cur: this query's points; next: the next
+// one's, planned, for prefetching its value rows).  Both are lambdas
+// marked MSDA_INLINE, so that they compile inside each target clone.
+template <typename scalar_t, typename acc_t, typename Ahead, typename Body>
+MSDA_INLINE void walk_queries(const Problem<scalar_t>& pb, int64_t n,
+                              int64_t m, int64_t q_begin, int64_t q_end,
+                              PointsBuffer<acc_t>& buf, Ahead&& ahead,
+                              Body&& body) {
+  const Sizes& s = pb.s;
+  if (q_begin < q_end) plan_points(pb, (n * s.Lq + q_begin) * s.M + m, buf.query(0));
+  for (int64_t q = q_begin; q < q_end; ++q) {
+    const int64_t i = (n * s.Lq + q) * s.M + m;
+    const Points<acc_t> cur = buf.query((q - q_begin) % 2);
+    const Points<acc_t> next = buf.query((q + 1 - q_begin) % 2);
+    const bool has_next = q + 1 < q_end;
+    if (has_next) plan_points(pb, i + s.M, next);
+    if (q + kAhead < q_end) {
+      const int64_t later = i + kAhead * s.M;
+      prefetch_query_inputs(pb, later);
+      ahead(later);
+    }
+    body(i, cur, next, has_next);
+  }
+}
+
 }  // namespace
 }  // namespace plugins::msda
