@@ -323,7 +323,12 @@ class CLIPBackboneBase(BaseModule):
         Returns:
             list[Tensor]: ``(B, N, C)`` per entry of ``out_indices``.
         """
-        return self.tower.forward_blocks(x, self.out_indices,
+        # Hand the tokens over without a name in this frame, so that the
+        # first block's input is freed once that block has run (one
+        # (B, N, C) tensor less at the peak: 12 MiB for ViT-B at 800x1344).
+        handed = [x]
+        del x
+        return self.tower.forward_blocks(handed.pop(), self.out_indices,
                                          self._call_block, grid)
 
     def block_caller(self, grid: Grid):
