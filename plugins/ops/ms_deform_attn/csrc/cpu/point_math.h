@@ -200,7 +200,7 @@ MSDA_INLINE void prefetch_query_inputs(const Problem<scalar_t>& pb, int64_t i) {
 // prefetches the caller's own rows and body(i, cur, next, has_next) does
 // the work (i: the (n, q, m) row; cur: this query's points; next: the next
 // one's, planned, for prefetching its value rows).  Both are lambdas
-// marked MSDA_INLINE, so that they compile inside each target clone.
+// marked MSDA_LAMBDA_INLINE, so that they compile inside each target clone.
 template <typename scalar_t, typename acc_t, typename Ahead, typename Body>
 MSDA_INLINE void walk_queries(const Problem<scalar_t>& pb, int64_t n,
                               int64_t m, int64_t q_begin, int64_t q_end,
