@@ -60,6 +60,14 @@
 #include "../ms_deform_attn.h"
 #include "ms_deform_attn_cuda.h"
 
+// Launches are written MSDA_LAUNCH(kernel, blocks, threads, stream)(args):
+// the CPU emulation (../cuda_emu/cuda_emu.h, which defines the macro first)
+// compiles this same file with g++, which has no <<< >>> syntax.
+#ifndef MSDA_LAUNCH
+#define MSDA_LAUNCH(kernel, blocks, threads, stream) \
+  kernel<<<blocks, threads, 0, stream>>>
+#endif
+
 namespace plugins::msda {
 namespace {
 
@@ -404,7 +412,7 @@ void from_fixed(const at::Tensor& fixed, const at::Tensor& scales, int which,
                 at::Tensor& out, cudaStream_t stream) {
   const int64_t n = out.numel();
   if (n == 0) return;
-  from_fixed_kernel<out_t><<<blocks_for(n), kThreads, 0, stream>>>(
+  MSDA_LAUNCH(from_fixed_kernel<out_t>, blocks_for(n), kThreads, stream)(
       reinterpret_cast<const unsigned long long*>(fixed.const_data_ptr<int64_t>()),
       scales.const_data_ptr<double>(), which, out.mutable_data_ptr<out_t>(), n);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -444,7 +452,7 @@ at::Tensor ms_deform_attn_forward_cuda(const at::Tensor& value,
         with_coord_type<scalar_t>(loc.scalar_type(), [&](auto tag) {
           using coord_t = typename decltype(tag)::type;
           auto launch = [&](auto kernel) {
-            kernel<<<blocks, kThreads, 0, stream>>>(
+            MSDA_LAUNCH(kernel, blocks, kThreads, stream)(
                 v.const_data_ptr<scalar_t>(), shapes.const_data_ptr<int64_t>(),
                 starts.const_data_ptr<int64_t>(), loc.const_data_ptr<coord_t>(),
                 attn.const_data_ptr<coord_t>(),
@@ -521,8 +529,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
             auto launch = [&](auto sink, auto wide, auto warp) {
               constexpr int kC = decltype(wide)::value ? kWide : 1;
               constexpr bool kWarp = decltype(warp)::value;
-              backward_kernel<scalar_t, coord_t, acc_t, kC, kWarp, decltype(sink)>
-                  <<<blocks, kThreads, 0, stream>>>(
+              auto* kernel =
+                  backward_kernel<scalar_t, coord_t, acc_t, kC, kWarp, decltype(sink)>;
+              MSDA_LAUNCH(kernel, blocks, kThreads, stream)(
                       go.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>(),
                       shapes.const_data_ptr<int64_t>(),
                       starts.const_data_ptr<int64_t>(),
