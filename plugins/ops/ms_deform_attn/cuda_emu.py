@@ -25,6 +25,7 @@ runtime (:func:`sanitizer_env`).
 import glob
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -153,9 +154,7 @@ class Emulator:
         level since the last report, else 0."""
         return self._ops.level_errors(0)
 
-    def launches(self):
-        """Kernel instantiations launched since the last call (demangled
-        names, templates and all)."""
+    def _symbol_table(self):
         if self._symbols is None:
             out = subprocess.run(['nm', '-C', '--defined-only', self.path],
                                  check=True, capture_output=True, text=True).stdout
@@ -164,6 +163,19 @@ class Emulator:
                 parts = line.split(' ', 2)
                 if len(parts) == 3 and parts[1] in 'tTwW':
                     self._symbols[int(parts[0], 16)] = parts[2]
+        return self._symbols
+
+    def kernels(self):
+        """Every kernel instantiation compiled into the library (the
+        functions of plugins::msda named ``*_kernel``)."""
+        return {name for name in self._symbol_table().values()
+                if name.split('(')[0].startswith(('void plugins::msda::', 'plugins::msda::'))
+                and re.search(r'::\w+_kernel[<(]', name)}
+
+    def launches(self):
+        """Kernel instantiations launched since the last call (demangled
+        names, templates and all)."""
+        self._symbol_table()
         names = []
         for rec in self._ops.launches():
             if rec.startswith('0x'):

@@ -407,6 +407,19 @@ at::Tensor fixed_point_scales(const at::Tensor& go, const at::Tensor& v,
   return scales.masked_fill_(at::logical_not(at::isfinite(bounds)), NAN);
 }
 
+// The channels per thread (channels_per_thread) change the float partial
+// sums that FixedSink rounds, so in deterministic mode they must follow D
+// alone, not where the tensors happen to start: a contiguous `t` that
+// could take 16-byte packs but is misaligned is copied to a fresh (aligned)
+// allocation.  Same values, whatever the layout -> bit-identical gradients.
+at::Tensor aligned_for_packs(const at::Tensor& t, int64_t D) {
+  const int64_t size = t.element_size();
+  const int64_t wide = size >= 16 ? 1 : 16 / size;
+  const auto address = reinterpret_cast<uintptr_t>(t.const_data_ptr());
+  if (D % wide != 0 || address % (wide * size) == 0) return t;
+  return t.clone(at::MemoryFormat::Contiguous);
+}
+
 template <typename out_t>
 void from_fixed(const at::Tensor& fixed, const at::Tensor& scales, int which,
                 at::Tensor& out, cudaStream_t stream) {
@@ -498,8 +511,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
   auto stream = c10::cuda::getCurrentCUDAStream();
   if (s.N * s.Lq * s.M * s.L * s.P > 0 && s.S * s.D > 0) {
     maybe_check_levels_on_host(spatial_shapes, level_start_index, s);
-    const auto go = grad_output.contiguous();
-    const auto v = value.contiguous();
+    auto go = grad_output.contiguous();
+    auto v = value.contiguous();
+    if (deterministic) {
+      go = aligned_for_packs(go, s.D);
+      v = aligned_for_packs(v, s.D);
+    }
     const auto shapes = spatial_shapes.contiguous();
     const auto starts = level_start_index.contiguous();
     const auto loc = sampling_locations.contiguous();

@@ -381,6 +381,15 @@ inline long long __double2ll_rn(double x) {
   return std::llrint(x);
 }
 
+// ---- planted bugs -----------------------------------------------------
+// The planted-bug tests (tests/test_ops/test_cuda_emu.py) edit a temporary
+// copy of the .cu so that a bug is on when CUDA_EMU_PLANT names it (one
+// build serves every planted bug).  The real kernel never calls this.
+inline bool cuda_emu_planted(const char* name) {
+  const char* env = std::getenv("CUDA_EMU_PLANT");
+  return env != nullptr && std::strcmp(env, name) == 0;
+}
+
 // ---- runtime API ------------------------------------------------------
 struct CUstream_st;
 using cudaStream_t = CUstream_st*;
