@@ -151,8 +151,9 @@ class Emulator:
 
     def level_errors(self):
         """``ms_deform_attn_cuda_level_errors``: 1 if a call skipped a bad
-        level since the last report, else 0."""
-        return self._ops.level_errors(0)
+        level since the last report, else 0 (device index -1: the CPU
+        tensors' index, under which the emulated calls count)."""
+        return self._ops.level_errors(-1)
 
     def _symbol_table(self):
         if self._symbols is None:
