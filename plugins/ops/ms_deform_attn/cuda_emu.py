@@ -75,9 +75,12 @@ def sanitizer_env(env=None):
     error."""
     env = dict(os.environ if env is None else env)
     cxx = os.environ.get('CXX', 'c++')
-    runtime = subprocess.run([cxx, '-print-file-name=libasan.so'], check=True,
-                             capture_output=True, text=True).stdout.strip()
-    env['LD_PRELOAD'] = runtime
+    def runtime(name):
+        return subprocess.run([cxx, f'-print-file-name={name}'], check=True,
+                              capture_output=True, text=True).stdout.strip()
+    # libstdc++ too: python is not linked with it, and ASan must find the
+    # real __cxa_throw when it starts, or the first C++ exception aborts.
+    env['LD_PRELOAD'] = f'{runtime("libasan.so")} {runtime("libstdc++.so")}'
     env['ASAN_OPTIONS'] = 'detect_leaks=0:halt_on_error=1:abort_on_error=0'
     env['UBSAN_OPTIONS'] = 'print_stacktrace=1:halt_on_error=1'
     return env

@@ -23,6 +23,7 @@
 #include <c10/core/Device.h>
 #include <c10/util/Exception.h>
 #include <dlfcn.h>
+#include <sys/mman.h>
 #include <ucontext.h>
 
 #include <algorithm>
@@ -79,11 +80,10 @@ inline std::vector<std::string> g_launch_log;
 
 // ---- warps of fibers --------------------------------------------------
 constexpr int kWarp = 32;
-#if defined(__SANITIZE_ADDRESS__)
-constexpr size_t kStack = 512 * 1024;  // ASan frames are much larger
-#else
-constexpr size_t kStack = 128 * 1024;
-#endif
+// The kernels' frames are small (a few KiB under ASan).  Keep the stacks
+// small too: ASan's swapcontext interceptor clears the shadow of the whole
+// target stack at every switch (with syscalls above 64 KiB of shadow).
+constexpr size_t kStack = 64 * 1024;
 
 struct Lane {
   enum State { kReady, kAtShuffle, kDone };
@@ -105,8 +105,21 @@ struct Warp {
   const void* sched_stack = nullptr;  // the scheduler's stack, for ASan
   size_t sched_size = 0;
   const std::function<void()>* body = nullptr;
-  std::vector<char> stacks;
+  char* stacks = nullptr;  // kWarp stacks of kStack bytes
 };
+
+// The lanes' stacks: mapped once per OS thread and reused by every launch
+// (allocating 32 stacks per launch costs more than the small kernels).
+inline char* lane_stacks() {
+  static thread_local char* stacks = nullptr;
+  if (stacks == nullptr) {
+    void* p = mmap(nullptr, kWarp * kStack, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    TORCH_CHECK(p != MAP_FAILED, "cuda_emu: cannot map the lanes' stacks");
+    stacks = static_cast<char*>(p);
+  }
+  return stacks;
+}
 inline thread_local Warp* g_warp = nullptr;
 inline thread_local int g_lane = 0;
 
@@ -141,7 +154,7 @@ inline void resume(Warp& w, int i) {
   g_vars = &w.lanes[i].vars;
   void* fake = nullptr;
 #if defined(__SANITIZE_ADDRESS__)
-  __sanitizer_start_switch_fiber(&fake, w.stacks.data() + i * kStack, kStack);
+  __sanitizer_start_switch_fiber(&fake, w.stacks + i * kStack, kStack);
 #endif
   swapcontext(&w.scheduler, &w.lanes[i].ctx);
 #if defined(__SANITIZE_ADDRESS__)
@@ -258,7 +271,7 @@ inline void run_grid(int64_t grid, int64_t block, const char* kernel,
   std::shuffle(blocks.begin(), blocks.end(), rng);
   Warp warp;
   warp.body = &body;
-  warp.stacks.resize(kWarp * kStack);
+  warp.stacks = lane_stacks();
   Warp* const outer = g_warp;  // (launches never nest, but stay safe)
   g_warp = &warp;
   std::string error;
@@ -273,7 +286,7 @@ inline void run_grid(int64_t grid, int64_t block, const char* kernel,
         lane.vars.blockDim = {static_cast<unsigned>(block), 1, 1};
         lane.vars.gridDim = {static_cast<unsigned>(grid), 1, 1};
         getcontext(&lane.ctx);
-        lane.ctx.uc_stack.ss_sp = warp.stacks.data() + i * kStack;
+        lane.ctx.uc_stack.ss_sp = warp.stacks + i * kStack;
         lane.ctx.uc_stack.ss_size = kStack;
         lane.ctx.uc_link = nullptr;
         makecontext(&lane.ctx, lane_entry, 0);
@@ -289,7 +302,7 @@ inline void run_grid(int64_t grid, int64_t block, const char* kernel,
   }
 #if defined(__SANITIZE_ADDRESS__)
   // Lanes abandoned at a failed shuffle leave their frames poisoned.
-  ASAN_UNPOISON_MEMORY_REGION(warp.stacks.data(), warp.stacks.size());
+  if (!error.empty()) ASAN_UNPOISON_MEMORY_REGION(warp.stacks, kWarp * kStack);
 #endif
   g_warp = outer;
   g_vars = nullptr;
