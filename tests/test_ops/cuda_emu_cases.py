@@ -7,7 +7,7 @@ build must be loaded by a Python with the ASan runtime preloaded, and a
 sanitizer error ends the process)::
 
     python tests/test_ops/cuda_emu_cases.py [--sanitize] [--csrc DIR]
-        [--plant NAME] [--only SUBSTRING]
+        [--plant NAME[,NAME...]] [--only REGEX]
 
 re-executes itself under ``LD_PRELOAD`` when ``--sanitize`` is given, prints
 one line per failed case and a summary, and exits 1 on any failure.
@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import importlib.util
 import os
+import re
 import sys
 
 import torch
@@ -231,9 +232,12 @@ def sweep(emu, make_inputs, only=None, out=sys.stdout):
     """Runs every case; returns (failed case ids, kernels launched)."""
     failed, launched = [], set()
     for case in cases():
-        if only and only not in case.id:
+        if only and not re.search(only, case.id):
             continue
-        failures, names = run_case(emu, case, make_inputs)
+        try:
+            failures, names = run_case(emu, case, make_inputs)
+        except RuntimeError as e:  # a launch the emulator refused
+            failures, names = [f'error: {e}'.splitlines()[0]], emu.launches()
         launched.update(names)
         if failures:
             failed.append(case.id)
@@ -246,8 +250,10 @@ def main(argv=None):
     parser.add_argument('--sanitize', action='store_true')
     parser.add_argument('--csrc', default=None)
     parser.add_argument('--plant', default=None,
-                        help='CUDA_EMU_PLANT: the planted bug to switch on')
-    parser.add_argument('--only', default=None)
+                        help='CUDA_EMU_PLANT: the planted bug(s) to switch on, '
+                        'comma-separated (one sweep each)')
+    parser.add_argument('--only', default=None,
+                        help='regular expression: the case ids to run')
     args = parser.parse_args(argv)
     sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
     from plugins.ops.ms_deform_attn import build_config, cuda_emu
@@ -255,10 +261,14 @@ def main(argv=None):
         import subprocess
         return subprocess.call([sys.executable, os.path.abspath(__file__)]
                                + sys.argv[1:], env=cuda_emu.sanitizer_env())
-    if args.plant:
-        os.environ['CUDA_EMU_PLANT'] = args.plant
     emu = cuda_emu.build(args.csrc or build_config.CSRC, sanitize=args.sanitize)
-    failed, launched = sweep(emu, load_make_inputs(), args.only)
+    failed, launched = [], set()
+    for plant in (args.plant or '').split(','):
+        os.environ['CUDA_EMU_PLANT'] = plant  # read by the kernels' getenv
+        print(f'PLANT {plant or "none"}', flush=True)
+        f, names = sweep(emu, load_make_inputs(), args.only)
+        failed += f
+        launched |= names
     compiled = emu.kernels()
     print(f'cuda_emu sweep{" (ASan+UBSan)" if args.sanitize else ""}: '
           f'{len(failed)} failed; {len(launched & compiled)} of '
