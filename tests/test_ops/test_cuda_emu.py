@@ -113,9 +113,10 @@ def test_kernel_matches_reference(emu, make_inputs, case):
     assert not failures, f'{case.id}: ' + '; '.join(failures)
 
 
-def test_every_instantiation_launched(emu, make_inputs):
+def test_every_instantiation_launched(emu, make_inputs, capsys):
     """Every kernel compiled into the library ran in the sweep above (the
-    list is printed: the instantiations these tests cover)."""
+    list goes to the terminal, past pytest's capture: the instantiations
+    these tests cover)."""
     for case in cases():
         if case.id not in LAUNCHED:  # e.g. under -k
             LAUNCHED[case.id] = run_case(emu, case, make_inputs)[1]
@@ -124,11 +125,12 @@ def test_every_instantiation_launched(emu, make_inputs):
     # 12 forward + 48 backward + 4 from_fixed + 1 take_level_errors.
     assert len(compiled) == 65, sorted(compiled)
     assert compiled <= launched, sorted(compiled - launched)
-    print(f'\ncuda_emu: {len(compiled)} kernel instantiations of '
-          f'{CU} ran and matched the reference:')
-    for name in sorted(compiled):
-        print('  ' + re.sub(r'plugins::msda::\(anonymous namespace\)::', '',
-                            name.split('(')[0]))
+    lines = [f'cuda_emu: {len(compiled)} kernel instantiations of {CU} ran '
+             f'and matched the reference:']
+    lines += ['  ' + re.sub(r'plugins::msda::\(anonymous namespace\)::', '',
+                            name.split('(')[0]) for name in sorted(compiled)]
+    with capsys.disabled():
+        print('\n' + '\n'.join(lines))
 
 
 def test_bad_level_raises_at_the_next_call(emu, make_inputs):
