@@ -18,6 +18,7 @@ import dataclasses
 import importlib.util
 import os
 import re
+import shutil
 import sys
 
 import torch
@@ -40,6 +41,57 @@ CHANNELS = (1, 7, 8, 32, 48, 256)
 LEVELS = ((6, 4), (3, 5), (2, 1))
 SPECIALS = ('misaligned', 'non-contiguous', 'edges', 'bad-levels',
             'empty-level', 'N=0', 'Lq=0', 'P=0')
+
+
+CU = os.path.join('cuda', 'ms_deform_attn_cuda.cu')
+# Planted bugs: (exact text of the .cu, replacement).  Each is on only when
+# CUDA_EMU_PLANT names it, so one build serves them all.
+PLANTS = {
+    # The forward reads a level that does not fit in value.
+    'no_level_guard': (
+        '      if (!level_ok(H64, W64, start, geo.S)) continue;',
+        '      if (!level_ok(H64, W64, start, geo.S) && '
+        '!cuda_emu_planted("no_level_guard")) continue;'),
+    # d/dloc_x scaled by H instead of W.
+    'h_for_w': (
+        '      g_x *= a * static_cast<acc_t>(W);',
+        '      g_x *= a * static_cast<acc_t>(cuda_emu_planted("h_for_w") ? H : W);'),
+    # Threads past the end leave before the shuffles.
+    'divergent_shuffle': (
+        '      if constexpr (kWarpReduce) {\n',
+        '      if constexpr (kWarpReduce) {\n'
+        '        if (!active && cuda_emu_planted("divergent_shuffle")) return;\n'),
+    # Shuffle with a lane outside the warp.
+    'bad_lane': (
+        'for (int offset = geo.G / 2;',
+        'for (int offset = cuda_emu_planted("bad_lane") ? 32 : geo.G / 2;'),
+    # grad_weights all zero (what the old absolute tolerance let through).
+    'zero_grad_weights': (
+        'sink.set_attn(gattn + j, g_attn);',
+        'sink.set_attn(gattn + j, cuda_emu_planted("zero_grad_weights") '
+        '? acc_t(0) : g_attn);'),
+    # More threads per block than a GPU runs.
+    'big_block': (
+        'MSDA_LAUNCH(kernel, blocks, kThreads, stream)(',
+        'MSDA_LAUNCH(kernel, blocks, cuda_emu_planted("big_block") ? 2048 : '
+        'kThreads, stream)('),
+}
+
+
+def planted_sources(folder):
+    """A copy of csrc/ with every planted bug (switched off) in the .cu."""
+    csrc = os.path.join(folder, 'csrc')
+    from plugins.ops.ms_deform_attn import build_config
+    shutil.copytree(build_config.CSRC, csrc)
+    path = os.path.join(csrc, CU)
+    with open(path) as f:
+        text = f.read()
+    for name, (old, new) in PLANTS.items():
+        assert old in text, f'planted bug {name}: {old!r} not in the .cu'
+        text = text.replace(old, new)
+    with open(path, 'w') as f:
+        f.write(text)
+    return csrc
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,6 +310,7 @@ def main(argv=None):
     sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
     from plugins.ops.ms_deform_attn import build_config, cuda_emu
     if args.sanitize and 'libasan' not in os.environ.get('LD_PRELOAD', ''):
+        # (The ASan runtime must be loaded first: restart under it.)
         import subprocess
         return subprocess.call([sys.executable, os.path.abspath(__file__)]
                                + sys.argv[1:], env=cuda_emu.sanitizer_env())
