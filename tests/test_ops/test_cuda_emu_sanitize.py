@@ -59,7 +59,3 @@ def test_planted_level_guard_removed_is_an_asan_error(builds):
     assert rc != 0
     assert 'ERROR: AddressSanitizer: heap-buffer-overflow' in out, out[-3000:]
     assert 'forward_kernel<float, float, float, 4>' in out, out[-3000:]
-    # The same build and case with the guard in place pass.
-    rc, out = _run(['--csrc', builds['planted_csrc'],
-                    '--only', 'float32-D8-atomic-bad-levels'])
-    assert rc == 0 and '0 failed' in out, out[-3000:]
