@@ -137,6 +137,17 @@ def test_large_fresh_outputs(inputs):
     assert (out.double() - ref_out).abs().max() <= 1e-5
     for g, r in zip(grads, ref):
         assert (g.double() - r).abs().max() <= 1e-5 * r.abs().max().clamp(min=1)
+    # This grad_value (accumulated in place, on zero pages from calloc) is
+    # an ordinary tensor: aligned, writable, resizable, shareable.
+    grad_value = grads[0]
+    assert grad_value.is_contiguous() and grad_value.data_ptr() % 64 == 0
+    expected = grad_value * 2 + 1
+    grad_value.mul_(2).add_(1)
+    assert torch.equal(grad_value, expected)
+    grad_value.resize_(2 * grad_value.numel())
+    assert torch.equal(grad_value[:expected.numel()], expected.flatten())
+    grad_value.share_memory_()
+    assert torch.equal(grad_value[:expected.numel()], expected.flatten())
 
 
 @pytest.mark.parametrize('channels,fast', [(4, False), (30, True), (32, True),
