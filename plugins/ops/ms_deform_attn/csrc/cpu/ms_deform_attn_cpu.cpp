@@ -141,12 +141,15 @@ void map_pages(const at::Tensor& fresh) {
 constexpr int64_t kFreshPagesBytes = int64_t{32} << 20;
 
 // A zero-filled (N, S, M, D) grad_value for the in-place backward.  Large
-// ones come from calloc, which hands out fresh mmap pages without writing
-// them (the kernel zeroes each page at its first touch, in huge pages
-// here), so that grad_value is written once, by the tasks, instead of
-// zero-filled first: at the projector shape this made forward+backward
-// about 20 % faster.  Smaller ones come from torch's allocator (often
-// reused heap memory) and are zeroed by the tasks (zeroed = false).
+// ones come from calloc, which (glibc) hands out fresh mmap pages without
+// writing them (the kernel zeroes each page at its first touch, in huge
+// pages here), so that grad_value is written once, by the tasks, instead
+// of zero-filled first: at the projector shape this made forward+backward
+// about 20 % faster.  With any other allocator calloc still returns zeros
+// (at worst it zero-fills them itself).  The block bypasses torch's
+// allocator (its profiler does not see it).  Smaller ones come from
+// torch's allocator (often reused heap memory) and are zeroed by the
+// tasks (zeroed = false).
 std::pair<at::Tensor, bool> zeroed_grad_value(
     const Sizes& s, const at::TensorOptions& options) {
   const int64_t bytes = s.N * s.S * s.M * s.D *
