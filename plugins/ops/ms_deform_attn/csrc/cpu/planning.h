@@ -32,8 +32,9 @@ constexpr int64_t kChunkSlabBytes = int64_t{64} << 20;
 // grad_value otherwise (zeroed first: a slab costs a zeroing, a read and a
 // write of every row, paid back only by rows written often).  With 16
 // (batch, head) tasks on 2 threads: the decoder shape (3.5 writes per row)
-// is faster with the slab, the projector shape (0.75) as fast in place,
-// without the per-thread slab of S * D floats.
+// is faster with the slab; the projector shape (0.75) was as fast in place
+// with the tasks zeroing their rows, and faster on calloc's zero pages
+// (see zeroed_grad_value), without the per-thread slab of S * D floats.
 constexpr int64_t kSlabWritesPerRow = 2;
 // ... and with fewer (batch, head) pairs than 4 per thread, where the
 // alternative is query chunks, each with a slab to zero and to sum at the
