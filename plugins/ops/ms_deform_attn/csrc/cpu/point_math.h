@@ -127,10 +127,6 @@ MSDA_INLINE Point<acc_t> expand_point(const Problem<scalar_t>& pb,
   pt.b.dwdy[2] = hx;
   pt.b.dwdy[3] = lx;
   const int32_t base = pts.base[j];
-  pt.b.offset[0] = base;
-  pt.b.offset[1] = base + 1;
-  pt.b.offset[2] = base + pt.W;
-  pt.b.offset[3] = base + pt.W + 1;
   const int32_t x0 = pts.x0[j], y0 = pts.y0[j];
   const bool vx0 = x0 >= 0, vx1 = x0 + 1 < pt.W;
   const bool vy0 = y0 >= 0, vy1 = y0 + 1 < pt.H;
@@ -138,6 +134,12 @@ MSDA_INLINE Point<acc_t> expand_point(const Problem<scalar_t>& pb,
   pt.b.valid[1] = vy0 && vx1;
   pt.b.valid[2] = vy1 && vx0;
   pt.b.valid[3] = vy1 && vx1;
+  // Offsets of in-map corners only (as in ../bilinear.h): base + W of a
+  // corner below the last row of the last level can pass 2^31 - 1.
+  pt.b.offset[0] = pt.b.valid[0] ? base : 0;
+  pt.b.offset[1] = pt.b.valid[1] ? base + 1 : 0;
+  pt.b.offset[2] = pt.b.valid[2] ? base + pt.W : 0;
+  pt.b.offset[3] = pt.b.valid[3] ? base + pt.W + 1 : 0;
   return pt;
 }
 
@@ -156,14 +158,15 @@ MSDA_INLINE void prefetch_corners(const Problem<scalar_t>& pb,
   if (state == kOutside) return;
   const int32_t W = pb.W[j], H = pb.H[j];
   const int32_t x0 = pts.x0[j], y0 = pts.y0[j], base = pts.base[j];
-  const int32_t offset[4] = {base, base + 1, base + W, base + W + 1};
+  // int64 offsets: base + W below the last row may pass 2^31 - 1.
+  const int64_t offset[4] = {base, int64_t(base) + 1, int64_t(base) + W,
+                             int64_t(base) + W + 1};
   const bool valid[4] = {y0 >= 0 && x0 >= 0, y0 >= 0 && x0 + 1 < W,
                          y0 + 1 < H && x0 >= 0, y0 + 1 < H && x0 + 1 < W};
   const int64_t bytes = D * static_cast<int64_t>(sizeof(T));
   for (int c = 0; c < 4; ++c) {
     if (state == kBorder && !valid[c]) continue;
-    const char* row = reinterpret_cast<const char*>(
-        rows + static_cast<int64_t>(offset[c]) * stride);
+    const char* row = reinterpret_cast<const char*>(rows + offset[c] * stride);
     for (int64_t off = 0; off < bytes; off += 64) {
       __builtin_prefetch(row + off, kWrite ? 1 : 0, 2);
     }
