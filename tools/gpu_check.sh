@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `make gpu-check`: the first thing to run on a machine with a CUDA GPU.
+# `make gpu-check [TIER=build,tests,bench,detector]`: the first thing to run
+# on a machine with a CUDA GPU (tiers, outputs and time budget: tools/gpu_check.py).
 # Uses the project's .venv when there is one, else the machine's python3
 # (a GPU machine not set up by `make setup`: only torch, nvcc and pytest
 # are needed for the op tier).  See tools/gpu_check.py and docs/ops.md.
