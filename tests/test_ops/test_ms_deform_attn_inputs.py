@@ -11,7 +11,6 @@ import torch
 
 from plugins.ops import ms_deform_attn, ms_deform_attn_reference
 from plugins.ops.ms_deform_attn.function import BACKEND_ENV
-from plugins.ops.ms_deform_attn.registration import DOUBLE_BACKWARD_ERROR
 
 pytestmark = pytest.mark.usefixtures('kernel_loaded')
 
@@ -157,7 +156,7 @@ def test_non_finite_locations_count_as_outside(op, inputs, dtype):
     # Backends agree with each other, not only with themselves.
     kernel_out, kernel_grads = _grads(ms_deform_attn, value, shapes, starts,
                                       loc, attn, grad_out)
-    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else {}
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else {}
     torch.testing.assert_close(out, kernel_out, **tol)
     for g, k in zip(grads, kernel_grads):
         torch.testing.assert_close(g, k, **tol)
@@ -172,9 +171,9 @@ def test_double_backward_raises_instead_of_zeros(inputs):
     grad_loc, = torch.autograd.grad((out ** 2).sum(), leaves[1],
                                     create_graph=True)
     assert grad_loc.requires_grad
-    with pytest.raises(RuntimeError, match='differentiable once'):
+    with pytest.raises(RuntimeError, match=r'differentiable once.*'
+                                           r'PLUGINS_MSDA_BACKEND=reference'):
         torch.autograd.grad(grad_loc.sum(), leaves[1:])
-    assert 'PLUGINS_MSDA_BACKEND=reference' in DOUBLE_BACKWARD_ERROR
     # The reference is twice differentiable: that is what the message
     # points to, so it must hold.
     out = ms_deform_attn_reference(leaves[0], shapes, starts, leaves[1],
@@ -220,3 +219,16 @@ def test_torch_compile_fullgraph_from_a_cold_start(repo_root):
     assert done.returncode == 0, done.stderr[-3000:]
     assert 'cold compile ok' in done.stdout
     assert 'none' not in done.stdout  # the compiled kernel, not a fallback
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+def test_cpu_metadata_with_a_cuda_value_is_refused(inputs):
+    """The CUDA kernel reads the metadata on the device: CPU metadata is
+    refused by the shared check, naming both tensors."""
+    value, shapes, starts, loc, attn = inputs(dtype=torch.float32)
+    with pytest.raises(ValueError, match=r"every input must be on value's "
+                                         r"device \(cuda:0\); got "
+                                         r"spatial_shapes on cpu, "
+                                         r"level_start_index on cpu$"):
+        ms_deform_attn(value.cuda(), shapes, starts, loc.cuda(), attn.cuda())
