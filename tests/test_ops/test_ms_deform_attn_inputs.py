@@ -118,10 +118,26 @@ def test_no_levels_agree(inputs):
     assert not kernel.any() and not reference.any()
 
 
+@pytest.mark.parametrize('shapes', [((6, 4), (0, 3), (2, 2)), ((0, 0),),
+                                    ((6, 4), (3, 0))])
+def test_empty_levels_agree(inputs, shapes):
+    """An empty map samples zeros on every backend (was: the reference
+    failed in grid_sample), gradients included."""
+    args = inputs(shapes=shapes, dtype=torch.float64, loc_range=(-0.1, 1.1))
+    grad_out = torch.rand(2, 3, 16, dtype=torch.float64)
+    out, grads = _grads(ms_deform_attn, *args, grad_out)
+    ref_out, ref_grads = _grads(ms_deform_attn_reference, *args, grad_out)
+    torch.testing.assert_close(out, ref_out)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r)
+
+
 def _grads(fn, value, shapes, starts, loc, attn, grad_out):
     leaves = [t.detach().clone().requires_grad_() for t in (value, loc, attn)]
     out = fn(leaves[0], shapes, starts, leaves[1], leaves[2])
-    return out, torch.autograd.grad(out, leaves, grad_out)
+    # (an empty value has no use in the reference's graph: a zero gradient)
+    return out, torch.autograd.grad(out, leaves, grad_out, allow_unused=True,
+                                    materialize_grads=True)
 
 
 @pytest.mark.parametrize('dtype', [torch.float64, torch.float32])

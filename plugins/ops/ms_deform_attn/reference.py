@@ -81,6 +81,9 @@ def reference_forward(value: torch.Tensor, spatial_shapes: torch.Tensor,
     grids = 2 * locations - 1
     sampled = []
     for lvl, (h, w) in enumerate(shapes):
+        if h * w == 0:  # an empty map samples zeros (grid_sample refuses it)
+            sampled.append(value.new_zeros(N * M, D, Lq, P))
+            continue
         # (N, H*W, M, D) -> (N*M, D, H, W)
         v = values[lvl].flatten(2).transpose(1, 2).reshape(N * M, D, h, w)
         # (N, Lq, M, P, 2) -> (N*M, Lq, P, 2)
