@@ -151,3 +151,18 @@ def test_loader_refuses_a_file_that_loads_nothing(tmp_path):
                path)
     with pytest.raises(ValueError, match='missing'):
         load_projector_weights(projector, str(path), strict=True)
+
+
+def test_llava_config_passes_a_zero_outdim_on_to_be_refused():
+    """``LlavaSegConfig.projector_config`` used ``projector_outdim or
+    hidden_size``: 0 became the LLM width silently."""
+    from plugins.llava.config import LlavaSegConfig
+    config = LlavaSegConfig(llm=dict(hidden_size=64), projector_outdim=0,
+                            mm_hidden_dim=32, mm_n_heads=4)
+    projector_cfg = config.projector_config(SWIN_DIMS['base'])
+    assert projector_cfg.projector_outdim == 0
+    with pytest.raises(ValueError, match='projector_outdim must be an integer '
+                                         '>= 1, got 0'):
+        build_vision_projector(projector_cfg)
+    default = LlavaSegConfig(llm=dict(hidden_size=64))
+    assert default.projector_config(SWIN_DIMS['base']).projector_outdim == 64
