@@ -399,6 +399,24 @@ def write_results(out: str, header: dict, rows: List[dict]) -> str:
     return text
 
 
+def no_gpu_without_torch() -> Optional[str]:
+    """A description of why no GPU can be visible, found without importing
+    torch (which takes seconds), or None when torch must be asked."""
+    visible = os.environ.get('CUDA_VISIBLE_DEVICES')
+    if visible is not None and visible.strip() in ('', '-1'):
+        reason = 'CUDA_VISIBLE_DEVICES hides every device'
+    elif sys.platform.startswith('linux') and not glob.glob('/dev/nvidia[0-9]*'):
+        reason = 'no /dev/nvidia* device'
+    else:
+        return None
+    try:
+        from importlib.metadata import version
+        torch_version = version('torch')
+    except Exception:  # not installed in this interpreter
+        torch_version = 'not installed'
+    return f'{reason}; torch {torch_version}, Python {sys.version.split()[0]}'
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--tier', default=','.join(DEFAULT_TIERS),
@@ -427,12 +445,16 @@ def main(argv=None) -> int:
     out = out_dir(args.out)
     t_start = time.time()
 
-    import torch
-    versions = (f'torch {torch.__version__}, CUDA '
-                f'{torch.version.cuda or "none (a CPU build)"}, Python '
-                f'{sys.version.split()[0]}')
-    if not torch.cuda.is_available():
-        message = (f'FAILED: no CUDA GPU visible ({versions}, '
+    no_gpu = no_gpu_without_torch()
+    if no_gpu is None:
+        import torch  # seconds on a busy machine: only where a GPU may be
+        versions = (f'torch {torch.__version__}, CUDA '
+                    f'{torch.version.cuda or "none (a CPU build)"}, Python '
+                    f'{sys.version.split()[0]}')
+        if not torch.cuda.is_available():
+            no_gpu = versions
+    if no_gpu is not None:
+        message = (f'FAILED: no CUDA GPU visible ({no_gpu}, '
                    f'CUDA_VISIBLE_DEVICES='
                    f'{os.environ.get("CUDA_VISIBLE_DEVICES", "unset")}). make '
                    f'gpu-check needs a machine with a CUDA GPU; nothing was '

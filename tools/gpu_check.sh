@@ -7,14 +7,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-}
+# find_spec, not `import torch`: without a GPU the check must stop at once,
+# and importing torch takes seconds (gpu_check.py imports it once).
+has_torch='import importlib.util, sys; sys.exit(importlib.util.find_spec("torch") is None)'
 if [ -z "$py" ]; then
-  if [ -x .venv/bin/python ] && .venv/bin/python -c 'import torch' 2>/dev/null; then
+  if [ -x .venv/bin/python ] && .venv/bin/python -c "$has_torch" 2>/dev/null; then
     py=.venv/bin/python
   else
     py=python3
   fi
 fi
-if ! "$py" -c 'import torch' 2>/dev/null; then
+if ! "$py" -c "$has_torch" 2>/dev/null; then
   echo "[gpu-check] FAILED: $py cannot import torch (set PYTHON=...)" >&2
   exit 2
 fi
