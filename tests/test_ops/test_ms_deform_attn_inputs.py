@@ -248,3 +248,32 @@ def test_cpu_metadata_with_a_cuda_value_is_refused(inputs):
                                          r"spatial_shapes on cpu, "
                                          r"level_start_index on cpu$"):
         ms_deform_attn(value.cuda(), shapes, starts, loc.cuda(), attn.cuda())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+@pytest.mark.parametrize('deterministic', [False, True])
+def test_non_finite_locations_on_cuda_match_the_reference(inputs,
+                                                          deterministic):
+    """The CUDA kernel's share of 2b.6: NaN/inf locations count as outside,
+    with the float-atomic and the deterministic (fixed-point) backward."""
+    value, shapes, starts, loc, attn = inputs(N=2, Lq=6, D=32,
+                                              dtype=torch.float32,
+                                              loc_range=(-0.1, 1.1))
+    loc[0, 0, 0, 0, 0, 0] = float('nan')
+    loc[1, 1, 1, 1, 1, 1] = float('inf')
+    loc[0, 2, 1, 0, 1] = -float('inf')
+    grad_out = torch.rand(2, 6, 64, generator=torch.Generator().manual_seed(1))
+    ref_out, ref_grads = _grads(ms_deform_attn_reference, value, shapes,
+                                starts, loc, attn, grad_out)
+    torch.use_deterministic_algorithms(deterministic)
+    try:
+        out, grads = _grads(ms_deform_attn, *(t.cuda() for t in (
+            value, shapes, starts, loc, attn, grad_out)))
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.cpu(), ref_out, rtol=1e-4, atol=1e-5)
+    for g, r in zip(grads, ref_grads):
+        assert torch.isfinite(g).all()
+        torch.testing.assert_close(g.cpu(), r, rtol=1e-4, atol=1e-5)
