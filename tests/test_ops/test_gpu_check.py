@@ -186,3 +186,42 @@ def test_make_target_takes_tiers(repo_root):
     makefile = (repo_root / 'Makefile').read_text()
     assert '\ngpu-check:' in makefile and 'tools/gpu_check.sh' in makefile
     assert '--tier $(TIER)' in makefile
+
+
+def test_a_gpu_run_writes_everything_to_out(monkeypatch, tmp_path, repo_root):
+    """``main`` on a (faked) GPU with two stand-in steps: the JSON, the
+    markdown rows, the logs and the benchmarks.md copy go to $OUT, the
+    tree's docs/benchmarks.md is left alone, a failed step gives status 1."""
+    py = sys.executable
+    planned = {}
+
+    def fake_plan(tiers, out, arch, sdist, missing_host, missing_window,
+                  peer_dir, write_md):
+        planned.update(tiers=tiers, arch=arch, sdist=sdist, write_md=write_md)
+        return [gpu_check.Step('build', 'ok', [py, '-c', 'print("built")'],
+                               60, os.path.join(out, 'gpu_check_ok.log')),
+                gpu_check.Step('tests', 'fails', [py, '-c', 'exit(1)'], 60,
+                               os.path.join(out, 'gpu_check_fails.log'))]
+
+    monkeypatch.setattr(gpu_check, 'no_gpu_without_torch', lambda: None)
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda i=0: (9, 0))
+    monkeypatch.setattr(torch.cuda, 'get_device_name', lambda i=0: 'Fake H100')
+    monkeypatch.setattr(gpu_check, 'plan', fake_plan)
+    monkeypatch.setenv('PLUGINS_CACHE_DIR', str(tmp_path / 'cache'))
+    out = tmp_path / 'out'
+    monkeypatch.setenv('OUT', str(out))
+    docs = (repo_root / 'docs' / 'benchmarks.md').read_text()
+    status = gpu_check.main(['--carry-dir', str(tmp_path / 'carry')])
+    assert status == 1
+    assert planned == dict(tiers=['build', 'tests'], arch='9.0', sdist=None,
+                           write_md=str(out / 'benchmarks.md'))
+    result = json.loads((out / 'gpu_check.json').read_text())
+    assert result['device'] == 'Fake H100' and result['exit_status'] == 1
+    assert [(r['step'], r['result']) for r in result['steps']] == [
+        ('ok', 'passed'), ('fails', 'FAILED')]
+    assert (out / 'gpu_check_ok.log').read_text() == 'built\n'
+    assert '| build | ok | passed |' in (out / 'gpu_check.md').read_text()
+    copy = (out / 'benchmarks.md').read_text()
+    assert '## GPU check' in copy and 'Fake H100' in copy
+    assert (repo_root / 'docs' / 'benchmarks.md').read_text() == docs
