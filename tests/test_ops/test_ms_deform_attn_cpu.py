@@ -84,13 +84,14 @@ def test_backward_matches_reference(inputs, dtype, tol):
 @pytest.mark.parametrize('dtype,tol', [(torch.float64, 1e-12),
                                        (torch.float32, 1e-5),
                                        (torch.bfloat16, 1e-2)])
-@pytest.mark.parametrize('heads', [(1, 2), (4, 4)], ids=['split-queries',
+@pytest.mark.parametrize('heads', [(1, 1), (4, 4)], ids=['split-queries',
                                                        'one-task-per-head'])
 @pytest.mark.parametrize('layout', list(LAYOUTS))
 def test_work_splits(inputs, dtype, tol, heads, layout):
-    """The kernel's strategies: few (batch, head) tasks split queries into
-    chunks; values are read in place, with small levels copied, or from
-    per-head slabs (see LAYOUTS)."""
+    """The kernel's strategies: a single (batch, head) task splits queries
+    into chunks (at 2+ threads; see also BACKWARD_PLANS); values are read
+    in place, with small levels copied, or from per-head slabs (see
+    LAYOUTS)."""
     N, M = heads
     Lq, shapes = LAYOUTS[layout]
     args = inputs(N=N, Lq=Lq, M=M, D=32, shapes=shapes, P=2,
@@ -137,6 +138,17 @@ def test_large_fresh_outputs(inputs):
     assert (out.double() - ref_out).abs().max() <= 1e-5
     for g, r in zip(grads, ref):
         assert (g.double() - r).abs().max() <= 1e-5 * r.abs().max().clamp(min=1)
+    # This grad_value (accumulated in place, on zero pages from calloc) is
+    # an ordinary tensor: aligned, writable, resizable, shareable.
+    grad_value = grads[0]
+    assert grad_value.is_contiguous() and grad_value.data_ptr() % 64 == 0
+    expected = grad_value * 2 + 1
+    grad_value.mul_(2).add_(1)
+    assert torch.equal(grad_value, expected)
+    grad_value.resize_(2 * grad_value.numel())
+    assert torch.equal(grad_value[:expected.numel()], expected.flatten())
+    grad_value.share_memory_()
+    assert torch.equal(grad_value[:expected.numel()], expected.flatten())
 
 
 @pytest.mark.parametrize('channels,fast', [(4, False), (30, True), (32, True),
@@ -383,6 +395,70 @@ def test_backward_is_deterministic(inputs):
     first = _grads(ms_deform_attn, *args, grad_out)[1]
     second = _grads(ms_deform_attn, *args, grad_out)[1]
     assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+# How the backward accumulates grad_value at 2 threads, by (batch, head)
+# pairs and corner rows written per row of a head (Plan in
+# csrc/cpu/planning.h): (N, M, Lq, shapes), P = 2.
+BACKWARD_PLANS = {
+    # 16 pairs, rows written rarely (0.6 per row): in place in grad_value
+    'in-place': (4, 4, 3, ((8, 8), (4, 4))),
+    # 16 pairs, rows written often (48 per row): a per-thread slab
+    'slab': (4, 4, 48, ((4, 3), (2, 2))),
+    # 2 pairs, one per thread: in place, no query chunks
+    'in-place-few-heads': (1, 2, 3, ((8, 8), (4, 4))),
+    # 1 pair for 2 threads: query chunks, a slab each, summed at the end
+    'query-chunks': (1, 1, 24, ((8, 8), (4, 4))),
+}
+
+
+def _backward_at(inputs, threads, plan, dtype):
+    N, M, Lq, shapes = BACKWARD_PLANS[plan]
+    args = inputs(N=N, Lq=Lq, M=M, D=16, shapes=shapes, P=2,
+                       dtype=dtype, loc_range=(-0.05, 1.05))
+    grad_out = torch.rand(N, Lq, M * 16, dtype=torch.float64,
+                          generator=torch.Generator().manual_seed(1))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return args, grad_out, _grads(ms_deform_attn, *args, grad_out)
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize('dtype,tol', [(torch.float64, 1e-12),
+                                       (torch.float32, 1e-5)])
+@pytest.mark.parametrize('plan', list(BACKWARD_PLANS))
+def test_backward_plans_match_reference(inputs, plan, dtype, tol):
+    args, grad_out, (out, grads) = _backward_at(inputs, 2, plan, dtype)
+    ref_out, ref = _grads(_reference64, *args, grad_out)
+    assert (out.double() - ref_out).abs().max() <= tol
+    for g, r in zip(grads, ref):
+        assert (g.double() - r).abs().max() <= tol * r.abs().max().clamp(min=1)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+@pytest.mark.parametrize('plan', ['in-place', 'slab', 'in-place-few-heads'])
+def test_backward_is_bit_identical_across_thread_counts(inputs, plan, dtype):
+    """Each grad_value element is summed by the one task that owns its
+    (batch, head), in query order, in place or through a slab alike: the
+    thread count changes no bit."""
+    _, _, (out1, grads1) = _backward_at(inputs, 1, plan, dtype)
+    _, _, (out2, grads2) = _backward_at(inputs, 2, plan, dtype)
+    assert torch.equal(out1, out2)
+    for name, a, b in zip(('value', 'locations', 'weights'), grads1, grads2):
+        assert torch.equal(a, b), name
+
+
+def test_query_chunks_change_only_the_rounding_of_grad_value(inputs):
+    """With query chunks (fewer (batch, head) pairs than threads), their
+    grad_value slabs are summed at the end, so grad_value is rounded
+    differently from 1 thread's; the other gradients are per query."""
+    _, _, (_, grads1) = _backward_at(inputs, 1, 'query-chunks', torch.float32)
+    _, _, (_, grads2) = _backward_at(inputs, 2, 'query-chunks', torch.float32)
+    torch.testing.assert_close(grads1[0], grads2[0], rtol=1e-6, atol=1e-7)
+    assert torch.equal(grads1[1], grads2[1])
+    assert torch.equal(grads1[2], grads2[2])
 
 
 def test_shape_errors_name_the_numbers(inputs):

@@ -54,10 +54,14 @@ MSDA_HOST_DEVICE bool bilinear_coefficients(acc_t loc_x, acc_t loc_y,
   b.valid[1] = in_y0 && in_x1;
   b.valid[2] = in_y1 && in_x0;
   b.valid[3] = in_y1 && in_x1;
-  b.offset[0] = y0 * W + x0;
-  b.offset[1] = b.offset[0] + 1;
-  b.offset[2] = b.offset[0] + W;
-  b.offset[3] = b.offset[2] + 1;
+  // Offsets of the corners inside the map only: y0 * W + x0 + W of a
+  // corner below the last row is H * W + x0, past 2^31 - 1 (signed
+  // overflow) when H * W is close to it, which level_size_ok allows.
+  const int32_t row0 = y0 * W;  // -1 <= y0 <= H - 1: within int32
+  b.offset[0] = b.valid[0] ? row0 + x0 : 0;
+  b.offset[1] = b.valid[1] ? row0 + x0 + 1 : 0;
+  b.offset[2] = b.valid[2] ? row0 + W + x0 : 0;
+  b.offset[3] = b.valid[3] ? row0 + W + x0 + 1 : 0;
   b.w[0] = hy * hx;
   b.w[1] = hy * lx;
   b.w[2] = ly * hx;
@@ -74,7 +78,6 @@ MSDA_HOST_DEVICE bool bilinear_coefficients(acc_t loc_x, acc_t loc_y,
   for (int c = 0; c < 4; ++c) {
     if (!b.valid[c]) {
       b.w[c] = b.dwdx[c] = b.dwdy[c] = acc_t(0);
-      b.offset[c] = 0;
     }
   }
   return true;

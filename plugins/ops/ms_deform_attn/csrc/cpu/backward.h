@@ -1,5 +1,6 @@
 // Backward of the CPU kernel: the gradients of one head for a range of
-// queries (backward_queries), through a PointGrads per point, and the
+// queries (backward_queries), through a PointGrads per point, the zeroing
+// of a head's grad_value rows accumulated in place (zero_rows) and the
 // write-out of a head's grad_value slab (store_head).
 //
 // Included only by ms_deform_attn_cpu.cpp (one translation unit):
@@ -47,7 +48,7 @@ MSDA_INLINE void corner_grads(const Point<acc_t>& pt, const acc_t* dot,
 template <typename src_t, typename acc_t>
 MSDA_INLINE void backward_point_inside(const Point<acc_t>& pt,
                                        const src_t* level, int64_t stride,
-                                       acc_t* gv_level,
+                                       acc_t* gv_level, int64_t gstride,
                                        const acc_t* __restrict__ go, int64_t D,
                                        acc_t* g) {
   // level / gv_level: the head's rows; offsets are positions in S.
@@ -55,10 +56,10 @@ MSDA_INLINE void backward_point_inside(const Point<acc_t>& pt,
   const src_t* __restrict__ r1 = level + pt.b.offset[1] * stride;
   const src_t* __restrict__ r2 = level + pt.b.offset[2] * stride;
   const src_t* __restrict__ r3 = level + pt.b.offset[3] * stride;
-  acc_t* __restrict__ g0 = gv_level + pt.b.offset[0] * D;
-  acc_t* __restrict__ g1 = gv_level + pt.b.offset[1] * D;
-  acc_t* __restrict__ g2 = gv_level + pt.b.offset[2] * D;
-  acc_t* __restrict__ g3 = gv_level + pt.b.offset[3] * D;
+  acc_t* __restrict__ g0 = gv_level + pt.b.offset[0] * gstride;
+  acc_t* __restrict__ g1 = gv_level + pt.b.offset[1] * gstride;
+  acc_t* __restrict__ g2 = gv_level + pt.b.offset[2] * gstride;
+  acc_t* __restrict__ g3 = gv_level + pt.b.offset[3] * gstride;
   // Coefficients in locals: the compiler cannot prove the grad stores
   // leave `pt` unchanged and would reload them every channel.
   const acc_t w0 = pt.b.w[0], w1 = pt.b.w[1], w2 = pt.b.w[2], w3 = pt.b.w[3];
@@ -147,14 +148,14 @@ MSDA_INLINE void backward_point_inside(const Point<acc_t>& pt,
 template <typename src_t, typename acc_t>
 MSDA_INLINE void backward_point_border(const Point<acc_t>& pt,
                                        const src_t* level, int64_t stride,
-                                       acc_t* gv_level,
+                                       acc_t* gv_level, int64_t gstride,
                                        const acc_t* __restrict__ go, int64_t D,
                                        acc_t* g) {
   g[0] = g[1] = g[2] = acc_t(0);
   for (int c = 0; c < 4; ++c) {
     if (!pt.b.valid[c]) continue;
     const src_t* __restrict__ r = level + pt.b.offset[c] * stride;
-    acc_t* __restrict__ gr = gv_level + pt.b.offset[c] * D;
+    acc_t* __restrict__ gr = gv_level + pt.b.offset[c] * gstride;
     const acc_t k = pt.a * pt.b.w[c];
     acc_t part[kLanes] = {};
     int64_t d = 0;
@@ -188,11 +189,13 @@ struct PointGrads {
     for (int64_t d = 0; d < D; ++d) go[d] = static_cast<acc_t>(row[d]);
   }
   MSDA_INLINE void add(const Point<acc_t>& pt, const Head<src_t>& head,
-                       acc_t* gv, acc_t* g) const {
+                       const GradRows<acc_t>& gv, acc_t* g) const {
     if (pt.state == kInside) {
-      backward_point_inside(pt, head.rows, head.stride, gv, go, D, g);
+      backward_point_inside(pt, head.rows, head.stride, gv.rows, gv.stride,
+                            go, D, g);
     } else {
-      backward_point_border(pt, head.rows, head.stride, gv, go, D, g);
+      backward_point_border(pt, head.rows, head.stride, gv.rows, gv.stride,
+                            go, D, g);
     }
   }
 };
@@ -209,18 +212,18 @@ struct PointGrads<NV, acc_t, acc_t> : VectorRow<NV, acc_t> {
   // As backward_point_inside / backward_point_border: <go, v_c> per
   // corner, a * w_c * go into grad row c; (d/da, d/dx, d/dy) into g.
   MSDA_INLINE void add(const Point<acc_t>& pt, const Head<acc_t>& head,
-                       acc_t* gv, acc_t* g) const {
-    const int64_t stride = head.stride;
+                       const GradRows<acc_t>& gv, acc_t* g) const {
+    const int64_t stride = head.stride, gstride = gv.stride;
     const int64_t D = NV * V::kLanes;
     if (pt.state == kInside) {
       const acc_t* r0 = head.rows + pt.b.offset[0] * stride;
       const acc_t* r1 = head.rows + pt.b.offset[1] * stride;
       const acc_t* r2 = head.rows + pt.b.offset[2] * stride;
       const acc_t* r3 = head.rows + pt.b.offset[3] * stride;
-      acc_t* g0 = gv + pt.b.offset[0] * D;
-      acc_t* g1 = gv + pt.b.offset[1] * D;
-      acc_t* g2 = gv + pt.b.offset[2] * D;
-      acc_t* g3 = gv + pt.b.offset[3] * D;
+      acc_t* g0 = gv.rows + pt.b.offset[0] * gstride;
+      acc_t* g1 = gv.rows + pt.b.offset[1] * gstride;
+      acc_t* g2 = gv.rows + pt.b.offset[2] * gstride;
+      acc_t* g3 = gv.rows + pt.b.offset[3] * gstride;
       const acc_t k0 = pt.a * pt.b.w[0], k1 = pt.a * pt.b.w[1],
                   k2 = pt.a * pt.b.w[2], k3 = pt.a * pt.b.w[3];
       typename V::vec s0 = V::zero(), s1 = V::zero(), s2 = V::zero(),
@@ -245,7 +248,7 @@ struct PointGrads<NV, acc_t, acc_t> : VectorRow<NV, acc_t> {
     for (int c = 0; c < 4; ++c) {
       if (!pt.b.valid[c]) continue;
       const acc_t* r = head.rows + pt.b.offset[c] * stride;
-      acc_t* gr = gv + pt.b.offset[c] * D;
+      acc_t* gr = gv.rows + pt.b.offset[c] * gstride;
       const acc_t k = pt.a * pt.b.w[c];
       typename V::vec sv = V::zero();
       for (int j = 0; j < NV; ++j) {
@@ -259,14 +262,16 @@ struct PointGrads<NV, acc_t, acc_t> : VectorRow<NV, acc_t> {
 };
 
 // All gradients of head m of batch n for queries [q_begin, q_end); the
-// grad_value rows of this head accumulate in the (S, D) slab gv.  Points
+// grad_value rows of this head accumulate in gv (an (S, D) slab, or the
+// head's rows of grad_value itself, whose rows are then prefetched for the
+// next query like the value rows read in place).  Points
 // go through a PointGrads<NV> (scratch: D values for its generic form);
 // buf: points of 2 queries.
 template <int NV, typename scalar_t, typename src_t, typename acc_t>
 MSDA_CPU_CLONES void backward_queries(
     const Problem<scalar_t>& pb, const Head<src_t>* heads,
     const scalar_t* grad_output, int64_t n, int64_t m, int64_t q_begin,
-    int64_t q_end, acc_t* gv, acc_t* grad_locations,
+    int64_t q_end, const GradRows<acc_t>& gv, acc_t* grad_locations,
     acc_t* grad_weights, acc_t* __restrict__ scratch,
     PointsBuffer<acc_t>& buf) {
   const Sizes& s = pb.s;
@@ -285,7 +290,12 @@ MSDA_CPU_CLONES void backward_queries(
         acc_t* gloc = grad_locations + i * LP * 2;
         acc_t* gattn = grad_weights + i * LP;
         for (int64_t j = 0; j < LP; ++j) {
-          if (has_next) prefetch_point(pb, next, j, heads[j], D);
+          if (has_next) {
+            prefetch_point(pb, next, j, heads[j], D);
+            if (gv.prefetch) {
+              prefetch_corners<true>(pb, next, j, gv.rows, gv.stride, D);
+            }
+          }
           acc_t g[3] = {0, 0, 0};
           acc_t a = 0;
           int32_t W = 0, H = 0;
@@ -302,6 +312,21 @@ MSDA_CPU_CLONES void backward_queries(
           gloc[2 * j + 1] = a * g[2] * static_cast<acc_t>(H);
         }
       });
+}
+
+// Zeroes `count` rows of D channels, `stride` apart: the grad_value rows of
+// one head before the backward accumulates into them in place.
+template <typename acc_t>
+MSDA_CPU_CLONES void zero_rows(acc_t* __restrict__ rows, int64_t count,
+                               int64_t D, int64_t stride) {
+  for (int64_t r = 0; r < count; ++r, rows += stride) {
+    int64_t d = 0;
+    if constexpr (Simd<acc_t>::kSimd) {
+      using V = Simd<acc_t>;
+      for (; d + V::kLanes <= D; d += V::kLanes) V::store(rows + d, V::zero());
+    }
+    for (; d < D; ++d) rows[d] = acc_t(0);
+  }
 }
 
 // Writes the (S, D) float slab of head m of batch n into grad_value and

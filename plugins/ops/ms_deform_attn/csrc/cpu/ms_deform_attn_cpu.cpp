@@ -18,11 +18,15 @@
 // shapes) the rows are read in place and the next query's rows are
 // prefetched, except those of the small levels that are still read several
 // times per row: they are copied out first (HeadViews).  Backward
-// accumulates grad_value of its head in a per-thread float slab (cache
-// resident, no atomics, deterministic, float32 accumulation for
-// half/bfloat16) and writes it out once, so grad_value is never zero-filled
-// nor read back.  Queries are split into chunks only when
-// batch * heads cannot keep every thread busy; backward chunks then
+// accumulates grad_value of its head without atomics: in place in
+// grad_value (float32/64 values whose rows are written rarely, see Plan;
+// grad_value then starts zeroed: fresh pages from calloc, or zeroed by the
+// task) or in a per-thread float slab (cache resident, float32
+// accumulation for half/bfloat16) written out once.  Either way each
+// grad_value element is summed by one task in query order, so the result
+// is deterministic and the same in place or through a slab.  Queries are
+// split into chunks only when batch * heads cannot keep every thread busy
+// (and the backward cannot work in place); backward chunks then
 // accumulate into separate slabs that are summed at the end (at most
 // kChunkSlabBytes of them, or 4 times grad_value, whatever the thread
 // count).  Locations and weights are read as acc_t (float32 ones with a
@@ -40,12 +44,16 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
 #include <ATen/ops/zeros.h>
+#include <c10/core/CPUAllocator.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
 #include <tuple>
+#include <utility>
 #include <type_traits>
 #include <vector>
 #if defined(__linux__)
@@ -64,15 +72,37 @@
 namespace plugins::msda {
 namespace {
 
+// Marks the whole 2 MiB pages inside [data, data + bytes) for transparent
+// huge pages, before anything touches them (where the system leaves THP to
+// madvise, the common default; ignored where THP is off or absent): one
+// page fault per 2 MiB instead of 512.  At the projector shape (a 45 MB
+// grad_value on fresh pages each call) the 4 KiB faults took about half of
+// the backward's CPU time.  Only whole pages inside the range: the memory
+// around it is not ours to change.  They go with the output's memory.
+void advise_huge_pages(char* data, int64_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
+  const uintptr_t first = reinterpret_cast<uintptr_t>(data);
+  const uintptr_t begin = (first + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t end = (first + static_cast<uintptr_t>(bytes)) & ~(kHuge - 1);
+  if (end > begin) {
+    madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+  }
+#else
+  (void)data;
+  (void)bytes;
+#endif
+}
+
 // Maps the pages of a freshly allocated output before the tasks write it.
 // Every task writes its head's D channels at every position, i.e. into
 // every page, so on the fresh pages of a large output (which comes
 // straight from mmap) all threads would fault on each page, contending in
 // the kernel.  Here each thread maps its own range once instead, in one
-// madvise(MADV_POPULATE_WRITE) call.  Reused heap memory is mapped
-// already; populating it again only costs, so a few sampled pages decide.
-// Without MADV_POPULATE_WRITE (not Linux, or a kernel before 5.14) the
-// pages fault as they are written.
+// madvise(MADV_POPULATE_WRITE) call, huge pages where it can.  Reused heap
+// memory is mapped already; populating it again only costs, so a few
+// sampled pages decide.  Without MADV_POPULATE_WRITE (not Linux, or a
+// kernel before 5.14) the pages fault as they are written.
 void map_pages(const at::Tensor& fresh) {
 #if defined(__linux__) && defined(MADV_POPULATE_WRITE)
   constexpr int64_t kSamples = 8;
@@ -91,6 +121,7 @@ void map_pages(const at::Tensor& fresh) {
     all_mapped = mincore(page, kPage, &resident) == 0 && (resident & 1);
   }
   if (all_mapped) return;
+  advise_huge_pages(data, bytes);
   const int64_t pages = bytes / kPage;
   at::parallel_for(0, pages, 64, [&](int64_t p0, int64_t p1) {
     // From the start of the page (which may hold other memory too:
@@ -102,6 +133,47 @@ void map_pages(const at::Tensor& fresh) {
 #else
   (void)fresh;
 #endif
+}
+
+// Outputs from this size on come straight from the kernel's fresh (zero)
+// pages: glibc's malloc maps them with mmap whatever its dynamic threshold
+// (which never exceeds 32 MiB on 64-bit).
+constexpr int64_t kFreshPagesBytes = int64_t{32} << 20;
+
+// A zero-filled (N, S, M, D) grad_value for the in-place backward.  Large
+// ones come from calloc, which (glibc) hands out fresh mmap pages without
+// writing them (the kernel zeroes each page at its first touch, in huge
+// pages here), so that grad_value is written once, by the tasks, instead
+// of zero-filled first: at the projector shape this made forward+backward
+// about 20 % faster.  With any other allocator calloc still returns zeros
+// (at worst it zero-fills them itself).  The block bypasses torch's
+// allocator (its profiler does not see it).  Smaller ones come from
+// torch's allocator (often reused heap memory) and are zeroed by the
+// tasks (zeroed = false).
+std::pair<at::Tensor, bool> zeroed_grad_value(
+    const Sizes& s, const at::TensorOptions& options) {
+  const int64_t bytes = s.N * s.S * s.M * s.D *
+                        static_cast<int64_t>(options.dtype().itemsize());
+  if (bytes < kFreshPagesBytes) {
+    auto grad_value = at::empty({s.N, s.S, s.M, s.D}, options);
+    map_pages(grad_value);
+    return {grad_value, false};
+  }
+  // 64 bytes more, to start grad_value at a cache line as torch would.
+  void* base = std::calloc(static_cast<size_t>(bytes) + 64, 1);
+  TORCH_CHECK(base, "ms_deform_attn_backward: cannot allocate grad_value (",
+              bytes, " bytes)");
+  char* data = reinterpret_cast<char*>(
+      (reinterpret_cast<uintptr_t>(base) + 63) & ~uintptr_t{63});
+  advise_huge_pages(data, bytes);
+  // Resizable through torch's allocator, like any CPU tensor.
+  return {at::for_blob(data, {s.N, s.S, s.M, s.D})
+              .deleter([base](void*) { std::free(base); })
+              .options(options)
+              .allocator(c10::GetCPUAllocator())
+              .resizeable_storage()
+              .make_tensor(),
+          true};
 }
 
 // Runs worker(next_task) once on each intra-op thread; next_task() hands
@@ -192,15 +264,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
         at::zeros({s.N, s.Lq, s.M, s.L, s.P}, coord_options));
   }
   const auto acc_type = at::toOpMathType(value.scalar_type());
-  // Every element of these is written by the kernel.
-  auto grad_value = at::empty({s.N, s.S, s.M, s.D}, options);
-  map_pages(grad_value);
+  // grad_value can accumulate in place where it is in acc_t already.
+  const Plan plan(s, /*forward=*/false,
+                  /*grad_in_place=*/acc_type == value.scalar_type());
+  // In place, grad_value starts zeroed (by calloc, or by each task for its
+  // head's rows); otherwise every element of it is written by the kernel,
+  // as are all of the other two.
+  at::Tensor grad_value;
+  bool zeroed = false;
+  if (plan.direct) {
+    std::tie(grad_value, zeroed) = zeroed_grad_value(s, options);
+  } else {
+    grad_value = at::empty({s.N, s.S, s.M, s.D}, options);
+    map_pages(grad_value);
+  }
   auto grad_locations =
       at::empty({s.N, s.Lq, s.M, s.L, s.P, 2}, options.dtype(acc_type));
   auto grad_weights =
       at::empty({s.N, s.Lq, s.M, s.L, s.P}, options.dtype(acc_type));
   const Levels lv(spatial_shapes, level_start_index, s);
-  const Plan plan(s, /*forward=*/false);
   // With query chunks, each chunk's slab lives in this buffer until the
   // chunks are summed; otherwise the slabs are per-thread scratch.
   at::Tensor chunk_slabs;
@@ -223,18 +305,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
         scalar_t* gvalue = grad_value.mutable_data_ptr<scalar_t>();
         acc_t* chunk_p = plan.chunks > 1 ? chunk_slabs.mutable_data_ptr<acc_t>()
                                          : nullptr;
+        constexpr bool in_place_ok = std::is_same_v<scalar_t, acc_t>;
+        const bool direct = in_place_ok && plan.direct;
         run_tasks(s.N * s.M * plan.chunks, [&](auto next_task) {
           std::vector<acc_t> scratch(s.D);
           PointsBuffer<acc_t> pts(s.L * s.P, 2);
           TaskValues<scalar_t, acc_t> values(pb, plan);
           // Zero once; store_head leaves it zeroed after each head.
-          std::vector<acc_t> grad_slab(plan.chunks > 1 ? 0 : s.S * s.D);
+          std::vector<acc_t> grad_slab(plan.chunks > 1 || direct ? 0
+                                                                 : s.S * s.D);
           for (int64_t task; (task = next_task()) >= 0;) {
             const int64_t nm = task / plan.chunks, chunk = task % plan.chunks;
             const int64_t n = nm / s.M, m = nm % s.M;
             const int64_t q0 = chunk * plan.per_chunk;
             const int64_t q1 = std::min(s.Lq, q0 + plan.per_chunk);
-            acc_t* gv = chunk_p ? chunk_p + task * s.S * s.D : grad_slab.data();
+            // Slabs (the chunk's or this thread's) are contiguous and
+            // cache resident; grad_value's rows of a head are M * D apart.
+            GradRows<acc_t> gv{
+                chunk_p ? chunk_p + task * s.S * s.D : grad_slab.data(), s.D,
+                /*prefetch=*/false};
+            if constexpr (in_place_ok) {
+              if (direct) {
+                gv = {gvalue + n * s.S * s.M * s.D + m * s.D, s.M * s.D,
+                      /*prefetch=*/true};
+                if (!zeroed) zero_rows(gv.rows, s.S, s.D, gv.stride);
+              }
+            }
             values.with_head(n, m, [&](const auto* views) {
               using src_t = typename std::remove_pointer_t<
                   decltype(views)>::value_type;
@@ -243,7 +339,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
                                        gattn, scratch.data(), pts);
               });
             });
-            if (!chunk_p) store_head(gv, s, n, m, gvalue);
+            if (!chunk_p && !direct) store_head(gv.rows, s, n, m, gvalue);
           }
         });
       });

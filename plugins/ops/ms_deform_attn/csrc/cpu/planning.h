@@ -26,19 +26,48 @@ namespace {
 // memory does not grow with the thread count.
 constexpr int64_t kChunkSlabBytes = int64_t{64} << 20;
 
+// A backward task accumulates its head's grad_value rows in a contiguous
+// per-thread slab (cache resident, written out once) when it writes at
+// least this many corner rows per row of the head, and in place in
+// grad_value otherwise (zeroed first: a slab costs a zeroing, a read and a
+// write of every row, paid back only by rows written often).  With 16
+// (batch, head) tasks on 2 threads: the decoder shape (3.5 writes per row)
+// is faster with the slab; the projector shape (0.75) was as fast in place
+// with the tasks zeroing their rows, and faster on calloc's zero pages
+// (see zeroed_grad_value), without the per-thread slab of S * D floats.
+constexpr int64_t kSlabWritesPerRow = 2;
+// ... and with fewer (batch, head) pairs than 4 per thread, where the
+// alternative is query chunks, each with a slab to zero and to sum at the
+// end: 2 to 6 pairs on 2 threads ran 2-5x faster in place at 0.75 and 3.5
+// writes per row; the encoder shape (64 per row) was 10 % faster chunked.
+constexpr int64_t kChunkWritesPerRow = 8;
+
 // How a call is split over threads.
 struct Plan {
   int64_t chunks;     // query chunks per (batch, head)
   int64_t per_chunk;  // queries per chunk
   bool slab;          // copy each head's values into a contiguous slab
+  bool direct;        // backward: accumulate into grad_value in place
 
-  Plan(const Sizes& s, bool forward) {
-    const int64_t threads = at::get_num_threads();
+  // grad_in_place: grad_value has the accumulation type (float32/64).
+  Plan(const Sizes& s, bool forward, bool grad_in_place = false) {
+    const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
     const int64_t heads = s.N * s.M;
     chunks = heads >= 4 * threads
                  ? 1
                  : std::min<int64_t>(std::max<int64_t>(s.Lq, 1),
                                      (4 * threads + heads - 1) / heads);
+    // In place, a task owns a whole (batch, head) (no two write the same
+    // grad_value element): no query chunks, so the heads must spread
+    // evenly enough (the busiest thread at most 1.25x the mean, as with
+    // 4 or more heads per thread).
+    const int64_t per_thread = (heads + threads - 1) / threads;
+    const bool balanced = 5 * heads >= 4 * threads * per_thread;
+    const int64_t writes = s.Lq * s.L * s.P * 4;  // corner rows per head
+    direct = !forward && grad_in_place && balanced &&
+             writes < (chunks == 1 ? kSlabWritesPerRow : kChunkWritesPerRow) *
+                          s.S;
+    if (direct) chunks = 1;
     if (!forward && chunks > 1) {
       // Backward chunks cost one slab of S * D floats per (batch, head)
       // each (and every thread working on them one head copy, at most as
@@ -116,6 +145,15 @@ struct Head {
   const src_t* rows;
   int64_t stride;
   bool prefetch;  // rows read in place (not from a cache-resident copy)
+};
+
+// Where the backward accumulates grad_value of the head it works on: rows
+// of D channels, `stride` apart (a per-thread slab, or grad_value itself).
+template <typename acc_t>
+struct GradRows {
+  acc_t* rows;
+  int64_t stride;
+  bool prefetch;  // rows in grad_value (not in a cache-resident slab)
 };
 
 }  // namespace

@@ -147,25 +147,36 @@ MSDA_INLINE Point<acc_t> expand_point(const Problem<scalar_t>& pb,
 // latency; prefetching a whole query at once would overflow the miss
 // queues).  Prefetches go to L2, not L1: rows of one head are M * D apart,
 // so they compete for a few L1 sets and would evict each other before use.
-template <typename scalar_t, typename src_t, typename acc_t>
-MSDA_INLINE void prefetch_point(const Problem<scalar_t>& pb,
-                                const Points<acc_t>& pts, int64_t j,
-                                const Head<src_t>& head, int64_t D) {
+// kWrite: the rows will be written (grad_value rows accumulated in place).
+template <bool kWrite, typename scalar_t, typename T, typename acc_t>
+MSDA_INLINE void prefetch_corners(const Problem<scalar_t>& pb,
+                                  const Points<acc_t>& pts, int64_t j,
+                                  const T* rows, int64_t stride, int64_t D) {
   const int32_t state = pts.state[j];
-  if (state == kOutside || !head.prefetch) return;
+  if (state == kOutside) return;
   const int32_t W = pb.W[j], H = pb.H[j];
   const int32_t x0 = pts.x0[j], y0 = pts.y0[j], base = pts.base[j];
   const int32_t offset[4] = {base, base + 1, base + W, base + W + 1};
   const bool valid[4] = {y0 >= 0 && x0 >= 0, y0 >= 0 && x0 + 1 < W,
                          y0 + 1 < H && x0 >= 0, y0 + 1 < H && x0 + 1 < W};
-  const int64_t bytes = D * static_cast<int64_t>(sizeof(src_t));
+  const int64_t bytes = D * static_cast<int64_t>(sizeof(T));
   for (int c = 0; c < 4; ++c) {
     if (state == kBorder && !valid[c]) continue;
     const char* row = reinterpret_cast<const char*>(
-        head.rows + static_cast<int64_t>(offset[c]) * head.stride);
+        rows + static_cast<int64_t>(offset[c]) * stride);
     for (int64_t off = 0; off < bytes; off += 64) {
-      __builtin_prefetch(row + off, 0, 2);
+      __builtin_prefetch(row + off, kWrite ? 1 : 0, 2);
     }
+  }
+}
+
+// The value rows of point j of a query, where the head reads them in place.
+template <typename scalar_t, typename src_t, typename acc_t>
+MSDA_INLINE void prefetch_point(const Problem<scalar_t>& pb,
+                                const Points<acc_t>& pts, int64_t j,
+                                const Head<src_t>& head, int64_t D) {
+  if (head.prefetch) {
+    prefetch_corners<false>(pb, pts, j, head.rows, head.stride, D);
   }
 }
 

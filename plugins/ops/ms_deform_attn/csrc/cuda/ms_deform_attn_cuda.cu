@@ -1,11 +1,12 @@
 // CUDA kernels of multi-scale deformable attention.
 //
 // One thread handles C consecutive channels of one (batch, query, head)
-// (C * sizeof(scalar_t) = 16 bytes when D allows: one vector load per
-// corner), so the G = D / C threads of a (batch, query, head) share its
-// locations and bilinear coefficients through the L1 cache instead of each
-// thread recomputing them for a single channel.  Accumulation is in float
-// (double for double inputs).
+// (C * sizeof(scalar_t) = 16 bytes when D and the pointers' alignment
+// allow: one vector load per corner).  Each of the G = D / C threads of a
+// (batch, query, head) loads its locations and recomputes the bilinear
+// coefficients itself (the loads hit the same cache lines); packing C
+// channels divides that work by C.  Accumulation is in float (double for
+// double inputs).
 //
 // Backward: grad_value is scattered with atomics into a float buffer
 // (FloatSink).  The per-point gradients of locations and weights are
@@ -15,7 +16,12 @@
 // goes through FixedSink instead: each contribution is rounded to a
 // multiple of 2^-k (k chosen on the device from bounds of the inputs, so
 // no sum can overflow) and added as a 64-bit integer, which is exact and
-// so independent of the order: bit-identical results, run after run.
+// so independent of the order: bit-identical results, run after run.  The
+// rounding error is about 2^-62 of the bound of each sum, i.e. some
+// 62 - log2(bound / |x|) bits for an element x (few for elements far below
+// the bound); one inf or NaN input makes every gradient NaN.  C follows D
+// alone in this mode (aligned_for_packs), so the float partial sums, and
+// the result, do not depend on where the tensors start.
 //
 // Mixed precision: locations and weights are coord_t, value's type or
 // float32 with a half/bfloat16 value.
@@ -23,9 +29,13 @@
 // Metadata: the levels are not checked on the host (that would need a
 // sync); each kernel skips a level that does not pass level_in_bounds
 // (levels.h: negative or oversized H/W, or not inside [0, S)) and sets
-// g_level_errors, which ms_deform_attn_cuda_level_errors reads.  With
+// g_level_errors.  After its kernels every call launches, on the same
+// stream, take_level_errors_kernel, which atomically reads and clears the
+// flag into a count in mapped host memory; the next call on the device
+// raises when the count grew (no sync), and ms_deform_attn_cuda_level_errors
+// does the same after syncing the current stream.  With
 // PLUGINS_MSDA_CHECK_LEVELS=1 the CPU checks run on a host copy of the
-// metadata before every launch (syncs; for debugging).
+// metadata before every launch (syncs; raises at the bad call).
 //
 // Block size 256 with __launch_bounds__, so the kernels launch on every
 // architecture (no 1024-thread blocks); any batch size, no im2col step.
@@ -49,16 +59,27 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <mutex>
 #include <type_traits>
+#include <unordered_map>
 #include <vector>
 
 #include "../bilinear.h"
 #include "../levels.h"
 #include "../ms_deform_attn.h"
 #include "ms_deform_attn_cuda.h"
+
+// Launches are written MSDA_LAUNCH(kernel, blocks, threads, stream)(args):
+// the CPU emulation (../cuda_emu/cuda_emu.h, which defines the macro first)
+// compiles this same file with g++, which has no <<< >>> syntax.
+#ifndef MSDA_LAUNCH
+#define MSDA_LAUNCH(kernel, blocks, threads, stream) \
+  kernel<<<blocks, threads, 0, stream>>>
+#endif
 
 namespace plugins::msda {
 namespace {
@@ -67,6 +88,18 @@ constexpr int kThreads = 256;
 
 // Set (bit 0) by any kernel that skipped a level failing level_in_bounds.
 __device__ unsigned int g_level_errors = 0;
+// How many times take_level_errors_kernel found g_level_errors set.
+__device__ unsigned int g_level_error_count = 0;
+
+// Moves the flag into a count in pinned host memory mapped into the device:
+// one atomic read-and-clear, ordered on the stream it is launched on (after
+// the op's kernels there).  The count only grows (atomicMax), so the host
+// reads it without a sync and never sees it go back.
+__global__ void take_level_errors_kernel(unsigned int* host_count) {
+  if (atomicExch(&g_level_errors, 0u) != 0u) {
+    atomicMax_system(host_count, atomicAdd(&g_level_error_count, 1u) + 1u);
+  }
+}
 
 __device__ __forceinline__ bool level_ok(int64_t H, int64_t W, int64_t start,
                                          int64_t S) {
@@ -399,12 +432,85 @@ at::Tensor fixed_point_scales(const at::Tensor& go, const at::Tensor& v,
   return scales.masked_fill_(at::logical_not(at::isfinite(bounds)), NAN);
 }
 
+// The channels per thread (channels_per_thread) change the float partial
+// sums that FixedSink rounds, so in deterministic mode they must follow D
+// alone, not where the tensors happen to start: a contiguous `t` that
+// could take 16-byte packs but is misaligned is copied to a fresh (aligned)
+// allocation.  Same values, whatever the layout -> bit-identical gradients.
+at::Tensor aligned_for_packs(const at::Tensor& t, int64_t D) {
+  const int64_t size = t.element_size();
+  const int64_t wide = size >= 16 ? 1 : 16 / size;
+  const auto address = reinterpret_cast<uintptr_t>(t.const_data_ptr());
+  if (D % wide != 0 || address % (wide * size) == 0) return t;
+  return t.clone(at::MemoryFormat::Contiguous);
+}
+
+// Per device: the count take_level_errors_kernel writes and how much of it
+// the host has reported.  The host buffer is allocated at a device's first
+// call (so a CUDA-graph capture needs one eager call first, as cuBLAS does).
+struct LevelErrors {
+  unsigned int* host = nullptr;    // pinned, written by the device
+  unsigned int* device = nullptr;  // the same memory, the device's address
+  unsigned int reported = 0;
+};
+std::mutex g_level_errors_mutex;
+
+LevelErrors& level_errors_of(int device) {  // holding g_level_errors_mutex
+  static std::unordered_map<int, LevelErrors> all;
+  LevelErrors& e = all[device];
+  if (e.host == nullptr) {
+    void* p = nullptr;
+    C10_CUDA_CHECK(cudaHostAlloc(&p, sizeof(unsigned int), cudaHostAllocMapped));
+    e.host = static_cast<unsigned int*>(p);
+    *e.host = 0;
+    C10_CUDA_CHECK(cudaHostGetDevicePointer(&e.device, e.host, 0));
+  }
+  return e;
+}
+
+// Whether the device counted skipped levels the host has not reported yet
+// (marks them reported).  Reads host memory: no sync.
+bool unreported_level_errors(int device) {
+  std::lock_guard<std::mutex> lock(g_level_errors_mutex);
+  LevelErrors& e = level_errors_of(device);
+  const unsigned int count = std::atomic_ref<unsigned int>(*e.host).load();
+  if (count == e.reported) return false;
+  e.reported = count;
+  return true;
+}
+
+// At the start of every call: a bad level of an earlier call on this
+// device (its take kernel has run by now, or it is reported at a later
+// call) raises here, without a host sync per call.
+void raise_earlier_level_errors(const at::Device& device) {
+  TORCH_CHECK(!unreported_level_errors(device.index()),
+              "ms_deform_attn (", device,
+              "): an earlier call got spatial_shapes / level_start_index "
+              "that do not fit value (a level over 2^31 - 1 positions or not "
+              "inside [0, S)); its kernels skipped those levels (zero output "
+              "and gradients there).  The GPU checks levels without a host "
+              "sync, so this is reported at a later call; set "
+              "PLUGINS_MSDA_CHECK_LEVELS=1 to raise at the bad call itself, "
+              "with its numbers.");
+}
+
+// After an op's kernels, on their stream.
+void enqueue_take_level_errors(const at::Device& device, cudaStream_t stream) {
+  unsigned int* target = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(g_level_errors_mutex);
+    target = level_errors_of(device.index()).device;
+  }
+  MSDA_LAUNCH(take_level_errors_kernel, 1, 1, stream)(target);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 template <typename out_t>
 void from_fixed(const at::Tensor& fixed, const at::Tensor& scales, int which,
                 at::Tensor& out, cudaStream_t stream) {
   const int64_t n = out.numel();
   if (n == 0) return;
-  from_fixed_kernel<out_t><<<blocks_for(n), kThreads, 0, stream>>>(
+  MSDA_LAUNCH(from_fixed_kernel<out_t>, blocks_for(n), kThreads, stream)(
       reinterpret_cast<const unsigned long long*>(fixed.const_data_ptr<int64_t>()),
       scales.const_data_ptr<double>(), which, out.mutable_data_ptr<out_t>(), n);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -420,6 +526,7 @@ at::Tensor ms_deform_attn_forward_cuda(const at::Tensor& value,
   const Sizes s = check_inputs(value, spatial_shapes, level_start_index,
                                sampling_locations, attention_weights);
   const c10::cuda::CUDAGuard guard(value.device());
+  raise_earlier_level_errors(value.device());
   auto output = at::empty({s.N, s.Lq, s.M * s.D}, value.options());
   if (output.numel() == 0) return output;
   if (s.S == 0 || s.L == 0 || s.P == 0) return output.zero_();
@@ -444,7 +551,7 @@ at::Tensor ms_deform_attn_forward_cuda(const at::Tensor& value,
         with_coord_type<scalar_t>(loc.scalar_type(), [&](auto tag) {
           using coord_t = typename decltype(tag)::type;
           auto launch = [&](auto kernel) {
-            kernel<<<blocks, kThreads, 0, stream>>>(
+            MSDA_LAUNCH(kernel, blocks, kThreads, stream)(
                 v.const_data_ptr<scalar_t>(), shapes.const_data_ptr<int64_t>(),
                 starts.const_data_ptr<int64_t>(), loc.const_data_ptr<coord_t>(),
                 attn.const_data_ptr<coord_t>(),
@@ -458,6 +565,7 @@ at::Tensor ms_deform_attn_forward_cuda(const at::Tensor& value,
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         });
       });
+  enqueue_take_level_errors(value.device(), stream);
   return output;
 }
 
@@ -476,6 +584,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
               ", ", grad_output.device(), ") must match value (",
               value.scalar_type(), ", ", value.device(), ")");
   const c10::cuda::CUDAGuard guard(value.device());
+  raise_earlier_level_errors(value.device());
   // Deterministic sums (FixedSink) when deterministic algorithms are on.
   const bool deterministic = at::globalContext().deterministicAlgorithms();
   const auto value_type = value.scalar_type();
@@ -490,8 +599,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
   auto stream = c10::cuda::getCurrentCUDAStream();
   if (s.N * s.Lq * s.M * s.L * s.P > 0 && s.S * s.D > 0) {
     maybe_check_levels_on_host(spatial_shapes, level_start_index, s);
-    const auto go = grad_output.contiguous();
-    const auto v = value.contiguous();
+    auto go = grad_output.contiguous();
+    auto v = value.contiguous();
+    if (deterministic) {
+      go = aligned_for_packs(go, s.D);
+      v = aligned_for_packs(v, s.D);
+    }
     const auto shapes = spatial_shapes.contiguous();
     const auto starts = level_start_index.contiguous();
     const auto loc = sampling_locations.contiguous();
@@ -521,8 +634,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
             auto launch = [&](auto sink, auto wide, auto warp) {
               constexpr int kC = decltype(wide)::value ? kWide : 1;
               constexpr bool kWarp = decltype(warp)::value;
-              backward_kernel<scalar_t, coord_t, acc_t, kC, kWarp, decltype(sink)>
-                  <<<blocks, kThreads, 0, stream>>>(
+              auto* kernel =
+                  backward_kernel<scalar_t, coord_t, acc_t, kC, kWarp, decltype(sink)>;
+              MSDA_LAUNCH(kernel, blocks, kThreads, stream)(
                       go.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>(),
                       shapes.const_data_ptr<int64_t>(),
                       starts.const_data_ptr<int64_t>(),
@@ -558,6 +672,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
             }
           });
         });
+    enqueue_take_level_errors(value.device(), stream);
   }
   if (deterministic) {
     // Integer sums -> the inputs' dtypes (all zeros when nothing ran).
@@ -583,12 +698,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
 }
 
 int64_t take_level_errors(int64_t device) {
-  const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
-  unsigned int errors = 0;
-  const unsigned int zero = 0;
-  C10_CUDA_CHECK(cudaMemcpyFromSymbol(&errors, g_level_errors, sizeof(errors)));
-  C10_CUDA_CHECK(cudaMemcpyToSymbol(g_level_errors, &zero, sizeof(zero)));
-  return errors;
+  const auto index = static_cast<c10::DeviceIndex>(device);
+  const c10::cuda::CUDAGuard guard(index);
+  const auto stream = c10::cuda::getCurrentCUDAStream(index);
+  enqueue_take_level_errors(at::Device(at::kCUDA, index), stream);
+  C10_CUDA_CHECK(cudaStreamSynchronize(stream));
+  return unreported_level_errors(index) ? 1 : 0;
 }
 
 std::vector<int64_t> compiled_cuda_archs() {

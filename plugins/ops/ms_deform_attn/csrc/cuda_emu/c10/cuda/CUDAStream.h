@@ -1,0 +1,3 @@
+// Shadows <c10/cuda/CUDAStream.h> in the CPU emulation build: what the .cu needs
+// of it is defined in ../../cuda_emu.h (forced in with -include).
+#pragma once
