@@ -8,9 +8,9 @@ chosen with ``--tier`` (comma-separated, run in this order):
 * ``build``: compiles the op's CPU and CUDA kernels (in parallel) for the
   local GPU's architecture only;
 * ``tests``: ``tests/test_ops`` on the GPU (the CUDA tests included; the
-  CPU emulation of the CUDA kernels, marker ``cuda_emu``, is deselected:
-  the real GPU runs them), plus the mmdet drop-in's op test where mmdet,
-  mmcv and mmengine import;
+  CPU emulation of the CUDA kernels, markers ``cuda_emu`` and ``slow``
+  (its ASan/UBSan sweep), is deselected: the real GPU runs the kernels),
+  plus the mmdet drop-in's op test where mmdet, mmcv and mmengine import;
 * ``bench``: ``tools/benchmark_ms_deform_attn.py --device cuda`` (ours
   against mmcv and torch-ms-deform-attn where they can be had), the cost
   of the deterministic backward, and
@@ -232,7 +232,8 @@ def plan(tiers: List[str], out: str, arch: str, sdist: Optional[str],
         steps.append(Step('tests', 'tests/test_ops' + (
             ' + mmdet drop-in' if extra else ''),
             [py, '-m', 'pytest', 'tests/test_ops'] + extra +
-            ['-m', 'not cuda_emu', '-q', '-rs', '-p', 'no:cacheprovider',
+            ['-m', 'not cuda_emu and not slow', '-q', '-rs', '-p',
+             'no:cacheprovider',
              '--durations=10'],
             STEP_TIMEOUT['tests'], logf('tests'), wait_for=BUILT,
             needs=BUILT))

@@ -88,7 +88,7 @@ def test_default_plan_builds_and_tests_only(tmp_path):
     assert [s.tier for s in run] == ['build', 'build', 'tests']
     assert 'plugins.ops.build --cpu-only' in _commands(run)[1]
     tests = run[2]
-    assert '-m not cuda_emu' in ' '.join(tests.cmd)
+    assert '-m not cuda_emu and not slow' in ' '.join(tests.cmd)
     assert tests.wait_for == gpu_check.BUILT and tests.needs == gpu_check.BUILT
     assert all(s.log.startswith(out) for s in run)  # every log under $OUT
     # Within the budget by construction: the build steps run side by side.
