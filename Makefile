@@ -30,10 +30,16 @@ demo-grounding: setup toy-data tiny-bert
 test: setup
 	@bash tools/run_tests.sh $(PYTEST_ARGS)
 
-# GPU tests, CUDA benchmark (vs torch-ms-deform-attn) and a DINO run on bf16;
-# exits non-zero on any failure and with 2 when no GPU is visible.
+# On a GPU machine, in tiers: `make gpu-check` = build,tests (the op built
+# and its GPU tests, well inside 5 minutes on one H100);
+# `make gpu-check TIER=build,tests,bench,detector` adds the CUDA benchmarks
+# and a DINO run on bf16.  Logs and results go to $$OUT when set (else
+# build/gpu_check/); no network.  Exits non-zero on any failure and with 2
+# at once when no GPU is visible.  See docs/ops.md.
+TIER ?=
+GPU_CHECK_ARGS ?=
 gpu-check:
-	@bash tools/gpu_check.sh
+	@bash tools/gpu_check.sh $(if $(TIER),--tier $(TIER)) $(GPU_CHECK_ARGS)
 
 clean-work:
 	rm -rf work_dirs

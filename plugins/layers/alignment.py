@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from .ms_deform_cross_attention import MSDeformCrossAttention
 from .norm import group_norm
 from .position_encoding import reference_grid, sine_position_encoding
+from .sizes import check_projector_args
 
 Features = Union[Sequence[torch.Tensor], Dict[str, torch.Tensor]]
-QUERY_MODES = ('pooled', 'level', 'all', 'learnable')
 
 #: The projector's defaults, written once: attention width, heads and
 #: sampling points per head and level (the user's notes: 256 / 8 / 4).
@@ -129,17 +129,21 @@ class MultiScaleDeformableCrossAttentionAlignment(nn.Module):
                  out_hidden_dim: Optional[int] = None,
                  dropout: float = 0.0) -> None:
         super().__init__()
+        check_projector_args(type(self).__name__, in_channels, hidden_dim,
+                             n_heads, n_points, num_layers, ffn_dim, out_dim,
+                             out_hidden_dim, query_mode, query_level,
+                             num_queries)
         self.in_channels = [int(c) for c in in_channels]
         self.n_levels = len(self.in_channels)
-        _validate_args(self.n_levels, hidden_dim, n_heads, query_mode,
-                       query_level, num_queries)
         self.hidden_dim = hidden_dim
         self.n_heads = n_heads
         self.n_points = n_points
         self.query_mode = query_mode
         self.query_level = query_level % self.n_levels
         self.num_queries = num_queries
-        self.out_dim = out_dim or hidden_dim
+        # None means "the default"; 0 was refused above (it used to mean
+        # the default too, silently).
+        self.out_dim = hidden_dim if out_dim is None else out_dim
 
         self.input_proj = nn.ModuleList(
             nn.Sequential(nn.Conv2d(c, hidden_dim, kernel_size=1),
@@ -152,7 +156,8 @@ class MultiScaleDeformableCrossAttentionAlignment(nn.Module):
         self.layers = nn.ModuleList(
             DeformableCrossAttentionLayer(hidden_dim, n_heads, self.n_levels,
                                           n_points,
-                                          ffn_dim or 4 * hidden_dim, dropout)
+                                          4 * hidden_dim if ffn_dim is None
+                                          else ffn_dim, dropout)
             for _ in range(num_layers))
         self.output_proj = _output_head(hidden_dim, self.out_dim,
                                         out_hidden_dim)
@@ -245,32 +250,9 @@ class MultiScaleDeformableCrossAttentionAlignment(nn.Module):
                 f'out_dim={self.out_dim}')
 
 
-def _validate_args(n_levels, hidden_dim, n_heads, query_mode, query_level,
-                   num_queries) -> None:
-    if not 1 <= n_levels <= 5:
-        raise ValueError(f'in_channels must list 1 to 5 levels, got '
-                         f'{n_levels}')
-    if hidden_dim % n_heads != 0:
-        raise ValueError(f'n_heads ({n_heads}) must divide hidden_dim '
-                         f'({hidden_dim})')
-    if hidden_dim % 4 != 0:
-        raise ValueError(f'hidden_dim ({hidden_dim}) must be divisible by 4 '
-                         'for the 2-D sine encoding')
-    if query_mode not in QUERY_MODES:
-        raise ValueError(f'unknown query_mode {query_mode!r}; expected one '
-                         f'of {QUERY_MODES}')
-    if not -n_levels <= query_level < n_levels:
-        raise ValueError(f'query_level ({query_level}) out of range for '
-                         f'{n_levels} levels')
-    if query_mode in ('pooled', 'learnable') and (
-            num_queries < 1 or math.isqrt(num_queries) ** 2 != num_queries):
-        raise ValueError(f'num_queries ({num_queries}) must be a square '
-                         f'number (a side x side grid) for {query_mode!r}')
-
-
 def _output_head(hidden_dim: int, out_dim: int,
                  out_hidden_dim: Optional[int]) -> nn.Module:
-    if out_hidden_dim:
+    if out_hidden_dim is not None:
         return nn.Sequential(nn.Linear(hidden_dim, out_hidden_dim), nn.GELU(),
                              nn.Linear(out_hidden_dim, out_dim))
     if out_dim != hidden_dim:

@@ -7,6 +7,8 @@ import torch.nn as nn
 
 from plugins.ops import ms_deform_attn, sampling_locations
 
+from .sizes import check_attention_args
+
 
 def ms_deform_attention_forward(module: nn.Module,
                                 query: torch.Tensor,
@@ -87,9 +89,8 @@ class MSDeformCrossAttention(nn.Module):
     def __init__(self, embed_dims: int = 256, num_heads: int = 8,
                  num_levels: int = 4, num_points: int = 4) -> None:
         super().__init__()
-        if embed_dims % num_heads != 0:
-            raise ValueError(f'num_heads ({num_heads}) must divide '
-                             f'embed_dims ({embed_dims})')
+        check_attention_args(type(self).__name__, embed_dims, num_heads,
+                             num_levels, num_points)
         self.embed_dims = embed_dims
         self.num_heads = num_heads
         self.num_levels = num_levels

@@ -108,7 +108,10 @@ class LlavaSegConfig:
             mm_projector_type=self.mm_projector_type,
             mm_hidden_dim=self.mm_hidden_dim, mm_n_heads=self.mm_n_heads,
             mm_n_points=self.mm_n_points,
-            projector_outdim=self.projector_outdim or self.hidden_size,
+            # None means the LLM width; 0 is passed on (and refused by the
+            # builder) rather than silently replaced.
+            projector_outdim=(self.hidden_size if self.projector_outdim is None
+                              else self.projector_outdim),
             swin_type=self.swin_type,
             mm_input_embeds=vision_channels[-1],
             mm_hidden_size=vision_channels[-1],

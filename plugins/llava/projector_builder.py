@@ -18,7 +18,8 @@ import torch.nn as nn
 
 from plugins.layers import (DEFAULT_HIDDEN_DIM, DEFAULT_NUM_HEADS,
                             DEFAULT_NUM_POINTS,
-                            MultiScaleDeformableCrossAttentionAlignment)
+                            MultiScaleDeformableCrossAttentionAlignment,
+                            check_projector_args, check_size)
 
 logger = logging.getLogger('plugins.llava')
 
@@ -36,6 +37,13 @@ CONV_INPUT_SIZE = 64
 PROJECTOR_TYPES = ('deformable', 'swin_conv', 'conv', 'linear',
                    'mlp{N}x_gelu', 'identity')
 DEFAULT_NUM_TOKENS = 256  # a 16x16 grid, as many as swin_conv emits
+DEFAULT_NUM_LAYERS = 2  # attention + FFN blocks of the deformable projector
+#: The deformable projector's arguments under PSALM's config names.
+DEFORMABLE_NAMES = dict(in_channels='mm_vision_dims',
+                        hidden_dim='mm_hidden_dim', n_heads='mm_n_heads',
+                        n_points='mm_n_points', num_layers='mm_num_layers',
+                        num_queries='mm_num_tokens',
+                        out_dim='projector_outdim')
 
 
 def _last_map(x: Union[Sequence[torch.Tensor], Dict[str, torch.Tensor],
@@ -206,8 +214,8 @@ class ConvProjector(nn.Module):
 
 def _vision_dims(config) -> list:
     dims = getattr(config, 'mm_vision_dims', None)
-    if dims:
-        return list(dims)
+    if dims is not None:  # an empty list is refused by the size check
+        return dims
     swin_type = getattr(config, 'swin_type', 'base')
     if swin_type not in SWIN_DIMS:
         raise ValueError(f'unknown swin_type {swin_type!r}; expected one of '
@@ -215,54 +223,71 @@ def _vision_dims(config) -> list:
     return SWIN_DIMS[swin_type]
 
 
-def _out_dim(config) -> int:
-    out_dim = getattr(config, 'projector_outdim', None) or getattr(
-        config, 'hidden_size', None)
-    if not out_dim:
-        raise ValueError('config needs projector_outdim (the LLM hidden '
-                         'size: 2048 for Phi-1.5, 2560 for Phi-3)')
-    return int(out_dim)
+def _out_dim(config):
+    """``(name, value)`` of the output width: ``projector_outdim``, or the
+    LLM's ``hidden_size`` when it is None (0 is refused, not a default)."""
+    for name in ('projector_outdim', 'hidden_size'):
+        value = getattr(config, name, None)
+        if value is not None:
+            return name, value
+    raise ValueError('config needs projector_outdim (the LLM hidden '
+                     'size: 2048 for Phi-1.5, 2560 for Phi-3)')
 
 
 def build_deformable_projector(config) -> nn.Module:
-    """The ``deformable`` projector from PSALM-style config attributes."""
+    """The ``deformable`` projector from PSALM-style config attributes.
+
+    Every size is checked before anything is built (``None`` or a missing
+    attribute means the default; 0 or a negative value is an error naming
+    the attribute).
+    """
     hidden = _or_default(config, 'mm_hidden_dim', DEFAULT_HIDDEN_DIM)
     n_heads = _or_default(config, 'mm_n_heads', DEFAULT_NUM_HEADS)
     n_points = _or_default(config, 'mm_n_points', DEFAULT_NUM_POINTS)
-    num_tokens = int(getattr(config, 'mm_num_tokens', None) or
-                     DEFAULT_NUM_TOKENS)
-    if hidden % n_heads != 0:
-        raise ValueError(f'mm_n_heads ({n_heads}) must divide mm_hidden_dim '
-                         f'({hidden})')
-    if math.isqrt(num_tokens) ** 2 != num_tokens:
-        raise ValueError(f'mm_num_tokens ({num_tokens}) must be a square '
-                         'number (the tokens form a grid)')
+    # Only None means the default: `x or DEFAULT` turned 0 into 256 tokens.
+    num_tokens = _or_default(config, 'mm_num_tokens', DEFAULT_NUM_TOKENS)
+    num_layers = _or_default(config, 'mm_num_layers', DEFAULT_NUM_LAYERS)
+    out_name, out_dim = _out_dim(config)
     dims = _vision_dims(config)
+    check_projector_args(
+        "build_vision_projector (mm_projector_type='deformable')", dims,
+        hidden, n_heads, n_points, num_layers, out_dim=out_dim,
+        out_hidden_dim=SWIN_CONV_DIM, query_mode='pooled', query_level=-1,
+        num_queries=num_tokens,
+        names=dict(DEFORMABLE_NAMES, out_dim=out_name))
     projector = MultiScaleDeformableCrossAttentionAlignment(
         dims, hidden_dim=hidden, n_heads=n_heads, n_points=n_points,
-        num_layers=int(getattr(config, 'mm_num_layers', 2)),
-        query_mode='pooled', query_level=-1, num_queries=num_tokens,
-        out_dim=_out_dim(config), out_hidden_dim=SWIN_CONV_DIM)
+        num_layers=num_layers, query_mode='pooled', query_level=-1,
+        num_queries=num_tokens, out_dim=out_dim, out_hidden_dim=SWIN_CONV_DIM)
     logger.info('mm_projector type: %s', type(projector).__name__)
     logger.info('n_levels=%d, n_heads=%d, n_points=%d', projector.n_levels,
                 projector.n_heads, projector.n_points)
     return projector
 
 
-def _psalm_attr(config, name: str, projector_type: str):
-    """``config.<name>``, which PSALM's builder reads without a default."""
+def _psalm_attr(config, name: str, projector_type: str) -> int:
+    """``config.<name>``, which PSALM's builder reads without a default: a
+    size of at least 1."""
     value = getattr(config, name, None)
     if value is None:
         raise ValueError(f'mm_projector_type {projector_type!r} needs '
                          f'config.{name}')
-    return int(value)
+    return check_size(f'build_vision_projector (mm_projector_type='
+                      f'{projector_type!r})', name, value)
 
 
-def _or_default(config, name: str, default: int) -> int:
+def _or_default(config, name: str, default: int):
     """PSALM's ``getattr(config, name, default)`` (``None`` counts as
-    missing here)."""
+    missing here; any other value is returned as given, to be checked)."""
     value = getattr(config, name, None)
-    return int(default if value is None else value)
+    return default if value is None else value
+
+
+def _sized(config, name: str, default: int, projector_type: str) -> int:
+    """:func:`_or_default`, checked to be a size of at least 1."""
+    return check_size(f'build_vision_projector (mm_projector_type='
+                      f'{projector_type!r})', name,
+                      _or_default(config, name, default))
 
 
 def build_vision_projector(config, delay_load: bool = False,
@@ -294,12 +319,15 @@ def build_vision_projector(config, delay_load: bool = False,
         return build_deformable_projector(config)
     if projector_type == 'swin_conv':
         return SwinConvProjector(
-            _or_default(config, 'mm_input_embeds', PSALM_DEFAULT_INPUT_EMBEDS),
-            _or_default(config, 'projector_outdim', PSALM_DEFAULT_OUTDIM))
+            _sized(config, 'mm_input_embeds', PSALM_DEFAULT_INPUT_EMBEDS,
+                   projector_type),
+            _sized(config, 'projector_outdim', PSALM_DEFAULT_OUTDIM,
+                   projector_type))
     if projector_type == 'conv':
         with_layernorm = getattr(config, 'with_layernorm', True)
         return ConvProjector(
-            _or_default(config, 'projector_outdim', PSALM_DEFAULT_OUTDIM),
+            _sized(config, 'projector_outdim', PSALM_DEFAULT_OUTDIM,
+                   projector_type),
             norm='layer' if with_layernorm else 'batch')
     if projector_type == 'identity':
         return IdentityMap()
@@ -310,8 +338,11 @@ def build_vision_projector(config, delay_load: bool = False,
     if mlp:
         in_dim = _psalm_attr(config, 'mm_hidden_size', projector_type)
         width = _psalm_attr(config, 'hidden_size', projector_type)
+        depth = check_size(f'build_vision_projector (mm_projector_type='
+                           f'{projector_type!r})', 'the N of mlp{N}x_gelu',
+                           int(mlp.group(1)))
         layers = [nn.Linear(in_dim, width)]
-        for _ in range(int(mlp.group(1)) - 1):
+        for _ in range(depth - 1):
             layers += [nn.GELU(), nn.Linear(width, width)]
         return nn.Sequential(*layers)
     raise ValueError(f'unknown mm_projector_type {projector_type!r}; '

@@ -5,6 +5,8 @@ import torch
 import torch.nn as nn
 from timm.models.swin_transformer import SwinTransformer
 
+from plugins.layers import check_size
+
 
 class SwinVisionTower(nn.Module):
     """A timm Swin Transformer that returns one NCHW map per stage.
@@ -89,7 +91,9 @@ class SwinVisionTower(nn.Module):
 
     def feature_shapes(self, img_size: Optional[int] = None) -> List[tuple]:
         """``(C, H, W)`` of each output map for a square ``img_size`` input."""
-        size = img_size or self.img_size
+        # Only None means the tower's size (`img_size or ...` took 0 for it).
+        size = self.img_size if img_size is None else check_size(
+            'SwinVisionTower.feature_shapes', 'img_size', img_size)
         return [(c, size // s, size // s)
                 for c, s in zip(self.channels, self.strides)]
 

@@ -115,6 +115,51 @@ def test_bad_arguments(kwargs, match):
         _tiny(**kwargs)
 
 
+@pytest.mark.parametrize('kwargs,match', [
+    # Each used to build (n_points=0: all-zero attention) or to fail later
+    # with a message that does not name the argument (negative dimension,
+    # modulo by zero, a division by zero in torch.nn.init).
+    (dict(n_points=0), r'n_points must be an integer >= 1, got 0'),
+    (dict(n_points=-2), r'n_points must be an integer >= 1, got -2'),
+    (dict(n_heads=0), r'n_heads must be an integer >= 1, got 0'),
+    (dict(hidden_dim=0), r'hidden_dim must be an integer >= 1, got 0'),
+    (dict(in_channels=[16, 0, 48]), r'in_channels\[1\] must be an integer '
+                                    r'>= 1, got 0'),
+    (dict(in_channels=[]), r'in_channels must list 1 to 5 levels, got 0'),
+    (dict(out_dim=0), r'out_dim must be an integer >= 1, got 0'),
+    (dict(ffn_dim=0), r'ffn_dim must be an integer >= 1, got 0'),
+    (dict(out_hidden_dim=0), r'out_hidden_dim must be an integer >= 1'),
+    (dict(num_layers=-1), r'num_layers must be an integer >= 0, got -1'),
+    (dict(num_queries=0), r'num_queries must be an integer >= 1, got 0'),
+    (dict(n_points=2.5), r'n_points must be an integer >= 1, got 2\.5'),
+    (dict(n_heads=True), r'n_heads must be an integer >= 1, got True'),
+])
+def test_size_arguments_are_checked_at_construction(kwargs, match):
+    with pytest.raises(ValueError, match=r'^MultiScaleDeformableCrossAttention'
+                                         r'Alignment: ' + match):
+        _tiny(**kwargs)
+
+
+@pytest.mark.parametrize('name', ['num_heads', 'num_levels', 'num_points',
+                                  'embed_dims'])
+@pytest.mark.parametrize('value', [0, -1])
+def test_attention_sizes_below_one_are_refused(name, value):
+    args = dict(embed_dims=32, num_heads=4, num_levels=2, num_points=2)
+    args[name] = value
+    with pytest.raises(ValueError, match=rf'MSDeformCrossAttention: {name} '
+                                         rf'must be an integer >= 1, got '
+                                         rf'{value}'):
+        MSDeformCrossAttention(**args)
+
+
+def test_zero_layers_and_explicit_sizes_still_build():
+    # num_layers=0 is a legitimate setting (projection only); sizes given
+    # explicitly are used as given.
+    model = _tiny(num_layers=0, ffn_dim=8, out_hidden_dim=40)
+    assert len(model.layers) == 0
+    assert model(_maps([16, 32, 48], [8, 4, 2])).shape == (2, 16, 24)
+
+
 def test_wrong_inputs_name_expected_and_received():
     model = _tiny()
     with pytest.raises(ValueError, match=r'expected 3 NCHW feature maps with '

@@ -81,6 +81,46 @@ def test_validation_errors(kwargs, match):
         build_vision_projector(_cfg(**kwargs))
 
 
+@pytest.mark.parametrize('kwargs,match', [
+    # Was: `int(x or DEFAULT_NUM_TOKENS)` built 256 tokens for 0.
+    (dict(mm_num_tokens=0), r'mm_num_tokens must be an integer >= 1, got 0'),
+    (dict(mm_num_tokens=-16), r'mm_num_tokens must be an integer >= 1, '
+                              r'got -16'),
+    (dict(mm_num_tokens=10), r'mm_num_tokens \(10\) must be a square'),
+    (dict(mm_n_points=0), r'mm_n_points must be an integer >= 1, got 0'),
+    (dict(mm_n_heads=0), r'mm_n_heads must be an integer >= 1, got 0'),
+    (dict(mm_hidden_dim=0), r'mm_hidden_dim must be an integer >= 1, got 0'),
+    (dict(mm_num_layers=-1), r'mm_num_layers must be an integer >= 0'),
+    (dict(mm_vision_dims=[]), r'mm_vision_dims must list 1 to 5 levels'),
+    (dict(mm_vision_dims=[128, 0]), r'mm_vision_dims\[1\] must be an '
+                                    r'integer >= 1, got 0'),
+    # Was: projector_outdim=0 fell back to hidden_size silently.
+    (dict(projector_outdim=0, hidden_size=2048),
+     r'projector_outdim must be an integer >= 1, got 0'),
+    (dict(projector_outdim=None, hidden_size=-5),
+     r'hidden_size must be an integer >= 1, got -5'),
+    (dict(mm_projector_type='swin_conv', projector_outdim=0),
+     r"\(mm_projector_type='swin_conv'\): projector_outdim must be an "
+     r"integer >= 1, got 0"),
+    (dict(mm_projector_type='linear', mm_hidden_size=0, hidden_size=8),
+     r'mm_hidden_size must be an integer >= 1, got 0'),
+    (dict(mm_projector_type='mlp0x_gelu', mm_hidden_size=8, hidden_size=8),
+     r'the N of mlp\{N\}x_gelu must be an integer >= 1, got 0'),
+])
+def test_size_errors_name_the_attribute(kwargs, match):
+    with pytest.raises(ValueError, match=r'^build_vision_projector.*' + match):
+        build_vision_projector(_cfg(**kwargs))
+
+
+def test_none_means_the_default_token_count():
+    projector = build_vision_projector(_cfg(mm_num_tokens=None, mm_num_layers=None,
+                                            mm_hidden_dim=32, mm_n_heads=4))
+    assert projector.num_queries == 256 and len(projector.layers) == 2
+    projector = build_vision_projector(_cfg(mm_num_tokens=4, mm_hidden_dim=32,
+                                            mm_n_heads=4))
+    assert projector.num_queries == 4
+
+
 def test_wrong_maps_name_expected_and_received():
     projector = build_vision_projector(_cfg(mm_hidden_dim=64, mm_n_heads=4))
     maps = _swin_maps('base', image=128)
@@ -111,3 +151,18 @@ def test_loader_refuses_a_file_that_loads_nothing(tmp_path):
                path)
     with pytest.raises(ValueError, match='missing'):
         load_projector_weights(projector, str(path), strict=True)
+
+
+def test_llava_config_passes_a_zero_outdim_on_to_be_refused():
+    """``LlavaSegConfig.projector_config`` used ``projector_outdim or
+    hidden_size``: 0 became the LLM width silently."""
+    from plugins.llava.config import LlavaSegConfig
+    config = LlavaSegConfig(llm=dict(hidden_size=64), projector_outdim=0,
+                            mm_hidden_dim=32, mm_n_heads=4)
+    projector_cfg = config.projector_config(SWIN_DIMS['base'])
+    assert projector_cfg.projector_outdim == 0
+    with pytest.raises(ValueError, match='projector_outdim must be an integer '
+                                         '>= 1, got 0'):
+        build_vision_projector(projector_cfg)
+    default = LlavaSegConfig(llm=dict(hidden_size=64))
+    assert default.projector_config(SWIN_DIMS['base']).projector_outdim == 64

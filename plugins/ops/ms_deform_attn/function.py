@@ -4,50 +4,21 @@ import os
 import torch
 
 from . import loader
-from .reference import ms_deform_attn_reference
+from .checks import check_inputs, check_levels
+from .reference import reference_forward
 
 #: ``PLUGINS_MSDA_BACKEND=reference`` forces the PyTorch reference
 #: (debugging, benchmarking); the default ``auto`` uses the compiled kernel.
 BACKEND_ENV = 'PLUGINS_MSDA_BACKEND'
 
 
-@torch.compiler.disable
-def _load_outside_graph(kind: str) -> bool:
-    return loader.load(kind)
-
-
+@torch.compiler.assume_constant_result
 def _kernel_available(kind: str) -> bool:
-    # Once loaded this is a dict lookup that torch.compile traces without a
-    # graph break; only the very first call leaves the graph to load.
-    state = loader._state.get(kind)
-    if state is None:
-        return _load_outside_graph(kind)
-    return state['source'] != 'none'
-
-
-def _check_shapes(value, spatial_shapes, level_start_index,
-                  sampling_locations, attention_weights) -> None:
-    if value.dim() != 4:
-        raise ValueError(f'value must be (N, S, M, D), got shape '
-                         f'{tuple(value.shape)}')
-    N, _, M, _ = value.shape
-    if sampling_locations.dim() != 6 or sampling_locations.shape[-1] != 2:
-        raise ValueError(f'sampling_locations must be (N, Lq, M, L, P, 2), '
-                         f'got shape {tuple(sampling_locations.shape)}')
-    _, Lq, _, L, P, _ = sampling_locations.shape
-    if tuple(sampling_locations.shape[:3]) != (N, Lq, M):
-        raise ValueError(f'sampling_locations {tuple(sampling_locations.shape)} '
-                         f'does not match value (N={N}, M={M})')
-    if tuple(attention_weights.shape) != (N, Lq, M, L, P):
-        raise ValueError(f'attention_weights must be (N, Lq, M, L, P) = '
-                         f'{(N, Lq, M, L, P)}, got '
-                         f'{tuple(attention_weights.shape)}')
-    if tuple(spatial_shapes.shape) != (L, 2):
-        raise ValueError(f'spatial_shapes must be (L, 2) = ({L}, 2), got '
-                         f'{tuple(spatial_shapes.shape)}')
-    if tuple(level_start_index.shape) != (L,):
-        raise ValueError(f'level_start_index must be (L,) = ({L},), got '
-                         f'{tuple(level_start_index.shape)}')
+    # Under torch.compile this runs once while the graph is traced (its
+    # result is a constant of the graph), so the very first call of a fresh
+    # process loads the library before the op is looked up and
+    # fullgraph=True holds; eagerly it is a dict lookup after the first call.
+    return loader.load(kind)
 
 
 #: value dtypes that may take float32 locations and weights (mixed
@@ -107,12 +78,11 @@ def ms_deform_attn(value: torch.Tensor,
     Returns:
         Tensor: ``(N, Lq, M * D)`` in ``value``'s (promoted) dtype.
     """
-    _check_shapes(value, spatial_shapes, level_start_index,
-                  sampling_locations, attention_weights)
+    spatial_shapes, level_start_index = check_inputs(
+        value, spatial_shapes, level_start_index, sampling_locations,
+        attention_weights)
     value, sampling_locations, attention_weights = _common_dtypes(
         value, sampling_locations, attention_weights)
-    spatial_shapes = spatial_shapes.long()
-    level_start_index = level_start_index.long()
     device = value.device.type
     kind = 'cpu' if device == 'meta' else device
     if kind in loader.KINDS and os.environ.get(BACKEND_ENV, 'auto') != 'reference':
@@ -121,5 +91,7 @@ def ms_deform_attn(value: torch.Tensor,
                 value, spatial_shapes, level_start_index, sampling_locations,
                 attention_weights)
         loader.warn_fallback(kind)
-    return ms_deform_attn_reference(value, spatial_shapes, level_start_index,
-                                    sampling_locations, attention_weights)
+    if not torch.compiler.is_compiling() and device != 'meta':
+        check_levels(spatial_shapes, level_start_index, value.shape[1])
+    return reference_forward(value, spatial_shapes, sampling_locations,
+                             attention_weights)

@@ -43,3 +43,26 @@ def _backward(ctx, grad_output):
 
 torch.library.register_autograd(FORWARD, _backward,
                                 setup_context=_setup_context)
+
+#: What a gradient of the kernels' gradient raises (they are differentiable
+#: once, like an ``autograd.Function`` marked ``once_differentiable``).
+DOUBLE_BACKWARD_ERROR = (
+    'ms_deform_attn: the compiled kernels are differentiable once; a '
+    'gradient of their gradient (create_graph=True, then backward through '
+    'it) is not implemented. For second-order gradients run the PyTorch '
+    'reference (PLUGINS_MSDA_BACKEND=reference or ms_deform_attn_reference)')
+
+
+def _backward_setup_context(ctx, inputs, output):
+    pass
+
+
+def _double_backward(ctx, *grads):
+    # Without this, autograd's fallback for an op with no autograd formula
+    # gave the first-order gradients a grad_fn whose own gradients were
+    # silently zero (issue 23, 2b.2).
+    raise RuntimeError(DOUBLE_BACKWARD_ERROR)
+
+
+torch.library.register_autograd(BACKWARD, _double_backward,
+                                setup_context=_backward_setup_context)

@@ -1,4 +1,5 @@
 """mmcv's ``MultiScaleDeformableAttention`` running on ``plugins.ops``."""
+import inspect
 import warnings
 from typing import Optional
 
@@ -6,7 +7,7 @@ import torch
 from mmcv.ops import MultiScaleDeformableAttention
 from mmdet.registry import MODELS
 
-from plugins.layers import ms_deform_attention_forward
+from plugins.layers import check_attention_args, ms_deform_attention_forward
 
 
 @MODELS.register_module()
@@ -59,6 +60,15 @@ class MSDeformAttention(MultiScaleDeformableAttention):
     """
 
     def __init__(self, *args, **kwargs) -> None:
+        # The shared size check first (mmcv accepts num_points=0 and builds
+        # an attention that returns zeros; num_heads=0 is a modulo by zero).
+        bound = inspect.signature(MultiScaleDeformableAttention.__init__).bind(
+            self, *args, **kwargs)
+        bound.apply_defaults()
+        sizes = bound.arguments
+        check_attention_args(type(self).__name__, sizes['embed_dims'],
+                             sizes['num_heads'], sizes['num_levels'],
+                             sizes['num_points'])
         with warnings.catch_warnings():
             # mmcv advises power-of-2 head widths for *its* CUDA kernel.
             warnings.filterwarnings('ignore', message="You'd better set")

@@ -14,7 +14,7 @@ from mmdet.registry import MODELS
 from mmengine.model import BaseModule
 
 from plugins.layers import (MultiScaleDeformableCrossAttentionAlignment,
-                            group_norm)
+                            check_projector_args, check_size, group_norm)
 
 # The host-free projector, registered so configs can build it by name.
 MODELS.register_module(module=MultiScaleDeformableCrossAttentionAlignment)
@@ -116,6 +116,8 @@ class DeformableCrossAttentionNeck(BaseModule):
         super().__init__(init_cfg=init_cfg)
         num_heads, num_points = _renamed_args(old_args, num_heads,
                                               num_points)
+        _check_sizes(in_channels, out_channels, num_heads, num_points,
+                     num_layers, hidden_dim, ffn_dim)
         self.in_channels = [int(c) for c in in_channels]
         self.out_channels = out_channels
         self.norm_cfg = norm_cfg
@@ -143,7 +145,8 @@ class DeformableCrossAttentionNeck(BaseModule):
         self.level_channels = self._level_channels()
         self.alignment = MultiScaleDeformableCrossAttentionAlignment(
             self.level_channels,
-            hidden_dim=hidden_dim or out_channels, n_heads=num_heads,
+            hidden_dim=out_channels if hidden_dim is None else hidden_dim,
+            n_heads=num_heads,
             n_points=num_points, num_layers=num_layers, ffn_dim=ffn_dim,
             query_mode='all', out_dim=out_channels, dropout=dropout)
 
@@ -232,15 +235,33 @@ def _renamed_args(old_args: dict, num_heads: int,
     return new['num_heads'], new['num_points']
 
 
+def _check_sizes(in_channels, out_channels, num_heads, num_points,
+                 num_layers, hidden_dim, ffn_dim) -> None:
+    """The projector's shared size check, under this neck's argument names
+    (the attention width is ``out_channels`` when ``hidden_dim`` is None)."""
+    owner = 'DeformableCrossAttentionNeck'
+    check_size(owner, 'out_channels', out_channels)
+    check_projector_args(
+        owner, in_channels,
+        out_channels if hidden_dim is None else hidden_dim, num_heads,
+        num_points, num_layers, ffn_dim=ffn_dim, out_dim=out_channels,
+        query_mode='all',
+        names=dict(hidden_dim='out_channels' if hidden_dim is None
+                   else 'hidden_dim', n_heads='num_heads',
+                   n_points='num_points', out_dim='out_channels'))
+
+
 def _is_pow2(x: int) -> bool:
     return x >= 1 and x & (x - 1) == 0
 
 
 def _check_strides(in_channels: List[int], in_strides, out_strides,
                    num_extra_levels) -> Tuple[List[int], List[int]]:
+    owner = 'DeformableCrossAttentionNeck'
     if in_strides is None:
         in_strides = [16 * 2**i for i in range(len(in_channels))]
-    in_strides = [int(s) for s in in_strides]
+    in_strides = [check_size(owner, f'in_strides[{i}]', s)
+                  for i, s in enumerate(in_strides)]
     if len(in_strides) != len(in_channels):
         raise ValueError(f'in_strides {in_strides} must give one stride per '
                          f'input level (in_channels {in_channels})')
@@ -250,10 +271,12 @@ def _check_strides(in_channels: List[int], in_strides, out_strides,
         raise ValueError(f'give out_strides ({tuple(out_strides)}) or '
                          f'num_extra_levels ({num_extra_levels}), not both')
     if out_strides is None:
-        n = 3 if num_extra_levels is None else int(num_extra_levels)
+        n = 3 if num_extra_levels is None else check_size(
+            owner, 'num_extra_levels', num_extra_levels, minimum=0)
         out_strides = in_strides + [in_strides[-1] * 2**k
                                     for k in range(1, n + 1)]
-    out_strides = [int(s) for s in out_strides]
+    out_strides = [check_size(owner, f'out_strides[{i}]', s)
+                   for i, s in enumerate(out_strides)]
     if not 1 <= len(out_strides) <= 5:
         raise ValueError(f'out_strides {out_strides} must name 1 to 5 '
                          'levels')

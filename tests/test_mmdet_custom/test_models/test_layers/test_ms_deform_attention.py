@@ -89,6 +89,19 @@ def _tiny_dino():
     return model.eval()
 
 
+@pytest.mark.parametrize('name', ['num_heads', 'num_levels', 'num_points'])
+def test_sizes_below_one_are_refused(name):
+    # mmcv's class builds num_points=0 (all-zero attention) and divides by
+    # num_heads=0; ours names the argument first.
+    kwargs = dict(embed_dims=32, num_heads=4, num_levels=2, num_points=2)
+    kwargs[name] = 0
+    with pytest.raises(ValueError, match=rf'^MSDeformAttention: {name} must '
+                                         rf'be an integer >= 1, got 0'):
+        MSDeformAttention(**kwargs)
+    # positional arguments are bound like mmcv's
+    assert MSDeformAttention(32, 4, 2, 2).num_points == 2
+
+
 def test_tiny_dino_forward_matches_mmcv(monkeypatch):
     from mmdet.structures import DetDataSample
 

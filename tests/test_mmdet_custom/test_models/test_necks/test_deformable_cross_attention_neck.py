@@ -42,7 +42,9 @@ def test_multi_level_input_and_errors():
     assert [o.shape[-1] for o in neck(maps)] == [16, 8, 4, 2]
     with pytest.raises(ValueError, match='expected 3 input maps'):
         neck(maps[:2])
-    with pytest.raises(ValueError, match=r'n_heads \(5\) must divide'):
+    # the old name still works; the error uses the current one
+    with pytest.raises(ValueError, match=r'num_heads \(5\) must divide '
+                                         r'out_channels \(32\)'):
         DeformableCrossAttentionNeck([16], out_channels=32, n_heads=5)
 
 
@@ -201,6 +203,32 @@ def test_stride_errors_name_the_numbers():
     with pytest.raises(ValueError, match='1 to 5 levels'):
         DeformableCrossAttentionNeck([16], out_strides=(4, 8, 16, 32, 64,
                                                         128))
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    # Was: num_points=0 built and returned all-zero attention; the others
+    # failed later with "negative dimension -64", "integer modulo by zero"
+    # or a division by zero inside torch.nn.init.
+    (dict(num_points=0), r'num_points must be an integer >= 1, got 0'),
+    (dict(num_points=-2), r'num_points must be an integer >= 1, got -2'),
+    (dict(n_points=0), r'num_points must be an integer >= 1, got 0'),
+    (dict(num_heads=0), r'num_heads must be an integer >= 1, got 0'),
+    (dict(out_channels=0), r'out_channels must be an integer >= 1, got 0'),
+    (dict(hidden_dim=0), r'hidden_dim must be an integer >= 1, got 0'),
+    (dict(ffn_dim=-1), r'ffn_dim must be an integer >= 1, got -1'),
+    (dict(num_layers=-1), r'num_layers must be an integer >= 0, got -1'),
+    (dict(in_channels=[0]), r'in_channels\[0\] must be an integer >= 1'),
+    (dict(out_strides=[0, 16]), r'out_strides\[0\] must be an integer '
+                                r'>= 1, got 0'),
+    (dict(in_strides=[-16]), r'in_strides\[0\] must be an integer >= 1'),
+    (dict(num_extra_levels=-1), r'num_extra_levels must be an integer >= 0'),
+])
+def test_size_arguments_name_themselves(kwargs, match):
+    args = dict(in_channels=[16], out_channels=32, num_heads=4)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=r'^DeformableCrossAttentionNeck: '
+                                         + match):
+        DeformableCrossAttentionNeck(**args)
 
 
 def test_norm_cfg_builds_mmcv_norms():
