@@ -55,7 +55,7 @@ class _RunsCode:
     ('fifo', 'is a FIFO (named pipe)'),
     ('empty', 'is empty (0 bytes)'),
     ('truncated', 'truncated, corrupt or not a weights file'),
-    ('runs_code', 'refused to load'),
+    ('runs_code', 'refusing to load'),
     ('wrong_layout', 'not a swin_conv projector'),
     ('output_folder_missing', 'cannot write'),
     ('output_is_a_folder', 'cannot write'),

@@ -197,7 +197,7 @@ def test_sharded_export_loads_every_shard(tmp_path):
 @pytest.mark.parametrize('text,expected', [
     ('{"metadata": {}, "weight_map": {a.weight: 1}}',
      'not valid JSON (Expecting property name enclosed in double quotes at '
-     'line 1 column 32)'),
+     'line 1 column 33)'),
     ('', 'is empty'),
     ('[1, 2]', 'expected a JSON object with a "weight_map", got a list'),
     ('{"metadata": {}}', 'has no "weight_map" key (keys: [\'metadata\'])'),
