@@ -168,12 +168,13 @@ class CheckedCocoDataset(CocoDataset):
             its file. Defaults to True.
         **kwargs: mmdet's ``CocoDataset`` arguments.
 
-    Example:
-        >>> ds = CheckedCocoDataset(
-        ...     data_root='data/toy/', ann_file='annotations/instances_val.json',
-        ...     data_prefix=dict(img='images/val/'),
-        ...     metainfo=dict(classes=('circle', 'square', 'triangle')))
-        >>> ds[0]['instances'][0]['bbox']  # x1, y1, x2, y2
+    Example (in a config, as ``configs/_base_/datasets/toy_detection.py``)::
+
+        train_dataloader = dict(dataset=dict(
+            type='CheckedCocoDataset', data_root='data/toy/',
+            ann_file='annotations/instances_train.json',
+            data_prefix=dict(img='images/train/'),
+            metainfo=dict(classes=('circle', 'square', 'triangle'))))
     """
 
     def __init__(self, *args, check_image_sizes: bool = True, **kwargs):
