@@ -15,11 +15,17 @@ newly initialised / dropped keys is printed.
 
 PSALM's ``swin_conv`` keys (``layer1.0.*``, ``fc.*``) are recognised; ``fc``
 (2048 -> LLM width) becomes the deformable projector's last output Linear
-``output_proj.2``; the BasicBlock has no counterpart and is dropped.  A file
-in another layout, or one from which nothing transfers (e.g. another
-``--projector-outdim``), is refused with exit code 2 and nothing is written.
+``output_proj.2``; the BasicBlock has no counterpart and is dropped.
+
+Every refusal is one line on stderr (``error: ...; nothing written``) and
+exit code 2, no traceback: IN missing, a folder, unreadable, truncated or
+unsafe (a pickle that would run code), a file in another layout, one from
+which nothing transfers (e.g. another ``--projector-outdim``), or OUT that
+cannot be written.  OUT is written under a temporary name and renamed, so a
+refusal or a kill leaves no partial file.
 """
 import argparse
+import os
 import os.path as osp
 import sys
 
@@ -29,7 +35,8 @@ import torch  # noqa: E402
 
 from plugins.llava.adapt_pretrain import (adapt_swin_conv_state,  # noqa: E402
                                           format_report)
-from plugins.utils import safe_load, save_safetensors  # noqa: E402
+from plugins.utils import (CheckpointError, safe_load,  # noqa: E402
+                           save_safetensors)
 
 
 def parse_args(argv=None):
@@ -49,8 +56,31 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def _refuse(message: str) -> int:
+    print(f'error: {message}; nothing written', file=sys.stderr)
+    return 2
+
+
+def _save(out: dict, path: str) -> None:
+    if path.endswith('.safetensors'):
+        save_safetensors(out, path)  # atomic by itself
+        return
+    tmp = osp.join(osp.dirname(path) or '.',
+                   f'.{osp.basename(path)}.tmp-{os.getpid()}')
+    try:
+        torch.save(out, tmp)
+        os.replace(tmp, path)
+    finally:
+        if osp.exists(tmp):
+            os.remove(tmp)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    folder = osp.dirname(osp.abspath(args.output))
+    if not osp.isdir(folder):
+        return _refuse(f'cannot write {args.output}: folder {folder} does '
+                       'not exist')
     try:
         state, report = adapt_swin_conv_state(
             safe_load(args.input), projector_outdim=args.projector_outdim,
@@ -58,15 +88,17 @@ def main(argv=None) -> int:
             mm_n_heads=args.mm_n_heads, mm_n_points=args.mm_n_points,
             mm_num_tokens=args.mm_num_tokens,
             mm_num_layers=args.mm_num_layers, seed=args.seed)
-    except ValueError as err:
-        print(f'{args.input}: {err}; nothing written', file=sys.stderr)
-        return 2
+    except (OSError, CheckpointError, ValueError) as err:
+        # safe_load's messages name the file already; the others do not.
+        message = str(err) if args.input in str(err) else \
+            f'{args.input}: {err}'
+        return _refuse(message)
     print(format_report(report))
     out = {f'model.mm_projector.{k}': v.contiguous() for k, v in state.items()}
-    if args.output.endswith('.safetensors'):
-        save_safetensors(out, args.output)
-    else:
-        torch.save(out, args.output)
+    try:
+        _save(out, args.output)
+    except (OSError, RuntimeError) as err:  # torch.save raises both
+        return _refuse(f'cannot write {args.output} ({err})')
     print(f'wrote {len(out)} tensors to {args.output}')
     return 0
 

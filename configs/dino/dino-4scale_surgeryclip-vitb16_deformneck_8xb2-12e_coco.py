@@ -18,5 +18,11 @@ model = dict(
                            pad_size_divisor=16),
     backbone=dict(_base_.surgeryclip_vitb16, _delete_=True),
     neck=dict(_base_.deformable_neck, _delete_=True))
+# The annotation files are checked when loaded (CheckedCocoDataset: mmdet's
+# CocoDataset, plus errors for bad boxes and image sizes and one warning
+# counting the annotations it drops).
+train_dataloader = dict(dataset=dict(type='CheckedCocoDataset'))
+val_dataloader = dict(dataset=dict(type='CheckedCocoDataset'))
+test_dataloader = val_dataloader
 # Frozen by default; when unfrozen the backbone learns at 0.1x the base LR
 # (mmdet's DINO config sets custom_keys={'backbone': dict(lr_mult=0.1)}).

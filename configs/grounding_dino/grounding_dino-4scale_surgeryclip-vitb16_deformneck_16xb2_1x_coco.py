@@ -25,3 +25,9 @@ model = dict(
     neck=dict(_base_.deformable_neck, _delete_=True),
     # Checkpointed layers need fairscale, which we do not install.
     encoder=dict(num_cp=0))
+# The annotation files are checked when loaded (CheckedCocoDataset: mmdet's
+# CocoDataset, plus errors for bad boxes and image sizes and one warning
+# counting the annotations it drops).
+train_dataloader = dict(dataset=dict(type='CheckedCocoDataset'))
+val_dataloader = dict(dataset=dict(type='CheckedCocoDataset'))
+test_dataloader = val_dataloader

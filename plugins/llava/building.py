@@ -6,7 +6,7 @@ from typing import Tuple
 import torch
 
 from .config import LlavaSegConfig
-from .model import LlavaPhiSegModel, load_pretrained_phi
+from .model import LlavaPhiSegModel, load_pretrained_phi, read_phi_config
 from .tokenizer import add_llava_tokens, build_toy_tokenizer
 
 logger = logging.getLogger('plugins.llava.train')
@@ -46,9 +46,7 @@ def build_model(args, tokenizer) -> Tuple[LlavaPhiSegModel, LlavaSegConfig]:
     config.image_token_id = tokenizer.convert_tokens_to_ids('<image>')
     config.seg_token_id = tokenizer.convert_tokens_to_ids('[SEG]')
     if args.model_name_or_path:
-        from transformers import PhiConfig
-        config.llm = PhiConfig.from_pretrained(
-            args.model_name_or_path, local_files_only=True).to_dict()
+        config.llm = read_phi_config(args.model_name_or_path).to_dict()
     config.llm['vocab_size'] = max(int(config.llm['vocab_size']),
                                    len(tokenizer))
     config.llm['use_cache'] = False

@@ -62,6 +62,34 @@ def _rebuild_rotary_embeddings(llm: nn.Module, config) -> int:
     return len(names)
 
 
+def read_phi_config(folder: str) -> PhiConfig:
+    """The ``PhiConfig`` of a local Hugging Face folder, from its
+    ``config.json``.
+
+    Without ``config.json`` transformers does not fail: it builds Phi's
+    default configuration (1.4B parameters), and the weights then fail to
+    load with a size mismatch of ``embed_tokens``.  Here the missing file
+    is named instead.
+
+    Raises:
+        FileNotFoundError: ``folder`` is not a folder, or has no
+            ``config.json``.
+    """
+    from pathlib import Path
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f'Phi model folder not found: {folder} (a '
+                                'local Hugging Face folder with config.json '
+                                'and the weights)')
+    config_file = folder / 'config.json'
+    if not config_file.is_file():
+        raise FileNotFoundError(
+            f'{config_file} not found: a Phi folder needs its config.json '
+            f'(the architecture) next to the weights; found '
+            f'{sorted(p.name for p in folder.iterdir())}')
+    return PhiConfig.from_pretrained(str(folder), local_files_only=True)
+
+
 def load_pretrained_phi(folder: str, vocab_size: int) -> PhiForCausalLM:
     """Phi from a local Hugging Face folder (``config.json`` +
     ``model.safetensors`` or a sharded index), resized to ``vocab_size``.
@@ -69,23 +97,24 @@ def load_pretrained_phi(folder: str, vocab_size: int) -> PhiForCausalLM:
     Weights are read with :func:`plugins.utils.safe_load` (no pickle, no
     remote code) into a model built on the meta device, so the random
     initialisation of 1.4B parameters is skipped.
+
+    Raises:
+        FileNotFoundError: no ``config.json`` (see :func:`read_phi_config`)
+            or no weights file.
+        CheckpointError: a malformed ``model.safetensors.index.json``
+            (naming it) or an unreadable weights file.
     """
-    import json
     from pathlib import Path
 
-    from plugins.utils import safe_load
+    from plugins.utils import safe_load, safe_load_sharded
 
+    config = read_phi_config(folder)
     folder = Path(folder)
-    config = PhiConfig.from_pretrained(str(folder), local_files_only=True)
     index = folder / 'model.safetensors.index.json'
-    if index.is_file():
-        with open(index) as f:
-            files = sorted(set(json.load(f)['weight_map'].values()))
+    if index.exists():
+        state = safe_load_sharded(index)
     else:
-        files = ['model.safetensors']
-    state = {}
-    for name in files:
-        state.update(safe_load(str(folder / name)))
+        state = safe_load(folder / 'model.safetensors')
     with torch.device('meta'):
         llm = PhiForCausalLM(config)
     missing, unexpected = llm.load_state_dict(state, strict=False, assign=True)

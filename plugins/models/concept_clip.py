@@ -504,6 +504,8 @@ def load_concept_clip_weights(
     Raises:
         FileNotFoundError: ``source`` does not exist or holds no weights
             file (naming the path and the names looked for).
+        CheckpointError: an unreadable weights file or a malformed
+            ``model.safetensors.index.json`` (naming the file).
         ValueError: the folder's ``config.json`` describes another
             architecture than ``model.model_name`` (see
             :func:`check_folder_config`).

@@ -17,7 +17,8 @@ from typing import Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import torch
 
-from plugins.utils import rename_keys, safe_load, strip_prefix
+from plugins.utils import (rename_keys, safe_load, safe_load_sharded,
+                           strip_prefix)
 
 from .weights import find_weights_file
 
@@ -136,18 +137,7 @@ def read_concept_clip_weights(path: Union[str, os.PathLike]) -> StateDict:
     """
     path = find_weights_file(path, CONCEPT_CLIP_WEIGHT_FILE_NAMES)
     if path.name.endswith('.index.json'):
-        with open(path) as f:
-            weight_map = json.load(f).get('weight_map')
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise ValueError(f'{path} has no weight_map')
-        state = {}
-        for shard in sorted(set(weight_map.values())):
-            state.update(safe_load(path.parent / shard))
-        missing = sorted(set(weight_map) - set(state))
-        if missing:
-            raise ValueError(f'{path}: {len(missing)} keys listed in the '
-                             f'index are in no shard, e.g. {missing[:5]}')
-        return state
+        return safe_load_sharded(path)
     return safe_load(path)
 
 

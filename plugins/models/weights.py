@@ -28,7 +28,8 @@ from open_clip.model import convert_to_custom_text_state_dict
 from open_clip.transformer import (CustomResidualAttentionBlock, QuickGELU,
                                    ResidualAttentionBlock)
 
-from plugins.utils import check_state_dict, safe_load
+from plugins.utils import (CheckpointError, check_state_dict,
+                           non_regular_kind, safe_load)
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +52,14 @@ def find_weights_file(path: Union[str, os.PathLike],
 
     Raises:
         FileNotFoundError: naming the path and the file names looked for.
+        CheckpointError: ``path`` exists but is a FIFO, socket, device or
+            dangling symbolic link (naming what it is).
     """
     path = Path(path)
+    kind = non_regular_kind(path)
+    if kind is not None:
+        raise CheckpointError(
+            f'{path} is {kind}, not a weights file or a model folder')
     if path.is_file():
         return path
     if path.is_dir():

@@ -1,7 +1,9 @@
 """Floor 1 helpers (torch and safetensors only): safe checkpoint loading,
 state-dict key mapping and position-embedding resampling."""
 from .checkpoint import (SAFE_GLOBALS, CheckpointError, UnsafeCheckpointError,
-                         safe_load, safe_load_object, save_safetensors)
+                         non_regular_kind, read_shard_index, safe_load,
+                         safe_load_object, safe_load_sharded,
+                         save_safetensors)
 from .pos_embed import (POS_EMBED_INTERP_PRESETS, pos_embed_interp_args,
                         resample_pos_embed)
 from .state_dict import (CONVERTER_HINT, StateDictMismatchError, add_prefix,
@@ -9,8 +11,9 @@ from .state_dict import (CONVERTER_HINT, StateDictMismatchError, add_prefix,
                          select_prefix, strip_prefix, unwrap_state_dict)
 
 __all__ = [
-    'SAFE_GLOBALS', 'CheckpointError', 'UnsafeCheckpointError', 'safe_load',
-    'safe_load_object', 'save_safetensors', 'resample_pos_embed',
+    'SAFE_GLOBALS', 'CheckpointError', 'UnsafeCheckpointError',
+    'non_regular_kind', 'read_shard_index', 'safe_load', 'safe_load_object',
+    'safe_load_sharded', 'save_safetensors', 'resample_pos_embed',
     'POS_EMBED_INTERP_PRESETS', 'pos_embed_interp_args',
     'CONVERTER_HINT', 'StateDictMismatchError', 'add_prefix',
     'check_state_dict', 'key_mismatch', 'rename_keys', 'select_prefix',

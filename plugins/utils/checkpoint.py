@@ -14,9 +14,11 @@ Loading a checkpoint must never run code from it.  Three formats are read:
   :mod:`plugins.utils.torchscript_archive`.
 """
 import argparse
+import json
 import os
 import pickle
 import re
+import stat
 import zipfile
 from pathlib import Path
 from typing import Any, Dict, Iterable, Optional, Union
@@ -75,7 +77,37 @@ _REFUSED_GLOBAL = re.compile(r'GLOBAL ([\w.]+)|Unsupported global: (?:GLOBAL )?(
                              r'|([\w.]+) was not an allowed global')
 
 
+def non_regular_kind(path: PathLike) -> Optional[str]:
+    """What ``path`` is when it exists but is neither a regular file nor a
+    folder (``'a FIFO (named pipe)'``, ``'a socket'``, ``'a character
+    device'``, ``'a block device'``, ``'a symbolic link to X, which does
+    not exist'``); None for a file, a folder or nothing at all.
+
+    Reading a FIFO or a device would block or never end, so such paths are
+    refused by name before anything is opened.
+    """
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode  # follows symbolic links
+    except FileNotFoundError:
+        if path.is_symlink():
+            return (f'a symbolic link to {os.readlink(path)}, which does '
+                    'not exist')
+        return None
+    kinds = ((stat.S_ISFIFO, 'a FIFO (named pipe)'), (stat.S_ISSOCK,
+                                                       'a socket'),
+             (stat.S_ISCHR, 'a character device'), (stat.S_ISBLK,
+                                                     'a block device'))
+    for test, kind in kinds:
+        if test(mode):
+            return kind
+    return None
+
+
 def _check_file(path: Path) -> None:
+    kind = non_regular_kind(path)
+    if kind is not None:
+        raise CheckpointError(f'{path} is {kind}, not a weights file')
     if not path.exists():
         raise FileNotFoundError(f'checkpoint file not found: {path}')
     if path.is_dir():
@@ -267,3 +299,81 @@ def save_safetensors(state: Dict[str, torch.Tensor],
     save_file(out, str(tmp), metadata=metadata)
     os.replace(tmp, path)
     return path
+
+
+def read_shard_index(path: PathLike) -> Dict[str, str]:
+    """The ``weight_map`` of a sharded export's index
+    (``model.safetensors.index.json``, ``pytorch_model.bin.index.json``).
+
+    Args:
+        path: the index file.
+
+    Returns:
+        dict[str, str]: tensor name -> shard file name (next to the index).
+
+    Raises:
+        CheckpointError: the file is not JSON, or not an object with a
+            non-empty ``weight_map`` of names to shard files (naming the
+            file and what is wrong).
+    """
+    path = Path(path)
+    _check_file(path)
+    try:
+        data = json.loads(path.read_text())
+    except UnicodeDecodeError as err:
+        raise CheckpointError(f'{path}: not a text (JSON) file ({err})'
+                              ) from err
+    except json.JSONDecodeError as err:
+        raise CheckpointError(
+            f'{path}: not valid JSON ({err.msg} at line {err.lineno} column '
+            f'{err.colno}); a shard index is {{"metadata": {{...}}, '
+            '"weight_map": {"tensor name": "shard file", ...}}') from err
+    if not isinstance(data, dict):
+        raise CheckpointError(f'{path}: expected a JSON object with a '
+                              f'"weight_map", got a {type(data).__name__}')
+    weight_map = data.get('weight_map')
+    if not isinstance(weight_map, dict) or not weight_map:
+        what = ('has no "weight_map" key (keys: '
+                f'{sorted(data)})' if 'weight_map' not in data else
+                f'has a "weight_map" that is not a non-empty object '
+                f'({type(weight_map).__name__})')
+        raise CheckpointError(f'{path} {what}')
+    bad = [k for k, v in weight_map.items() if not isinstance(v, str) or not v]
+    if bad:
+        raise CheckpointError(
+            f'{path}: "weight_map" entries must name a shard file; '
+            f'{len(bad)} do not, e.g. {bad[0]!r}: {weight_map[bad[0]]!r}')
+    return weight_map
+
+
+def safe_load_sharded(path: PathLike,
+                      map_location='cpu') -> Dict[str, torch.Tensor]:
+    """Read a sharded export (its index file) shard by shard with
+    :func:`safe_load`, checking that every tensor the index lists is found.
+
+    Args:
+        path: the index file (``*.index.json``).
+        map_location: device for the tensors. Default: ``'cpu'``.
+
+    Returns:
+        dict[str, Tensor]: all shards' tensors.
+
+    Raises:
+        CheckpointError: a malformed index (see :func:`read_shard_index`),
+            or tensors listed in the index that are in no shard.
+        FileNotFoundError: a shard named in the index is missing.
+    """
+    path = Path(path)
+    weight_map = read_shard_index(path)
+    state = {}
+    for shard in sorted(set(weight_map.values())):
+        shard_path = path.parent / shard
+        if not shard_path.exists() and non_regular_kind(shard_path) is None:
+            raise FileNotFoundError(
+                f'{path} lists shard {shard}, which is not in {path.parent}')
+        state.update(safe_load(shard_path, map_location))
+    missing = sorted(set(weight_map) - set(state))
+    if missing:
+        raise CheckpointError(f'{path}: {len(missing)} keys listed in the '
+                              f'index are in no shard, e.g. {missing[:5]}')
+    return state

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from plugins.llava.config import LlavaSegConfig, load_json_config
-from plugins.llava.model import LlavaPhiSegModel, load_pretrained_phi
+from plugins.llava.model import (LlavaPhiSegModel, load_pretrained_phi,
+                                 read_phi_config)
 
 
 def _forward(model, batch, **kwargs):
@@ -120,6 +121,46 @@ def test_load_pretrained_phi_round_trip(tmp_path, tiny_config):
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits[..., :vocab],
                                    phi(ids).logits)
+
+
+@pytest.fixture
+def phi_folder(tmp_path, tiny_config):
+    """A tiny Phi saved as a Hugging Face folder, sharded in two."""
+    from transformers import PhiConfig, PhiForCausalLM
+    torch.manual_seed(0)
+    phi = PhiForCausalLM(PhiConfig(**tiny_config.llm))
+    phi.save_pretrained(tmp_path, safe_serialization=True,
+                        max_shard_size='40KB')
+    assert (tmp_path / 'model.safetensors.index.json').is_file()
+    return tmp_path
+
+
+def test_load_pretrained_phi_reads_a_sharded_folder(phi_folder, tiny_config):
+    vocab = tiny_config.llm['vocab_size']
+    loaded = load_pretrained_phi(str(phi_folder), vocab)
+    assert loaded.config.hidden_size == tiny_config.llm['hidden_size']
+
+
+def test_phi_folder_without_config_json_names_it(phi_folder, tiny_config):
+    (phi_folder / 'config.json').unlink()
+    with pytest.raises(FileNotFoundError) as info:
+        load_pretrained_phi(str(phi_folder), tiny_config.llm['vocab_size'])
+    message = str(info.value)
+    assert f'{phi_folder / "config.json"} not found' in message
+    assert 'model.safetensors.index.json' in message  # what is there
+    with pytest.raises(FileNotFoundError, match='config.json not found'):
+        read_phi_config(str(phi_folder))
+    with pytest.raises(FileNotFoundError, match='Phi model folder not found'):
+        read_phi_config(str(phi_folder / 'missing'))
+
+
+def test_phi_malformed_shard_index_names_the_file(phi_folder, tiny_config):
+    from plugins.utils import CheckpointError
+    index = phi_folder / 'model.safetensors.index.json'
+    index.write_text(index.read_text()[:-3])  # cut short
+    with pytest.raises(CheckpointError) as info:
+        load_pretrained_phi(str(phi_folder), tiny_config.llm['vocab_size'])
+    assert f'{index}: not valid JSON' in str(info.value)
 
 
 @pytest.mark.parametrize('projector_type,num_tokens', [

@@ -352,6 +352,21 @@ def test_other_export_layouts_load_every_key(tiny, tmp_path, layout):
     torch.testing.assert_close(model.image_proj[0].weight, tiny.image_proj[0].weight)
 
 
+def test_malformed_shard_index_names_the_file(tiny, tmp_path):
+    from plugins.models.concept_clip_weights import read_concept_clip_weights
+    from plugins.utils import CheckpointError
+    index = tmp_path / 'model.safetensors.index.json'
+    # what a hand-edited index looks like: an unquoted key
+    index.write_text('{"metadata": {}, "weight_map": {logit_scale: "a"}}')
+    with pytest.raises(CheckpointError) as info:
+        load_concept_clip_weights(ConceptCLIP(TINY), tmp_path)
+    assert f'{index}: not valid JSON (Expecting property name' in \
+        str(info.value)
+    index.write_text('{"metadata": {}}')
+    with pytest.raises(CheckpointError, match='has no "weight_map" key'):
+        read_concept_clip_weights(tmp_path)
+
+
 def test_wrong_layout_lists_keys_and_key_rules_fix_it(tiny, tmp_path):
     renamed = {
         k.replace('visual.trunk.', 'vision_model.'): v

@@ -1,5 +1,6 @@
 """tools/train.py trains the demo, and --resume continues bit-exactly, also
-after the job was killed (between saves or in the middle of one)."""
+after the job was killed (between saves or in the middle of one, leaving an
+empty last_checkpoint or temporary files)."""
 import os
 import signal
 import subprocess
@@ -122,6 +123,38 @@ def test_sigkill_during_save_keeps_previous_checkpoint(
     _train(repo_root, toy_data_root, tmp_path, 6, '--resume', 'auto',
            ckpt_interval=1)
     assert _weights(tmp_path / 'iter_6.pth')['meta']['iter'] == 6
+
+
+@pytest.mark.slow
+def test_resume_auto_past_empty_last_checkpoint_and_killed_saves(
+        repo_root, toy_data_root, tmp_path, uninterrupted):
+    """The leftovers of kills at the worst moments: an empty
+    last_checkpoint (mmengine rewrote it in place), a checkpoint cut short
+    under its final name (an in-place writer) and a temporary file of a
+    killed save.  --resume auto continues from the newest complete
+    checkpoint, removes the temporary file, says both, and ends bit-exact."""
+    _train(repo_root, toy_data_root, tmp_path, 4)
+    (tmp_path / 'last_checkpoint').write_text('')
+    data = (tmp_path / 'iter_4.pth').read_bytes()
+    (tmp_path / 'iter_6.pth').write_bytes(data[:len(data) // 2])
+    dead = subprocess.Popen(['true'])
+    dead.wait()
+    stale = tmp_path / f'.iter_8.pth.tmp-{dead.pid}'
+    stale.write_bytes(data[:1000])
+    result = subprocess.run(
+        _train_cmd(toy_data_root, tmp_path, 8, 4, '--resume', 'auto'),
+        cwd=repo_root, capture_output=True, text=True, timeout=900)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-4000:]
+    assert f'{tmp_path}/last_checkpoint is empty; resuming from the newest ' \
+        f'complete checkpoint in the work dir, {tmp_path}/iter_4.pth ' \
+        '(skipped incomplete iter_6.pth)' in log
+    assert f'removed 1 temporary file(s) of killed checkpoint saves from ' \
+        f'{tmp_path}: {stale.name}' in log
+    assert not stale.exists()
+    assert (tmp_path / 'last_checkpoint').read_text() == \
+        str(tmp_path / 'iter_8.pth')
+    _assert_same_weights(uninterrupted / 'iter_8.pth', tmp_path / 'iter_8.pth')
 
 
 def test_checkpoint_loads_weights_only_with_allow_list(

@@ -8,8 +8,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from plugins.utils import (CheckpointError, UnsafeCheckpointError, safe_load,
-                           safe_load_object, save_safetensors)
+from plugins.utils import (CheckpointError, UnsafeCheckpointError,
+                           non_regular_kind, read_shard_index, safe_load,
+                           safe_load_object, safe_load_sharded,
+                           save_safetensors)
 
 MARKER = 'plugins-test-pwned'
 
@@ -152,6 +154,71 @@ def test_directory_lists_weight_files(tmp_path):
     torch.save(_state(), tmp_path / 'pytorch_model.bin')
     with pytest.raises(IsADirectoryError, match='pytorch_model.bin'):
         safe_load(tmp_path)
+
+
+def test_fifo_is_refused_by_what_it_is(tmp_path):
+    # Opening a FIFO would block until a writer appears (a hang); before,
+    # it was reported as an empty checkpoint.
+    fifo = tmp_path / 'w.safetensors'
+    os.mkfifo(fifo)
+    with pytest.raises(CheckpointError,
+                       match=f'{fifo} is a FIFO \\(named pipe\\), not a '
+                       'weights file'):
+        safe_load(fifo)
+
+
+def test_non_regular_kinds(tmp_path):
+    os.mkfifo(tmp_path / 'fifo')
+    (tmp_path / 'dangling').symlink_to(tmp_path / 'gone.bin')
+    (tmp_path / 'file').write_bytes(b'1')
+    assert non_regular_kind(tmp_path / 'fifo') == 'a FIFO (named pipe)'
+    assert non_regular_kind('/dev/null') == 'a character device'
+    assert non_regular_kind(tmp_path / 'dangling') == \
+        f'a symbolic link to {tmp_path / "gone.bin"}, which does not exist'
+    for plain in ('file', 'missing', '.'):
+        assert non_regular_kind(tmp_path / plain) is None
+
+
+def _sharded(tmp_path, index_text=None):
+    state = _state()
+    save_file({'a.weight': state['a.weight']}, str(tmp_path / 's1.safetensors'))
+    save_file({'a.bias': state['a.bias']}, str(tmp_path / 's2.safetensors'))
+    index = tmp_path / 'model.safetensors.index.json'
+    index.write_text(index_text if index_text is not None else (
+        '{"metadata": {}, "weight_map": {"a.weight": "s1.safetensors", '
+        '"a.bias": "s2.safetensors"}}'))
+    return index
+
+
+def test_sharded_export_loads_every_shard(tmp_path):
+    _assert_same(safe_load_sharded(_sharded(tmp_path)), _state())
+
+
+@pytest.mark.parametrize('text,expected', [
+    ('{"metadata": {}, "weight_map": {a.weight: 1}}',
+     'not valid JSON (Expecting property name enclosed in double quotes at '
+     'line 1 column 33)'),
+    ('', 'is empty'),
+    ('[1, 2]', 'expected a JSON object with a "weight_map", got a list'),
+    ('{"metadata": {}}', 'has no "weight_map" key (keys: [\'metadata\'])'),
+    ('{"weight_map": {}}', '"weight_map" that is not a non-empty object'),
+    ('{"weight_map": {"a.weight": 3}}', "e.g. 'a.weight': 3"),
+    ('{"weight_map": {"a.weight": "s1.safetensors", "x": "s1.safetensors"}}',
+     "1 keys listed in the index are in no shard, e.g. ['x']"),
+])
+def test_malformed_shard_index_names_the_file(tmp_path, text, expected):
+    index = _sharded(tmp_path, text)
+    with pytest.raises(CheckpointError) as info:
+        safe_load_sharded(index)
+    assert str(index) in str(info.value) and expected in str(info.value)
+
+
+def test_shard_index_naming_a_missing_shard(tmp_path):
+    index = _sharded(tmp_path, '{"weight_map": {"a.weight": "gone.bin"}}')
+    with pytest.raises(FileNotFoundError,
+                       match=f'{index} lists shard gone.bin, which is not'):
+        safe_load_sharded(index)
+    assert read_shard_index(index) == {'a.weight': 'gone.bin'}
 
 
 def test_empty_file(tmp_path):

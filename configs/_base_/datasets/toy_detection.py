@@ -1,6 +1,9 @@
 # The bundled toy data (tools/make_toy_dataset.py writes it into data/toy/):
 # 256x256 images of coloured circles, squares and triangles, COCO format.
-dataset_type = 'CocoDataset'
+# CheckedCocoDataset: mmdet's CocoDataset with the annotation file checked
+# when loaded (bad boxes and image sizes are errors, dropped annotations
+# are counted in one warning).
+dataset_type = 'CheckedCocoDataset'
 data_root = 'data/toy/'
 metainfo = dict(classes=('circle', 'square', 'triangle'),
                 palette=[(220, 20, 60), (0, 130, 200), (255, 180, 0)])

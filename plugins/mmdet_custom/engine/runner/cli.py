@@ -1,6 +1,7 @@
 """Pieces shared by ``tools/train.py`` and ``tools/test.py``."""
 import argparse
 import atexit
+import copy
 import os
 import os.path as osp
 
@@ -14,13 +15,123 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--work-dir',
                         help='the dir to save logs, models and results')
     parser.add_argument(
-        '--cfg-options', nargs='+', action=DictAction,
-        help='override config settings, e.g. train_cfg.max_iters=8')
+        '--cfg-options', nargs='+', action=CfgOptionsAction,
+        help='override config settings, e.g. train_cfg.max_iters=8; a '
+        'value with spaces is kept as typed (quote it for the shell)')
     parser.add_argument(
         '--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
         default='none', help='job launcher')
     # torch.distributed.launch passes --local-rank; torchrun sets LOCAL_RANK.
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def _split_top_level(text: str) -> list:
+    """``text`` cut at the commas outside brackets and quotes.
+
+    Raises:
+        ValueError: unbalanced brackets or quotes.
+    """
+    parts, depth, quote, start = [], 0, None, 0
+    for i, char in enumerate(text):
+        if quote:
+            quote = None if char == quote else quote
+        elif char in '\'"':
+            quote = char
+        elif char in '([':
+            depth += 1
+        elif char in ')]':
+            depth -= 1
+            if depth < 0:
+                break
+        elif char == ',' and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    if quote or depth != 0:
+        raise ValueError(f'unbalanced brackets or quotes in {text!r}')
+    parts.append(text[start:])
+    return parts
+
+
+def _is_one_bracket(text: str) -> bool:
+    """Whether ``text`` is one ``[...]`` or ``(...)`` (its first bracket
+    closes at its last character, as in ``[1, 2]`` but not ``(1), (2)``)."""
+    if text[:1] not in '([' or text[-1:] != {'(': ')', '[': ']'}[text[:1]]:
+        return False
+    depth, quote = 0, None
+    for i, char in enumerate(text):
+        if quote:
+            quote = None if char == quote else quote
+        elif char in '\'"':
+            quote = char
+        elif char in '([':
+            depth += 1
+        elif char in ')]':
+            depth -= 1
+            if depth == 0:
+                return i == len(text) - 1
+    return False
+
+
+def parse_cfg_option(value: str):
+    """One ``--cfg-options`` value, as mmengine's ``DictAction`` reads it,
+    except that spaces inside a value are kept.
+
+    ``DictAction`` deletes every space (``'/dir with spaces/w.pth'`` becomes
+    ``'/dirwithspaces/w.pth'``), so a path the user quoted for the shell
+    turns into one they never typed.  A value without whitespace goes
+    through ``DictAction`` unchanged; one with whitespace keeps it: a
+    scalar stays one string, a quoted part is taken verbatim, and lists or
+    tuples (``[a, b]``, ``(1, 2)``, ``a, b``) are split at their top-level
+    commas with the spaces around each element dropped, as before.
+
+    Args:
+        value (str): the text after ``KEY=``.
+
+    Returns:
+        int | float | bool | None | str | list | tuple: the parsed value.
+
+    Raises:
+        ValueError: unbalanced brackets or quotes.
+    """
+    if not any(char.isspace() for char in value):
+        try:
+            return DictAction._parse_iterable(value)
+        except AssertionError as err:  # DictAction's bracket check
+            raise ValueError(str(err)) from err
+    text = value.strip()
+    if not text:
+        return ''
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in '\'"' and \
+            text[0] not in text[1:-1]:
+        return text[1:-1]
+    if _is_one_bracket(text):
+        inner = text[1:-1].strip()
+        items = ([parse_cfg_option(part) for part in _split_top_level(inner)]
+                 if inner else [])
+        return tuple(items) if text[0] == '(' else items
+    parts = _split_top_level(text)
+    if len(parts) > 1:
+        return [parse_cfg_option(part) for part in parts]
+    return DictAction._parse_int_float_bool(text)
+
+
+class CfgOptionsAction(DictAction):
+    """``--cfg-options KEY=VALUE ...``: mmengine's ``DictAction`` with the
+    values read by :func:`parse_cfg_option` (spaces kept), and a usage
+    error naming the item instead of a traceback for a malformed one.
+    Repeated ``--cfg-options`` merge, as with ``DictAction``."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        options = copy.copy(getattr(namespace, self.dest, None) or {})
+        for item in values or ():
+            key, sep, value = item.partition('=')
+            if not sep or not key:
+                parser.error(f'{option_string} {item!r}: expected KEY=VALUE')
+            try:
+                options[key] = parse_cfg_option(value)
+            except ValueError as err:
+                parser.error(f'{option_string} {key}: {err}')
+        setattr(namespace, self.dest, options)
 
 
 def load_config(args) -> Config:
