@@ -79,8 +79,8 @@ def main(argv=None):
     import torch
 
     from plugins.mmdet_custom.apis import (CheckpointMismatchError,
-                                           collect_inputs, init_detector,
-                                           run_inference)
+                                           Predictor, collect_inputs,
+                                           init_detector, run_inference)
     from plugins.utils import CheckpointError
     for what, path in (('config', args.config),
                        ('checkpoint', args.checkpoint)):
@@ -98,13 +98,15 @@ def main(argv=None):
     except (CheckpointMismatchError, CheckpointError) as err:
         _refuse(f'refusing {args.checkpoint} for {args.config}:\n{err}')
     try:
-        summary = run_inference(model, items, args.out_dir,
-                                batch_size=args.batch_size,
-                                score_thr=args.score_thr, texts=args.texts,
-                                every=args.every, draw=not args.no_vis,
-                                progress=not args.no_progress)
-    except ValueError as err:  # e.g. --texts for a model without text
-        _refuse(str(err))
+        predictor = Predictor(model, texts=args.texts)
+    except (KeyError, ValueError) as err:  # no test pipeline, bad --texts
+        _refuse(str(err.args[0]) if err.args else repr(err))
+    summary = run_inference(model, items, args.out_dir,
+                            batch_size=args.batch_size,
+                            score_thr=args.score_thr, every=args.every,
+                            draw=not args.no_vis,
+                            progress=not args.no_progress,
+                            predictor=predictor)
     print(f'{summary.images} images in {summary.seconds:.1f} s '
           f'({summary.images_per_second:.2f} images/s), '
           f'{summary.detections} detections with score >= {args.score_thr} '

@@ -57,7 +57,9 @@ class _ResultUnpickler(pickle.Unpickler):
                ('torch', 'Size'), ('collections', 'OrderedDict'),
                ('numpy._core.multiarray', '_reconstruct'),
                ('numpy._core.multiarray', 'scalar'), ('numpy', 'ndarray'),
-               ('numpy', 'dtype'), ('torch.storage', '_load_from_bytes')}
+               ('numpy', 'dtype'), ('torch.storage', '_load_from_bytes'),
+               # pickle protocol 2 (mmengine.dump) writes bytes this way
+               ('_codecs', 'encode')}
 
     def find_class(self, module, name):
         if (module, name) in self.ALLOWED or (

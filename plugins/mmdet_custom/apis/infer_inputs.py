@@ -188,8 +188,8 @@ class _Writer:
         self.predictor = predictor
         self.score_thr = score_thr
         self.draw = draw
+        self.out_dir = out_dir
         self.vis_dir = osp.join(out_dir, 'vis')
-        self.mask_dir = osp.join(out_dir, 'masks')
         meta = getattr(detector_of(predictor.model), 'dataset_meta', None)
         names = predictor.class_names
         self.palette = class_palette(None if predictor.text else meta,
@@ -200,13 +200,14 @@ class _Writer:
         #: frame rate of each annotated video (input rate / every)
         self.video_fps = {}
 
-    def out_name(self, name: str, ext: str) -> str:
-        """A file name under vis/ for input ``name`` (its folder layout kept
-        when relative, unique)."""
+    def out_name(self, name: str, ext: str, folder: str = '') -> str:
+        """A unique file name (relative to the output folder) for input
+        ``name``: its folder layout kept when relative, else its base
+        name."""
         clean = name.replace('\\', '/')
         if osp.isabs(clean) or '..' in clean.split('/'):
             clean = osp.basename(clean)
-        stem = osp.splitext(clean)[0]
+        stem = folder + osp.splitext(clean)[0]
         candidate, n = stem + ext, 1
         while candidate in self.used_names:
             candidate, n = f'{stem}_{n}{ext}', n + 1
@@ -263,9 +264,8 @@ class _Writer:
             (names[k] if k < len(names) else str(k)): int(c)
             for k, c in enumerate(counts) if c})
         if frame is None:  # one mask file per image (not per video frame)
-            os.makedirs(self.mask_dir, exist_ok=True)
-            mask_name = self.out_name('masks/' + item.name, '.png')
-            path = osp.join(osp.dirname(self.mask_dir), mask_name)
+            mask_name = self.out_name(item.name, '.png', 'masks/')
+            path = osp.join(self.out_dir, mask_name)
             os.makedirs(osp.dirname(path), exist_ok=True)
             Image.fromarray(mask.astype(np.uint8)).save(path)
             record['mask_file'] = mask_name
@@ -346,7 +346,8 @@ def run_inference(model: torch.nn.Module,
                   texts: Union[str, Sequence[str], None] = None,
                   every: int = 1,
                   draw: bool = True,
-                  progress: bool = True) -> InferenceSummary:
+                  progress: bool = True,
+                  predictor: Optional[Predictor] = None) -> InferenceSummary:
     """Predict every image and video frame of ``inputs``; write
     ``out_dir/predictions.json`` and pictures under ``out_dir/vis``.
 
@@ -370,6 +371,8 @@ def run_inference(model: torch.nn.Module,
         every (int): keep every ``every``-th frame of a video.
         draw (bool): write pictures.
         progress (bool): show a progress bar (images per second).
+        predictor (Predictor, optional): a ready one for ``model`` (then
+            ``texts`` is its business).
 
     Returns:
         InferenceSummary
@@ -384,7 +387,7 @@ def run_inference(model: torch.nn.Module,
     items = [i if isinstance(i, InputFile) else None for i in inputs]
     if not all(items):
         items = collect_inputs([str(i) for i in inputs])
-    predictor = Predictor(model, texts=texts)
+    predictor = predictor or Predictor(model, texts=texts)
     os.makedirs(out_dir, exist_ok=True)
     writer = _Writer(predictor, out_dir, score_thr, draw)
     total = 0
