@@ -107,10 +107,12 @@ def main(argv=None):
                             draw=not args.no_vis,
                             progress=not args.no_progress,
                             predictor=predictor)
+    what = (f'{summary.masks} masks' if summary.masks else
+            f'{summary.detections} detections with score >= '
+            f'{args.score_thr}')
     print(f'{summary.images} images in {summary.seconds:.1f} s '
-          f'({summary.images_per_second:.2f} images/s), '
-          f'{summary.detections} detections with score >= {args.score_thr} '
-          f'-> {summary.predictions}')
+          f'({summary.images_per_second:.2f} images/s), {what} -> '
+          f'{summary.predictions}')
     if not args.no_vis:
         print(f'pictures: {osp.join(args.out_dir, "vis")}')
     if summary.failed:

@@ -188,6 +188,20 @@ def check_state_dict(expected: Mapping[str, torch.Tensor],
     missing, unexpected, mismatched = key_mismatch(expected, state)
     if not (missing or unexpected or mismatched):
         return
+    raise StateDictMismatchError(
+        describe_mismatch(missing, unexpected, mismatched, source, target,
+                          hint), missing, unexpected, mismatched)
+
+
+def describe_mismatch(missing: Sequence[str],
+                      unexpected: Sequence[str],
+                      mismatched: Sequence[Tuple[str, tuple, tuple]] = (),
+                      source: Union[str, None] = None,
+                      target: str = 'the model',
+                      hint: str = CONVERTER_HINT) -> str:
+    """The message of :func:`check_state_dict`: the counts of missing,
+    unexpected and shape-mismatched keys, then at most 20 of each, then
+    ``hint``."""
     where = f' from {source}' if source else ''
     lines = [
         f'checkpoint{where} does not match {target}: '
@@ -203,5 +217,4 @@ def check_state_dict(expected: Mapping[str, torch.Tensor],
         lines.append(f'  shape mismatches: {_preview(shown)}')
     if hint:
         lines.append(f'  hint: {hint}')
-    raise StateDictMismatchError('\n'.join(lines), missing, unexpected,
-                                 mismatched)
+    return '\n'.join(lines)

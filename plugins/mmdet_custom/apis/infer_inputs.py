@@ -170,6 +170,7 @@ class InferenceSummary:
     """What :func:`run_inference` did."""
     images: int = 0
     detections: int = 0
+    masks: int = 0
     seconds: float = 0.0
     failed: List[Tuple[str, str]] = field(default_factory=list)
     predictions: str = ''
@@ -195,6 +196,7 @@ class _Writer:
         self.palette = class_palette(None if predictor.text else meta,
                                      len(names))
         self.records: List[dict] = []
+        self.masks = 0
         self.used_names: set = set()
         self.videos = {}
         #: frame rate of each annotated video (input rate / every)
@@ -223,6 +225,7 @@ class _Writer:
         if 'pred_sem_seg' in result:
             picture = self._add_mask(item, frame, image, result, base)
             kept = 0
+            self.masks += 1
         else:
             kept, picture = self._add_boxes(image, result, base)
         if picture is not None:
@@ -434,6 +437,7 @@ def run_inference(model: torch.nn.Module,
     summary.seconds = time.perf_counter() - start
     bar.close()
     summary.videos = writer.close()
+    summary.masks = writer.masks
     if osp.isdir(tmp_dir):
         for name in os.listdir(tmp_dir):  # frames that failed to load
             os.remove(osp.join(tmp_dir, name))

@@ -7,6 +7,7 @@ Here every load is strict: a checkpoint that leaves any model weight unset,
 or brings weights the model does not have, is refused with the counts and a
 few of the keys, unless the caller asks for a partial load.
 """
+import logging
 import os.path as osp
 from typing import Optional, Sequence, Union
 
@@ -16,7 +17,7 @@ from mmengine.logging import print_log
 from mmengine.model import BaseTTAModel, is_model_wrapper
 from mmengine.registry import init_default_scope
 
-from plugins.utils import (StateDictMismatchError, check_state_dict,
+from plugins.utils import (StateDictMismatchError, describe_mismatch,
                            key_mismatch, safe_load_object, unwrap_state_dict)
 
 #: What a user can do when a checkpoint does not match its config.
@@ -68,37 +69,53 @@ def load_model_checkpoint(model: torch.nn.Module,
         plugins.utils.CheckpointError: unreadable or unsafe file.
         CheckpointMismatchError: missing, unexpected or shape-mismatched
             keys (counts and the first keys of each), unless
-            ``allow_partial``.
+            ``allow_partial``. The keys are those left after the model's
+            own load hooks; after this error the model's weights are
+            partly loaded and should not be used.
     """
     if not osp.isfile(checkpoint):
         raise FileNotFoundError(f'checkpoint not found: {checkpoint}')
     obj = safe_load_object(checkpoint, map_location)
     state = unwrap_state_dict(obj)
     target = _target_module(model)
-    expected = target.state_dict()
-    try:
-        check_state_dict(expected, state, source=checkpoint,
-                         target=f'{type(target).__name__} (the config\'s '
-                         'model)', hint=MISMATCH_HINT)
-    except StateDictMismatchError as err:
-        if not allow_partial:
-            raise CheckpointMismatchError(str(err), err.missing,
-                                          err.unexpected,
-                                          err.mismatched) from None
-        missing, unexpected, mismatched = key_mismatch(expected, state)
-        skipped = {k for k, _, _ in mismatched}
+    what = f"{type(target).__name__} (the config's model)"
+    # Shapes first: load_state_dict raises on them even when not strict.
+    _, _, mismatched = key_mismatch(target.state_dict(), state)
+    if mismatched and allow_partial:
         state = {k: v for k, v in state.items()
-                 if k in expected and k not in skipped}
+                 if k not in {m[0] for m in mismatched}}
+    elif mismatched:
+        missing, unexpected, _ = key_mismatch(target.state_dict(), state)
+        raise CheckpointMismatchError(
+            describe_mismatch(missing, unexpected, mismatched, checkpoint,
+                              what, MISMATCH_HINT),
+            missing, unexpected, mismatched)
+    # Missing/unexpected as the model sees them, after its own load hooks
+    # (e.g. RegionRescoringDetector moves a bare detector's keys under
+    # `detector.`).
+    try:
+        result = target.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # a shape mismatch after a load hook
+        raise CheckpointMismatchError(
+            f'checkpoint {checkpoint} does not match {what}: {err}\n'
+            f'  hint: {MISMATCH_HINT}') from None
+    missing = sorted(result.missing_keys)
+    unexpected = sorted(result.unexpected_keys)
+    if (missing or unexpected) and not allow_partial:
+        raise CheckpointMismatchError(
+            describe_mismatch(missing, unexpected, mismatched, checkpoint,
+                              what, MISMATCH_HINT),
+            missing, unexpected, mismatched)
+    if missing or unexpected or mismatched:
+        loaded = len(target.state_dict()) - len(missing) - len(mismatched)
         print_log(
-            f'partial load of {checkpoint} (allow_partial): '
-            f'{len(state)} of {len(expected)} model tensors loaded; '
+            f'partial load of {checkpoint} (allow_partial): {loaded} of '
+            f'{len(target.state_dict())} model tensors loaded; '
             f'{len(missing)} missing (e.g. {missing[:3]}), '
             f'{len(unexpected)} unexpected (e.g. {unexpected[:3]}), '
-            f'{len(mismatched)} shape-mismatched (e.g. {mismatched[:3]}) '
-            'left as built', logger='current', level=30)
-        target.load_state_dict(state, strict=False)
-    else:
-        target.load_state_dict(state, strict=True)
+            f'{len(mismatched)} shape-mismatched (e.g. '
+            f'{[m[0] for m in mismatched[:3]]}) left as built',
+            logger='current', level=logging.WARNING)
     meta = obj.get('meta') if isinstance(obj, dict) else None
     return meta if isinstance(meta, dict) else {}
 
