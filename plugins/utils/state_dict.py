@@ -64,10 +64,13 @@ def unwrap_state_dict(obj, key: Optional[str] = None) -> StateDict:
             found = list(obj.keys()) if isinstance(obj, Mapping) else type(obj)
             raise KeyError(f"checkpoint has no entry '{key}' (found: {found})")
         obj = obj[key]
-    while isinstance(obj, Mapping) and not _has_tensors(obj):
-        nxt = next(
-            (k for k in CONTAINER_KEYS if isinstance(obj.get(k), Mapping)),
-            None)
+    # Follow a container that holds tensors even when tensors sit beside
+    # it: mmengine checkpoints of this project keep `torch_rng_state` (a
+    # tensor, RNGStateHook) next to `state_dict`.
+    while isinstance(obj, Mapping):
+        nxt = next((k for k in CONTAINER_KEYS
+                    if isinstance(obj.get(k), Mapping)
+                    and _holds_tensors(obj[k])), None)
         if nxt is None:
             break
         obj = obj[nxt]
@@ -85,8 +88,12 @@ def unwrap_state_dict(obj, key: Optional[str] = None) -> StateDict:
     return strip_prefix(state, 'module.', only_if_all=True)
 
 
-def _has_tensors(obj: Mapping) -> bool:
-    return any(isinstance(v, torch.Tensor) for v in obj.values())
+def _holds_tensors(obj: Mapping, depth: int = 3) -> bool:
+    """Whether a tensor is among the values, or (``depth`` levels down)
+    among those of nested mappings."""
+    return any(isinstance(v, torch.Tensor) or (
+        depth > 0 and isinstance(v, Mapping) and _holds_tensors(v, depth - 1))
+        for v in obj.values())
 
 
 def strip_prefix(state: Mapping[str, torch.Tensor],
