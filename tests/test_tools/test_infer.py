@@ -24,8 +24,8 @@ CONFIG = 'configs/_demo_/dino-4scale_surgeryclip-tiny_deformneck-s16-128_toy.py'
 
 
 def _random_checkpoint(config: Path, path: Path, options=None) -> Path:
-    """A config's model with initialised random weights, saved as the
-    runner saves a checkpoint (``meta`` + ``state_dict``)."""
+    """A config's model with initialised random weights, saved as this
+    project's runner saves a checkpoint."""
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
     from mmdet.registry import MODELS
@@ -35,7 +35,9 @@ def _random_checkpoint(config: Path, path: Path, options=None) -> Path:
     torch.manual_seed(0)
     model = MODELS.build(cfg.model)
     model.init_weights()
-    torch.save({'meta': {'iter': 0}, 'state_dict': model.state_dict()}, path)
+    # torch_rng_state beside state_dict, as RNGStateHook writes it
+    torch.save({'meta': {'iter': 0}, 'state_dict': model.state_dict(),
+                'torch_rng_state': torch.get_rng_state()}, path)
     return path
 
 
