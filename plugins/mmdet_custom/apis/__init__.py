@@ -6,12 +6,13 @@ checkpoint (:func:`init_detector`, with the strict checkpoint load that
 and videos with JSON and pictures out (:func:`run_inference`)."""
 from .infer_inputs import (InferenceSummary, InputFile, collect_inputs,
                            draw_detections, run_inference)
-from .inference import (CheckpointMismatchError, init_detector,
+from .inference import (CheckpointMismatchError, detector_of, init_detector,
                         load_model_checkpoint)
 from .predictor import Predictor, parse_text_prompt, test_pipeline_cfg
 
 __all__ = [
-    'CheckpointMismatchError', 'init_detector', 'load_model_checkpoint',
+    'CheckpointMismatchError', 'detector_of', 'init_detector',
+    'load_model_checkpoint',
     'Predictor', 'parse_text_prompt', 'test_pipeline_cfg',
     'InferenceSummary', 'InputFile', 'collect_inputs', 'draw_detections',
     'run_inference'

@@ -14,7 +14,8 @@ from PIL import Image, ImageDraw
 
 from plugins.prompt_learning.visualization import default_palette, overlay_mask
 
-from .predictor import Predictor, detector_of
+from .inference import detector_of
+from .predictor import Predictor
 
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 VIDEO_EXTS = ('.mp4', '.avi', '.mov', '.mkv', '.webm', '.m4v', '.mpg',
@@ -232,7 +233,8 @@ class _Writer:
             self._save(item, frame, picture)
         return kept
 
-    def _add_boxes(self, image, result, base) -> Tuple[int, Optional[np.ndarray]]:
+    def _add_boxes(self, image, result,
+                   base) -> Tuple[int, Optional[np.ndarray]]:
         inst = result.pred_instances
         keep = inst.scores >= self.score_thr
         boxes = inst.bboxes[keep].float().cpu().numpy()

@@ -9,7 +9,7 @@ few of the keys, unless the caller asks for a partial load.
 """
 import logging
 import os.path as osp
-from typing import Optional, Sequence, Union
+from typing import Optional, Union
 
 import torch
 from mmengine.config import Config
@@ -32,9 +32,8 @@ class CheckpointMismatchError(StateDictMismatchError):
     config (see :class:`plugins.utils.StateDictMismatchError`)."""
 
 
-def _target_module(model: torch.nn.Module) -> torch.nn.Module:
-    # DDP wrappers and the TTA wrapper hold the detector as `.module`; the
-    # checkpoint holds the detector's own keys.
+def detector_of(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside DDP / TTA wrappers (whose keys a checkpoint holds)."""
     while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
         model = model.module
     return model
@@ -77,7 +76,7 @@ def load_model_checkpoint(model: torch.nn.Module,
         raise FileNotFoundError(f'checkpoint not found: {checkpoint}')
     obj = safe_load_object(checkpoint, map_location)
     state = unwrap_state_dict(obj)
-    target = _target_module(model)
+    target = detector_of(model)
     what = f"{type(target).__name__} (the config's model)"
     # Shapes first: load_state_dict raises on them even when not strict.
     _, _, mismatched = key_mismatch(target.state_dict(), state)
@@ -207,10 +206,3 @@ def init_detector(config: Union[str, Config],
     model.to(device)
     model.eval()
     return model
-
-
-def model_class_names(model: torch.nn.Module) -> Sequence[str]:
-    """The class names a model predicts (from ``model.dataset_meta``);
-    empty when unknown."""
-    meta = getattr(model, 'dataset_meta', None) or {}
-    return tuple(meta.get('classes') or ())

@@ -7,8 +7,9 @@ import numpy as np
 import torch
 from mmcv.transforms import Compose
 from mmengine.config import Config
-from mmengine.model import BaseTTAModel, is_model_wrapper
 from mmengine.registry import init_default_scope
+
+from .inference import detector_of
 
 #: Transforms of a test pipeline that read ground truth; a new image has
 #: none, and they change no prediction, so inference drops them.
@@ -49,13 +50,6 @@ def test_pipeline_cfg(cfg: Config) -> List[dict]:
                        f'{pipeline[0].get("type")!r}, not an image loader '
                        f'({" or ".join(FILE_LOADERS)})')
     return pipeline
-
-
-def detector_of(model: torch.nn.Module) -> torch.nn.Module:
-    """The model inside DDP / TTA wrappers."""
-    while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
-        model = model.module
-    return model
 
 
 def needs_text_prompt(model: torch.nn.Module) -> bool:
