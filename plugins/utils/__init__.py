@@ -7,8 +7,9 @@ from .checkpoint import (SAFE_GLOBALS, CheckpointError, UnsafeCheckpointError,
 from .pos_embed import (POS_EMBED_INTERP_PRESETS, pos_embed_interp_args,
                         resample_pos_embed)
 from .state_dict import (CONVERTER_HINT, StateDictMismatchError, add_prefix,
-                         check_state_dict, key_mismatch, rename_keys,
-                         select_prefix, strip_prefix, unwrap_state_dict)
+                         check_state_dict, describe_mismatch, key_mismatch,
+                         rename_keys, select_prefix, strip_prefix,
+                         unwrap_state_dict)
 
 __all__ = [
     'SAFE_GLOBALS', 'CheckpointError', 'UnsafeCheckpointError',
@@ -16,6 +17,6 @@ __all__ = [
     'safe_load_sharded', 'save_safetensors', 'resample_pos_embed',
     'POS_EMBED_INTERP_PRESETS', 'pos_embed_interp_args',
     'CONVERTER_HINT', 'StateDictMismatchError', 'add_prefix',
-    'check_state_dict', 'key_mismatch', 'rename_keys', 'select_prefix',
-    'strip_prefix', 'unwrap_state_dict'
+    'check_state_dict', 'describe_mismatch', 'key_mismatch', 'rename_keys',
+    'select_prefix', 'strip_prefix', 'unwrap_state_dict'
 ]

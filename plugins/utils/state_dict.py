@@ -64,10 +64,13 @@ def unwrap_state_dict(obj, key: Optional[str] = None) -> StateDict:
             found = list(obj.keys()) if isinstance(obj, Mapping) else type(obj)
             raise KeyError(f"checkpoint has no entry '{key}' (found: {found})")
         obj = obj[key]
-    while isinstance(obj, Mapping) and not _has_tensors(obj):
-        nxt = next(
-            (k for k in CONTAINER_KEYS if isinstance(obj.get(k), Mapping)),
-            None)
+    # Follow a container that holds tensors even when tensors sit beside
+    # it: mmengine checkpoints of this project keep `torch_rng_state` (a
+    # tensor, RNGStateHook) next to `state_dict`.
+    while isinstance(obj, Mapping):
+        nxt = next((k for k in CONTAINER_KEYS
+                    if isinstance(obj.get(k), Mapping)
+                    and _holds_tensors(obj[k])), None)
         if nxt is None:
             break
         obj = obj[nxt]
@@ -85,8 +88,12 @@ def unwrap_state_dict(obj, key: Optional[str] = None) -> StateDict:
     return strip_prefix(state, 'module.', only_if_all=True)
 
 
-def _has_tensors(obj: Mapping) -> bool:
-    return any(isinstance(v, torch.Tensor) for v in obj.values())
+def _holds_tensors(obj: Mapping, depth: int = 3) -> bool:
+    """Whether a tensor is among the values, or (``depth`` levels down)
+    among those of nested mappings."""
+    return any(isinstance(v, torch.Tensor) or (
+        depth > 0 and isinstance(v, Mapping) and _holds_tensors(v, depth - 1))
+        for v in obj.values())
 
 
 def strip_prefix(state: Mapping[str, torch.Tensor],
@@ -188,6 +195,20 @@ def check_state_dict(expected: Mapping[str, torch.Tensor],
     missing, unexpected, mismatched = key_mismatch(expected, state)
     if not (missing or unexpected or mismatched):
         return
+    raise StateDictMismatchError(
+        describe_mismatch(missing, unexpected, mismatched, source, target,
+                          hint), missing, unexpected, mismatched)
+
+
+def describe_mismatch(missing: Sequence[str],
+                      unexpected: Sequence[str],
+                      mismatched: Sequence[Tuple[str, tuple, tuple]] = (),
+                      source: Union[str, None] = None,
+                      target: str = 'the model',
+                      hint: str = CONVERTER_HINT) -> str:
+    """The message of :func:`check_state_dict`: the counts of missing,
+    unexpected and shape-mismatched keys, then at most 20 of each, then
+    ``hint``."""
     where = f' from {source}' if source else ''
     lines = [
         f'checkpoint{where} does not match {target}: '
@@ -203,5 +224,4 @@ def check_state_dict(expected: Mapping[str, torch.Tensor],
         lines.append(f'  shape mismatches: {_preview(shown)}')
     if hint:
         lines.append(f'  hint: {hint}')
-    raise StateDictMismatchError('\n'.join(lines), missing, unexpected,
-                                 mismatched)
+    return '\n'.join(lines)

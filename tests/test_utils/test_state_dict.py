@@ -33,6 +33,14 @@ def test_unwrap_drops_non_tensors_and_ddp_prefix():
     assert set(unwrap_state_dict({'module.w': T, 'x': T})) == {'module.w', 'x'}
 
 
+def test_unwrap_follows_state_dict_beside_a_stray_tensor():
+    # this project's runner checkpoints: RNGStateHook stores a tensor next
+    # to `state_dict`; the weights are still the ones under `state_dict`
+    ckpt = {'meta': {'iter': 2}, 'torch_rng_state': T,
+            'state_dict': {'backbone.w': T, 'head.b': T}}
+    assert sorted(unwrap_state_dict(ckpt)) == ['backbone.w', 'head.b']
+
+
 def test_check_state_dict_lists_keys_and_shapes():
     expected = {'a': torch.zeros(2), 'b': torch.zeros(3), 'c': T}
     state = {'a': torch.zeros(2), 'b': torch.zeros(4), 'zz': T}

@@ -164,8 +164,12 @@ class VPTTPTSemanticSegmentor(BaseModel):
         maps = self._encode(inputs)['maps']
         scale = self._scale()
         for sample, sim in zip(data_samples, maps):
-            height, width = sample.metainfo.get('img_shape',
-                                                sample.gt_sem_seg.shape)[:2]
+            # the mask's shape only when there is no img_shape (an image
+            # without ground truth, e.g. tools/infer.py, has no mask)
+            shape = sample.metainfo.get('img_shape')
+            if shape is None:
+                shape = sample.gt_sem_seg.shape
+            height, width = shape[:2]
             logits = F.interpolate(
                 sim[None] * scale, size=(height, width),
                 mode=self.upsample_mode,
