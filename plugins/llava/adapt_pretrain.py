@@ -4,7 +4,10 @@ from typing import Dict, List, NamedTuple, Tuple
 
 import torch
 
-from .projector_builder import (SwinConvProjector,
+from plugins.layers import (DEFAULT_HIDDEN_DIM, DEFAULT_NUM_HEADS,
+                            DEFAULT_NUM_POINTS)
+
+from .projector_builder import (DEFAULT_NUM_TOKENS, SwinConvProjector,
                                 build_deformable_projector)
 from .projector_weights import strip_projector_prefix
 
@@ -50,8 +53,10 @@ def check_swin_conv_layout(source: Dict[str, torch.Tensor]) -> None:
 
 def adapt_swin_conv_state(source: Dict[str, torch.Tensor], *,
                           projector_outdim: int, swin_type: str = 'base',
-                          mm_hidden_dim: int = 256, mm_n_heads: int = 8,
-                          mm_n_points: int = 4, mm_num_tokens: int = 256,
+                          mm_hidden_dim: int = DEFAULT_HIDDEN_DIM,
+                          mm_n_heads: int = DEFAULT_NUM_HEADS,
+                          mm_n_points: int = DEFAULT_NUM_POINTS,
+                          mm_num_tokens: int = DEFAULT_NUM_TOKENS,
                           mm_num_layers: int = 2, seed: int = 0):
     """Initial ``deformable`` projector weights from a ``swin_conv`` file.
 

@@ -20,7 +20,7 @@ def test_vision_tower_returns_four_nchw_maps(tiny_model):
     assert [tuple(m.shape) for m in maps] == [
         (2, 128, 32, 32), (2, 256, 16, 16), (2, 512, 8, 8), (2, 1024, 4, 4)]
     assert tower.channels == [128, 256, 512, 1024]  # Swin-B widths
-    assert tower.feature_shapes(1024)[-1] == (1024, 32, 32)
+    assert tower.strides == [4, 8, 16, 32]
     assert not any(p.requires_grad for p in tower.parameters())
     tiny_model.train()
     assert not tower.training  # a frozen tower stays in eval mode
