@@ -626,8 +626,11 @@ class ViTTower(nn.Module):
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Gradient checkpointing of every block (and every hook branch,
-        e.g. CLIP Surgery's) that is in training mode, while autograd is
-        on: activations are recomputed in the backward pass."""
+        e.g. CLIP Surgery's) while autograd is on, as timm and open_clip
+        do: activations are recomputed in the backward pass.  Frozen blocks
+        in eval mode are checkpointed too (VPT trains prompts through
+        them); where nothing before a block needs a gradient, there is no
+        backward through it and no recomputation."""
         self.grad_checkpointing = bool(enable)
 
     def block_caller(self, grid: Optional[Grid] = None) -> BlockCaller:
@@ -647,13 +650,12 @@ class ViTTower(nn.Module):
         if windowed and grid is None:
             raise ValueError(f'{self.owner}: windowed attention needs the '
                              'patch grid; pass grid= to forward_blocks')
-        blocks = self.blocks
         prefix = self.num_prefix_tokens
         spatial = prefix + int(grid[0]) * int(grid[1]) if windowed else 0
 
         def call(index, fn, x):
             run = fn
-            if checkpointing and blocks[index].training:
+            if checkpointing:
                 run = functools.partial(checkpoint, fn, use_reentrant=False)
             if windowed and self.is_windowed(index):
                 windows, layout = window_partition(
