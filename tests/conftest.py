@@ -1,13 +1,12 @@
 """Shared fixtures: tiny data and offline settings for every test."""
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
+# pytest.ini (pythonpath = .) puts the repository root on sys.path, so tests
+# import tools.* and tests.helpers
 ROOT = Path(__file__).resolve().parents[1]
-# Tests import `tools.*` helpers (e.g. the toy-data generator).
-sys.path.insert(0, str(ROOT))
 
 # No test may reach a model hub.
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
@@ -54,3 +53,41 @@ def image():
     return np.random.RandomState(0).randint(0,
                                             256, (48, 64, 3),
                                             dtype=np.uint8)
+
+
+@pytest.fixture(scope='session')
+def tiny_clip_files(tmp_path_factory):
+    """A random ``ViT-Tiny-16-test`` CLIP and its files per format.
+
+    Returns:
+        tuple: ``(model, {'safetensors': path, 'bin': path, 'openai': path})``
+    """
+    import torch
+
+    from plugins.models import OPEN_CLIP_TINY_MODEL_NAME, create_model
+    from plugins.models.testing import save_clip_checkpoint
+    torch.manual_seed(0)
+    model = create_model(OPEN_CLIP_TINY_MODEL_NAME).eval()
+    root = tmp_path_factory.mktemp('tiny_clip')
+    files = {
+        fmt: save_clip_checkpoint(model, root, fmt)
+        for fmt in ('safetensors', 'bin', 'openai')
+    }
+    return model, files
+
+
+@pytest.fixture(scope='session')
+def tiny_biomedclip_files(tmp_path_factory):
+    """A random ``BiomedCLIP-Tiny-test`` and its files (.bin, .safetensors)."""
+    import torch
+
+    from plugins.models import BIOMEDCLIP_TINY_MODEL_NAME, create_model
+    from plugins.models.testing import save_clip_checkpoint
+    torch.manual_seed(0)
+    model = create_model(BIOMEDCLIP_TINY_MODEL_NAME).eval()
+    root = tmp_path_factory.mktemp('tiny_biomedclip')
+    files = {
+        fmt: save_clip_checkpoint(model, root, fmt)
+        for fmt in ('safetensors', 'bin')
+    }
+    return model, files

@@ -296,19 +296,6 @@ def section_text(rows: List[dict], args) -> str:
     return '\n'.join(lines)
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace (or append) this tool's section, leaving others untouched."""
-    old = path.read_text() if path.exists() else '# Benchmarks\n'
-    start = old.find(SECTION)
-    if start < 0:
-        new = old.rstrip('\n') + '\n\n' + text
-    else:
-        nxt = old.find('\n## ', start + len(SECTION))
-        end = len(old) if nxt < 0 else nxt + 1
-        new = old[:start] + text + ('\n' + old[end:] if nxt >= 0 else '')
-    path.write_text(new.rstrip('\n') + '\n')
-
-
 def parse_size(text: str) -> Tuple[int, int]:
     h, _, w = text.partition('x')
     return int(h), int(w or h)
@@ -359,7 +346,8 @@ def main(argv=None) -> int:
     print(HEADER)
     rows = run(args)
     if args.write:
-        write_section(args.write, section_text(rows, args))
+        from tools.benchmark_ms_deform_attn import write_section
+        write_section(args.write, SECTION, section_text(rows, args))
         print(f'updated {args.write}')
     return 0
 

@@ -83,20 +83,6 @@ def bench(model_name, strategies, n_regions, batch_size, reps):
     return rows
 
 
-def write_section(path, body):
-    """Replace (or append) this tool's section of ``path``."""
-    path = Path(path)
-    text = path.read_text() if path.exists() else '# Benchmarks\n'
-    start = text.find(SECTION + '\n')
-    if start < 0:
-        text = text.rstrip('\n') + '\n\n' + body
-    else:
-        end = text.find('\n## ', start + len(SECTION))
-        rest = '' if end < 0 else '\n' + text[end + 1:]
-        text = text[:start] + body + rest
-    path.write_text(text)
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--models',
@@ -135,7 +121,8 @@ def main(argv=None):
     body = '\n'.join(lines) + '\n'
     print(body)
     if args.write:
-        write_section(args.write, body)
+        from tools.benchmark_ms_deform_attn import write_section
+        write_section(args.write, SECTION, body)
     return rows
 
 

@@ -94,32 +94,6 @@ def parse_args(argv=None):
     return args
 
 
-def to_xyxy(region: dict) -> list:
-    if 'box' in region:
-        return [float(v) for v in region['box']]
-    if 'bbox' in region:
-        x, y, w, h = (float(v) for v in region['bbox'])
-        return [x, y, x + w, y + h]
-    raise ValueError(f"region has neither 'box' nor 'bbox': {region}")
-
-
-def decode_mask(segmentation, height: int, width: int):
-    """A bool ``(H, W)`` mask from COCO RLE or polygons (None: no mask)."""
-    if not segmentation:
-        return None
-    from pycocotools import mask as mask_utils
-    if isinstance(segmentation, list):
-        rle = mask_utils.merge(
-            mask_utils.frPyObjects(segmentation, height, width))
-    elif isinstance(segmentation.get('counts'), list):
-        rle = mask_utils.frPyObjects(segmentation, height, width)
-    else:
-        rle = dict(segmentation)
-        if isinstance(rle['counts'], str):
-            rle['counts'] = rle['counts'].encode()
-    return mask_utils.decode(rle).astype(bool)
-
-
 def collect_jobs(args) -> 'OrderedDict[str, list]':
     """``{image path: [region dicts]}`` from the inputs."""
     src = Path(args.input)
@@ -184,7 +158,8 @@ def main(argv=None) -> dict:
 
     import plugins  # noqa: F401  (puts the Hugging Face hub offline)
 
-    from plugins.scoring import build_region_scorer, load_image
+    from plugins.scoring import (build_region_scorer, decode_mask,
+                                 load_image, to_xyxy)
     jobs = collect_jobs(args)
     scorer = build_region_scorer(args.model,
                                  args.weights,

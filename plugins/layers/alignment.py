@@ -16,7 +16,8 @@ Features = Union[Sequence[torch.Tensor], Dict[str, torch.Tensor]]
 
 #: The projector's defaults, written once: attention width, heads and
 #: sampling points per head and level (the user's notes: 256 / 8 / 4).
-#: The PSALM builder, the LLaVA-Phi config and the mmdet neck read these.
+#: The PSALM builder, its swin_conv adapter (``adapt_pretrain``), the
+#: LLaVA-Phi config and the mmdet neck take their defaults from here.
 DEFAULT_HIDDEN_DIM = 256
 DEFAULT_NUM_HEADS = 8
 DEFAULT_NUM_POINTS = 4

@@ -1,11 +1,9 @@
 """Swin vision tower returning the four NCHW maps PSALM's projector sees."""
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 import torch
 import torch.nn as nn
 from timm.models.swin_transformer import SwinTransformer
-
-from plugins.layers import check_size
 
 
 class SwinVisionTower(nn.Module):
@@ -88,14 +86,6 @@ class SwinVisionTower(nn.Module):
         # A frozen tower stays in eval mode (no dropout / drop-path) whatever
         # the trainer asks of the whole model.
         return super().train(mode and not self.frozen)
-
-    def feature_shapes(self, img_size: Optional[int] = None) -> List[tuple]:
-        """``(C, H, W)`` of each output map for a square ``img_size`` input."""
-        # Only None means the tower's size (`img_size or ...` took 0 for it).
-        size = self.img_size if img_size is None else check_size(
-            'SwinVisionTower.feature_shapes', 'img_size', img_size)
-        return [(c, size // s, size // s)
-                for c, s in zip(self.channels, self.strides)]
 
     def _forward(self, images: torch.Tensor) -> List[torch.Tensor]:
         maps = self.swin.forward_intermediates(

@@ -62,10 +62,23 @@ def build_biomedclip(
         device=device,
         strict=strict)
     if tok is None:
-        logger.warning(
-            f'{model_name}: no vocab.txt given or found; using the tiny test '
-            f'vocabulary {TEST_VOCAB}. Pass the BiomedCLIP folder (or '
-            'tokenizer=<vocab.txt>) for the real PubMedBERT tokenizer.')
-        from .open_clip_factory import build_tokenizer
-        tok = build_tokenizer(model_name, TEST_VOCAB)
+        tok = tiny_vocab_tokenizer(model_name, 'BiomedCLIP')
     return model, preprocess, tok
+
+
+def tiny_vocab_tokenizer(model_name: str, folder_name: str) -> Callable:
+    """The tokenizer of ``model_name`` over the shipped tiny test
+    vocabulary (:data:`TEST_VOCAB`), with a warning: the fallback when no
+    ``vocab.txt`` was given or found for a BERT text tower.
+
+    Args:
+        model_name (str): open_clip config name.
+        folder_name (str): what the user should pass instead (e.g.
+            ``'BiomedCLIP'``: "pass the BiomedCLIP folder").
+    """
+    from .open_clip_factory import build_tokenizer
+    logger.warning(
+        f'{model_name}: no vocab.txt given or found; using the tiny test '
+        f'vocabulary {TEST_VOCAB}. Pass the {folder_name} folder (or '
+        'tokenizer=<vocab.txt>) for the real tokenizer.')
+    return build_tokenizer(model_name, TEST_VOCAB)

@@ -18,32 +18,28 @@ and ``proj`` for the joint image-text space); the class token comes from the
 original path.  :func:`feature_surgery` and :func:`similarity_map` turn them
 into per-class explainability maps.
 
-Host-free: torch, open_clip and :mod:`plugins.utils` only.  The mmdet
-backbone (``plugins.mmdet_custom.models.backbones.SurgeryCLIPBackbone``) and the
-Open-GroundingDino adapter run the same :func:`surgery_forward`.
+The dual path is a hook of the one block loop
+(:class:`SurgeryPath` in :func:`plugins.models.vit_tower.run_blocks`), so
+windowed attention and gradient checkpointing apply to both paths.
+:class:`SurgeryCLIPVisual` is the one implementation: an
+:class:`~plugins.models.vit_tower.OpenCLIPViTTower` running that hook, held
+by the mmdet backbone
+(``plugins.mmdet_custom.models.backbones.SurgeryCLIPBackbone``) and by the
+Open-GroundingDino adapter alike.
+
+Host-free: torch, open_clip and :mod:`plugins.utils` only.
 """
 import functools
 import os
-from typing import (Callable, Iterable, List, Optional, Sequence, Tuple, Union)
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
-from torch.utils.checkpoint import checkpoint
 
-
-from .vit_tower import OpenCLIPViTTower
-
-Grid = Tuple[int, int]
-#: ``call(fn, x)`` runs ``fn(x)``; hosts pass a wrapper (e.g. gradient
-#: checkpointing) that is applied to every block and every surgery branch.
-BlockCaller = Callable[[Callable[[torch.Tensor], torch.Tensor], torch.Tensor],
-                       torch.Tensor]
-
-
-def _plain_call(fn, x):
-    return fn(x)
+from .vit_tower import (BlockCaller, BlockHook, Grid, OpenCLIPViTTower,
+                        run_blocks)
 
 
 def check_surgery_blocks(blocks: Sequence[nn.Module],
@@ -123,6 +119,46 @@ def surgery_branch(block: ResidualAttentionBlock,
     return block.ls_1(value_value_attention(block.attn, block.ln_1(x_ori)))
 
 
+class SurgeryPath(BlockHook):
+    """CLIP Surgery's second path as a hook of the block loop.
+
+    From block ``start`` on, each block's :func:`surgery_branch` of its
+    input (the original path's) is added to the surgery path, which starts
+    as the input of block ``start``; the reported tokens are the surgery
+    path's from there on.  The loop carries the original path.
+
+    Args:
+        blocks (Sequence[nn.Module]): the loop's blocks.
+        start (int): first surgery block.
+        keep_original (bool): run the original path through the last block
+            too (its class token is CLIP Surgery's); otherwise a final
+            surgery block runs only its branch, since its original output
+            is not needed.
+    """
+
+    def __init__(self, blocks: Sequence[nn.Module], start: int,
+                 keep_original: bool = False) -> None:
+        self.blocks = blocks
+        self.start = int(start)
+        self.keep_original = bool(keep_original)
+        self.x_sur: Optional[torch.Tensor] = None
+
+    def skip_block(self, index: int, final: bool) -> bool:
+        return final and not self.keep_original and index >= self.start
+
+    def after_block(self, index: int, x_in: torch.Tensor,
+                    x_out: Optional[torch.Tensor],
+                    call: BlockCaller) -> torch.Tensor:
+        if index < self.start:
+            return x_out
+        branch = call(index,
+                      functools.partial(surgery_branch, self.blocks[index]),
+                      x_in)
+        self.x_sur = x_in + branch if self.x_sur is None else \
+            self.x_sur + branch
+        return self.x_sur
+
+
 def surgery_forward(
     blocks: Sequence[nn.Module],
     x: torch.Tensor,
@@ -131,7 +167,8 @@ def surgery_forward(
     call: Optional[BlockCaller] = None,
     keep_original: bool = False
 ) -> Tuple[List[torch.Tensor], Optional[torch.Tensor]]:
-    """Run transformer blocks along CLIP Surgery's two paths.
+    """Run transformer blocks along CLIP Surgery's two paths
+    (:func:`plugins.models.vit_tower.run_blocks` with :class:`SurgeryPath`).
 
     The first ``len(blocks) - surgery_depth`` blocks run as usual; from
     there the original path continues unchanged and the surgery path
@@ -146,14 +183,11 @@ def surgery_forward(
             whose output to return; the tokens are the original path's
             before the surgery blocks and the surgery path's from the first
             surgery block on.  Default: the last block.
-        call (callable, optional): ``call(fn, x) -> fn(x)``, applied to
-            every block and every surgery branch (e.g. gradient
-            checkpointing). Default: a plain call.
-        keep_original (bool): also run the original path through the last
-            requested block and return its output (the class token of CLIP
-            Surgery comes from there).  When False and that block is a
-            surgery block, only its value-value branch runs, since its
-            original output is not needed. Default: False.
+        call (callable, optional): ``call(index, fn, x) -> fn(x)``, applied
+            to every block and every surgery branch (a tower's
+            :meth:`~plugins.models.vit_tower.ViTTower.block_caller`).
+            Default: a plain call.
+        keep_original (bool): see :class:`SurgeryPath`. Default: False.
 
     Returns:
         tuple: ``(outs, x_ori)`` -- ``outs`` a list of ``(B, N, C)`` per
@@ -161,26 +195,10 @@ def surgery_forward(
         path after the last requested block (None unless computed).
     """
     depth = len(blocks)
-    start = depth - int(surgery_depth)
-    call = call or _plain_call
     indices = [depth - 1] if out_indices is None else list(out_indices)
-    last = max(indices)
-    wanted = set(indices)
-    taken = {}
-    x_sur = None
-    for i, block in enumerate(blocks):
-        if i >= start:
-            branch = call(functools.partial(surgery_branch, block), x)
-            x_sur = x + branch if x_sur is None else x_sur + branch
-        if i < last or keep_original or i < start:
-            x = call(block, x)
-        else:
-            x = None  # the original path's last output is not used
-        if i in wanted:
-            taken[i] = x if x_sur is None else x_sur
-        if i == last:
-            break
-    return [taken[i] for i in indices], x
+    hook = SurgeryPath(blocks, depth - int(surgery_depth), keep_original)
+    x_ori, outs = run_blocks(blocks, x, indices, call, [hook])
+    return outs, x_ori
 
 
 def feature_surgery(image_tokens: torch.Tensor,
@@ -277,9 +295,10 @@ def similarity_map(similarity: torch.Tensor,
     return F.interpolate(sm, size=tuple(image_size), mode=mode, **kwargs)
 
 
-class SurgeryCLIPVisual(nn.Module):
+class SurgeryCLIPVisual(OpenCLIPViTTower):
     """CLIP Surgery image tower: an open_clip ``VisionTransformer`` run
-    along the two paths of :func:`surgery_forward`.
+    along the two paths of :class:`SurgeryPath` (the tower's own block
+    hook, so :meth:`forward_intermediates` gives the surgery path's maps).
 
     Any input size ``>= patch``: the image is zero-padded at the
     bottom/right to the patch multiple and the position embedding is
@@ -302,8 +321,11 @@ class SurgeryCLIPVisual(nn.Module):
             branch on the same windows; same weights.  None (default):
             every block global.  See :meth:`set_window_attention`.
         global_blocks (Sequence[int], optional): with ``window_size``, the
-            blocks that stay global. Default: ViTDet's, the last block of
-            each quarter.
+            blocks that stay global. Default: one in three, at most four
+            (ViTDet's 2, 5, 8, 11 for 12 blocks).
+        **kwargs: ``owner``, ``check_finite`` (default False here),
+            ``attention_budget`` of
+            :class:`~plugins.models.vit_tower.ViTTower`.
 
     Example:
         >>> import torch
@@ -320,67 +342,55 @@ class SurgeryCLIPVisual(nn.Module):
         torch.Size([1, 196, 3])
     """
 
+    default_pos_embed_interp = 'clip_surgery'
+
     def __init__(self,
                  visual: VisionTransformer,
                  surgery_depth: int = 6,
                  pos_embed_interp: Union[str, dict] = 'clip_surgery',
                  window_size: Optional[int] = None,
-                 global_blocks: Optional[Sequence[int]] = None):
-        super().__init__()
+                 global_blocks: Optional[Sequence[int]] = None,
+                 **kwargs):
+        owner = kwargs.setdefault('owner', type(self).__name__)
         if not isinstance(visual, VisionTransformer):
-            raise TypeError('SurgeryCLIPVisual needs an open_clip '
+            raise TypeError(f'{owner} needs an open_clip '
                             f'VisionTransformer, got {type(visual).__name__}')
         check_surgery_blocks(visual.transformer.resblocks, surgery_depth,
-                             type(self).__name__)
-        self.visual = visual
-        # the shared tower adapter: padding, position embedding, ln_pre
-        self.tower = OpenCLIPViTTower(
-            visual, pos_embed_interp=pos_embed_interp,
-            owner=type(self).__name__)
+                             owner)
+        kwargs.setdefault('check_finite', False)
+        super().__init__(visual, pos_embed_interp=pos_embed_interp,
+                         window_size=window_size, global_blocks=global_blocks,
+                         **kwargs)
         self.surgery_depth = int(surgery_depth)
-        self.grad_checkpointing = False
-        self.tower.set_window_attention(window_size, global_blocks)
-
-    @property
-    def pos_embed_interp(self):
-        """The position-embedding resampling spec (the tower's)."""
-        return self.tower.pos_embed_interp
-
-    def set_window_attention(self,
-                             window_size: Optional[int] = None,
-                             global_blocks: Optional[Sequence[int]] = None
-                             ) -> None:
-        """Windowed attention on (or off with ``window_size=None``); see
-        :meth:`plugins.models.vit_tower.ViTTower.set_window_attention`."""
-        self.tower.set_window_attention(window_size, global_blocks)
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Checkpoint every block and surgery branch while training."""
-        self.grad_checkpointing = bool(enable)
-
-    def _call(self, fn, x):
-        if self.grad_checkpointing and self.training and \
-                torch.is_grad_enabled():
-            return checkpoint(fn, x, use_reentrant=False)
-        return fn(x)
-
-    @property
-    def patch_size(self) -> int:
-        return self.tower.patch_size
 
     @property
     def num_blocks(self) -> int:
-        return len(self.visual.transformer.resblocks)
+        return len(self.blocks)
 
-    def embed(self, images: torch.Tensor) -> Tuple[torch.Tensor, Grid]:
-        """Pad, patch-embed, add class token and (resampled) position
-        embedding, ``ln_pre`` (:class:`~plugins.models.vit_tower.ViTTower`).
+    @property
+    def surgery_start(self) -> int:
+        """Index of the first surgery block."""
+        return self.num_blocks - self.surgery_depth
 
-        Returns:
-            tuple: ``(tokens (B, 1 + gh * gw, C), (gh, gw))``.
+    def block_hooks(self, keep_original: bool = False) -> List[SurgeryPath]:
+        return [SurgeryPath(self.blocks, self.surgery_start, keep_original)]
+
+    def surgery_unused_modules(self, last: Optional[int] = None
+                               ) -> List[nn.Module]:
+        """The FFN (``ln_2``, ``mlp``, ``ls_2``) of block ``last`` when it
+        is a surgery block and the output ends there: its original path
+        only feeds the class token, which a map drops, so a map forward
+        never runs it (keep it frozen: DDP-safe).
+
+        Args:
+            last (int, optional): the last block whose output is used.
+                Default: the last block.
         """
-        images, grid = self.tower.prepare(images, check_finite=False)
-        return self.tower.embed(images), grid
+        last = self.num_blocks - 1 if last is None else int(last)
+        if self.surgery_depth == 0 or last < self.surgery_start:
+            return []
+        block = self.blocks[last]
+        return [block.ln_2, block.mlp, block.ls_2]
 
     def forward_tokens(self,
                        images: torch.Tensor,
@@ -392,17 +402,15 @@ class SurgeryCLIPVisual(nn.Module):
             tuple: ``(tokens (B, 1 + gh * gw, D), (gh, gw))``; ``D`` is the
             joint-space width with ``with_proj`` else the tower width.
         """
-        x, grid = self.embed(images)
-        (x_sur, ), x_ori = surgery_forward(
-            self.visual.transformer.resblocks,
-            x,
-            self.surgery_depth,
-            call=self.tower.block_caller(grid, self._call),
-            keep_original=True)
+        images, grid = self.prepare(images)
+        self.check_attention_budget(images.shape[0], grid, images.dtype)
+        x_ori, (x_sur, ) = run_blocks(
+            self.blocks, self.embed(images), [self.num_blocks - 1],
+            self.block_caller(grid), self.block_hooks(keep_original=True))
         tokens = torch.cat([x_ori[:, :1], x_sur[:, 1:]], dim=1)
-        tokens = self.tower.norm(tokens)
+        tokens = self.norm(tokens)
         if with_proj:
-            tokens = self.tower.project(tokens)
+            tokens = self.project(tokens)
         return tokens, grid
 
     def forward(self,
@@ -428,13 +436,9 @@ class SurgeryCLIPVisual(nn.Module):
         Returns:
             Tensor: ``(B, D, ceil(H/p), ceil(W/p))``.
         """
-        x, grid = self.embed(images)
-        (x_sur, ), _ = surgery_forward(
-            self.visual.transformer.resblocks,
-            x,
-            self.surgery_depth,
-            call=self.tower.block_caller(grid, self._call))
-        return self.tower.tokens_to_map(x_sur, grid, with_proj)
+        return self.forward_intermediates(
+            images, 1, norm=True, stop_early=True, intermediates_only=True,
+            with_proj=with_proj)[0]
 
 
 def build_clip_surgery(model_name: str = 'ViT-B-16',

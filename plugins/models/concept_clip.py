@@ -40,12 +40,12 @@ from typing import (Callable, Dict, Iterable, Mapping, Optional, Sequence,
                     Tuple, Union)
 
 import open_clip
-from open_clip.constants import INCEPTION_MEAN, INCEPTION_STD
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from open_clip.hf_model import HFTextEncoder
 from open_clip.timm_model import TimmModel
+from timm.models import build_model_with_cfg, register_model
 from timm.models.vision_transformer import VisionTransformer as TimmViT
 
 from plugins.utils import check_state_dict
@@ -57,13 +57,13 @@ from .concept_clip_weights import (  # noqa: F401 (re-exported)
     CONCEPT_CLIP_WEIGHT_FILE_NAMES, config_differences,
     convert_concept_clip_state_dict, folder_of, read_concept_clip_weights,
     read_folder_config)
-from .testing import CONCEPT_CLIP_TINY_TIMM_NAME  # noqa: F401 (registers it)
+from .normalization import SIGLIP_MEAN, SIGLIP_STD, resize_and_normalize
 from .weights import find_weights_file
 
 __all__ = [
     'CONCEPT_CLIP_MODEL_NAME', 'CONCEPT_CLIP_TINY_MODEL_NAME',
     'CONCEPT_CLIP_MEAN', 'CONCEPT_CLIP_STD', 'CONCEPT_CLIP_WEIGHT_FILE_NAMES',
-    'ConceptCLIP', 'ConceptCLIPForScoring', 'build_concept_clip',
+    'ConceptCLIP', 'build_concept_clip',
     'convert_concept_clip_state_dict', 'load_concept_clip_weights',
     'read_concept_clip_weights', 'resolve_config_name', 'CONFIG_ALIASES',
     'concept_mlp', 'check_folder_config', 'read_folder_config'
@@ -79,9 +79,43 @@ CONCEPT_CLIP_MODEL_NAME = 'ConceptCLIP-SO400M-14-384'
 #: Same classes, tiny sizes (width 64, 4 blocks, patch 14, 112 px input,
 #: 2-layer BERT) for tests and demos.
 CONCEPT_CLIP_TINY_MODEL_NAME = 'ConceptCLIP-Tiny-test'
-#: ConceptCLIP's image statistics (RGB, [0, 1] scale), as SigLIP's.
-CONCEPT_CLIP_MEAN = tuple(INCEPTION_MEAN)
-CONCEPT_CLIP_STD = tuple(INCEPTION_STD)
+#: ConceptCLIP's image statistics (RGB, [0, 1] scale): SigLIP's.
+CONCEPT_CLIP_MEAN, CONCEPT_CLIP_STD = SIGLIP_MEAN, SIGLIP_STD
+
+
+#: timm name of ConceptCLIP's test trunk (used by ``ConceptCLIP-Tiny-test``).
+CONCEPT_CLIP_TINY_TIMM_NAME = 'vit_conceptclip_test_patch14_112'
+
+
+@register_model
+def vit_conceptclip_test_patch14_112(pretrained: bool = False,
+                                     **kwargs) -> TimmViT:
+    """SigLIP-style timm ViT at test size: the so400m layout (patch 14, no
+    class token, attention-pool head, mlp ratio 3.7362) at width 64, 4
+    blocks, 2 heads, 112 px (8 x 8 patches).  Random weights only."""
+    if pretrained:
+        raise ValueError(
+            f'{CONCEPT_CLIP_TINY_TIMM_NAME} has no pretrained weights')
+    if kwargs.get('pretrained_cfg') is None:
+        kwargs['pretrained_cfg'] = dict(
+            architecture=CONCEPT_CLIP_TINY_TIMM_NAME,
+            input_size=(3, 112, 112),
+            interpolation='bicubic',
+            mean=CONCEPT_CLIP_MEAN,  # SigLIP's
+            std=CONCEPT_CLIP_STD,
+            num_classes=0)
+    model_args = dict(
+        img_size=112,
+        patch_size=14,
+        embed_dim=64,
+        depth=4,
+        num_heads=2,
+        mlp_ratio=3.7362,
+        class_token=False,
+        global_pool='map')
+    return build_model_with_cfg(TimmViT, CONCEPT_CLIP_TINY_TIMM_NAME, False,
+                                **dict(model_args, **kwargs))
+
 
 #: Shown when a checkpoint does not match.
 KEY_RULES_HINT = (
@@ -359,81 +393,8 @@ class ConceptCLIP(nn.Module):
             raise ValueError('ConceptCLIP.preprocess_tensor expects images '
                              f'(B, 3, H, W) in [0, 1], got '
                              f'{tuple(images.shape)}')
-        images = images.float()
-        if tuple(images.shape[-2:]) != self.image_size:
-            images = F.interpolate(
-                images,
-                size=self.image_size,
-                mode='bicubic',
-                align_corners=False,
-                antialias=True).clamp_(0, 1)
-        mean = images.new_tensor(self.mean).view(1, 3, 1, 1)
-        std = images.new_tensor(self.std).view(1, 3, 1, 1)
-        return (images - mean) / std
-
-    def for_scoring(self) -> 'ConceptCLIPForScoring':
-        """An open_clip-style view for code written against open_clip's
-        model API (``encode_image``/``encode_text`` returning embeddings,
-        ``logit_scale``, ``logit_bias``); shares this model's weights."""
-        return ConceptCLIPForScoring(self)
-
-
-class ConceptCLIPForScoring(nn.Module):
-    """ConceptCLIP behind open_clip's SigLIP model interface.
-
-    Shares the wrapped model's modules and parameters (no copy).  Scoring
-    code written for open_clip SigLIP models works unchanged::
-
-        img = model.encode_image(x, normalize=True)     # (B, D)
-        txt = model.encode_text(ids, normalize=True)    # (N, D)
-        probs = torch.sigmoid(model.logit_scale.exp() * img @ txt.T
-                              + model.logit_bias)
-
-    Args:
-        model (ConceptCLIP): the model.
-
-    Attributes:
-        logit_scale (nn.Parameter): log-space scale (0-dim), as open_clip.
-        logit_bias (nn.Parameter): bias (0-dim); its presence marks a
-            sigmoid-style model.
-        visual: the image tower (``visual.preprocess_cfg`` has size and
-            mean/std).
-    """
-
-    def __init__(self, model: ConceptCLIP):
-        super().__init__()
-        self.model = model
-
-    @property
-    def logit_scale(self) -> nn.Parameter:
-        return self.model.logit_scale
-
-    @property
-    def logit_bias(self) -> nn.Parameter:
-        return self.model.logit_bias
-
-    @property
-    def visual(self) -> nn.Module:
-        return self.model.visual
-
-    def encode_image(self,
-                     image: torch.Tensor,
-                     normalize: bool = False) -> torch.Tensor:
-        """``(B, 3, H, W)`` normalised images -> ``(B, D)`` embeddings."""
-        return self.model.encode_image(image, normalize=normalize)[0]
-
-    def encode_text(self,
-                    text: torch.Tensor,
-                    normalize: bool = False) -> torch.Tensor:
-        """``(N, L)`` token ids -> ``(N, D)`` embeddings."""
-        return self.model.encode_text(text, normalize=normalize)[0]
-
-    def forward(self, image=None, text=None):
-        """open_clip's ``forward``: ``(image_features, text_features,
-        logit_scale.exp(), logit_bias)`` (normalised features)."""
-        img = self.encode_image(image, True) if image is not None else None
-        txt = self.encode_text(text, True) if text is not None else None
-        return img, txt, self.logit_scale.exp(), self.logit_bias
+        return resize_and_normalize(images.float(), self.image_size,
+                                    self.mean, self.std, clamp=True)
 
 
 # ----------------------------------------------------------------------
@@ -584,8 +545,8 @@ def build_concept_clip(
         :class:`ConceptCLIP` in eval mode; ``preprocess`` the PIL transform
         (squash-resize to 384, bicubic, mean/std 0.5); ``tokenizer`` maps
         texts to ``LongTensor (N, context_length)`` (None if no vocabulary
-        could be found).  Use ``model.for_scoring()`` for an open_clip-style
-        interface.
+        could be found).  :class:`plugins.scoring.RegionScorer` takes it as
+        is (the first item of its encoders' tuples).
     """
     if path is not None:
         # fail before the (large) model is built
@@ -600,10 +561,5 @@ def build_concept_clip(
     model.to(device).eval()
     tok = build_tokenizer(model.model_name, tokenizer)
     if tok is None:
-        test_vocab = HF_CONFIG_DIR / 'BiomedBERT-tiny-test' / 'vocab.txt'
-        logger.warning(
-            f'{model.model_name}: no vocab.txt given or found; using the '
-            f'tiny test vocabulary {test_vocab}. Pass the ConceptCLIP folder '
-            '(or tokenizer=<vocab.txt>) for the real tokenizer.')
-        tok = build_tokenizer(model.model_name, test_vocab)
+        tok = tiny_vocab_tokenizer(model.model_name, 'ConceptCLIP')
     return model, build_preprocess(model), tok

@@ -51,7 +51,8 @@ ARCHITECTURE_FIELDS = {
 }
 
 
-def _folder_of(path: Union[str, os.PathLike]) -> Path:
+def folder_of(path: Union[str, os.PathLike]) -> Path:
+    """The folder of a weights file (or the folder itself)."""
     path = Path(path)
     return path if path.is_dir() else path.parent
 
@@ -72,7 +73,7 @@ def read_folder_config(path: Union[str, os.PathLike]) -> Optional[dict]:
     Raises:
         ValueError: the file is not a JSON object (naming the file).
     """
-    file = _folder_of(path) / 'config.json'
+    file = folder_of(path) / 'config.json'
     if not file.is_file():
         return None
     try:
@@ -121,11 +122,6 @@ def config_differences(folder_cfg: Mapping, ours: Mapping) -> List[str]:
         if theirs != mine:
             diffs.append(f'{dotted} = {theirs!r} there, {mine!r} here')
     return diffs
-
-
-def folder_of(path: Union[str, os.PathLike]) -> Path:
-    """The folder of a weights file (or the folder itself)."""
-    return _folder_of(path)
 
 
 def read_concept_clip_weights(path: Union[str, os.PathLike]) -> StateDict:

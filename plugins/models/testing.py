@@ -1,10 +1,9 @@
-"""Tiny test models, and random CLIP models written in the weight formats
-users download.
+"""Random CLIP models written in the weight formats users download.
 
-For tests and demos: no real weights can be fetched here, so the loaders
-are checked against files written in the same formats from tiny random
-models.  Importing this module registers the tiny timm trunks the shipped
-``*-Tiny-test`` configs use.
+For tests: no real weights can be fetched here, so the loaders are checked
+against files written in the same formats from tiny random models (the
+tiny model configs themselves are shipped data, registered by
+:mod:`plugins.models`).  Production code does not import this module.
 """
 import copy
 import os
@@ -14,45 +13,8 @@ from typing import Union
 
 import torch
 import torch.nn as nn
-from open_clip.constants import INCEPTION_MEAN, INCEPTION_STD
-from timm.models import build_model_with_cfg, register_model
-from timm.models.vision_transformer import VisionTransformer as TimmViT
 
 from plugins.utils import save_safetensors
-
-#: timm name of ConceptCLIP's test trunk (used by ``ConceptCLIP-Tiny-test``).
-CONCEPT_CLIP_TINY_TIMM_NAME = 'vit_conceptclip_test_patch14_112'
-
-
-@register_model
-def vit_conceptclip_test_patch14_112(pretrained: bool = False,
-                                     **kwargs) -> TimmViT:
-    """SigLIP-style timm ViT at test size: the so400m layout (patch 14, no
-    class token, attention-pool head, mlp ratio 3.7362) at width 64, 4
-    blocks, 2 heads, 112 px (8 x 8 patches).  Random weights only."""
-    if pretrained:
-        raise ValueError(
-            f'{CONCEPT_CLIP_TINY_TIMM_NAME} has no pretrained weights')
-    if kwargs.get('pretrained_cfg') is None:
-        kwargs['pretrained_cfg'] = dict(
-            architecture=CONCEPT_CLIP_TINY_TIMM_NAME,
-            input_size=(3, 112, 112),
-            interpolation='bicubic',
-            mean=INCEPTION_MEAN,  # SigLIP's, as ConceptCLIP's
-            std=INCEPTION_STD,
-            num_classes=0)
-    model_args = dict(
-        img_size=112,
-        patch_size=14,
-        embed_dim=64,
-        depth=4,
-        num_heads=2,
-        mlp_ratio=3.7362,
-        class_token=False,
-        global_pool='map')
-    return build_model_with_cfg(TimmViT, CONCEPT_CLIP_TINY_TIMM_NAME, False,
-                                **dict(model_args, **kwargs))
-
 
 #: ``fmt`` values of :func:`save_clip_checkpoint` and their file names.
 CHECKPOINT_FORMATS = {

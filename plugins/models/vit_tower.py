@@ -1,66 +1,222 @@
-"""One way to run a CLIP-family ViT image tower.
+"""One ViT image tower module for every CLIP-family tower, speaking timm's
+language.
 
-Every user of an image tower in this package (the mmdet backbones, the
-Open-GroundingDino backbone, CLIP Surgery, visual prompt tuning) needs the
-same steps, whatever family the tower comes from:
+:class:`OpenCLIPViTTower` (open_clip's ``VisionTransformer``: OpenAI CLIP,
+LAION OpenCLIP) and :class:`TimmViTTower` (open_clip's ``TimmModel`` around
+a timm ``VisionTransformer`` trunk: BiomedCLIP, SigLIP-style towers such as
+ConceptCLIP's) are ``nn.Module`` s holding the image tower as ``visual``
+(and an external token projection as ``projection``), so numerics and
+weights stay the tower's own.  Every user of an image tower in this package
+(the mmdet backbones, CLIP Surgery and the Open-GroundingDino adapter,
+visual prompt tuning) runs it through them:
 
-* :meth:`ViTTower.prepare`: validate ``(B, 3, H, W)`` pixels and zero-pad
-  them at the bottom/right to the patch multiple -> pixels and grid;
-* :meth:`ViTTower.embed`: patch embedding, prefix (class/register) tokens,
-  the position embedding of that grid (resampled from the training grid and
-  cached, :meth:`ViTTower.pos_embed`) and pre-norm -> ``(B, P + N, C)``;
-* :attr:`ViTTower.blocks`, run by :meth:`ViTTower.forward_blocks` (the
-  outputs of chosen blocks, gradient checkpointing through ``call``,
-  windowed attention in the non-global blocks when
-  :meth:`ViTTower.set_window_attention` turned it on, see
-  :mod:`plugins.models.window_attention`);
-* :meth:`ViTTower.norm`, :meth:`ViTTower.project` (into the joint
-  image-text space), :meth:`ViTTower.pool` (the image embedding, as
-  ``encode_image`` gives it) and :meth:`ViTTower.tokens_to_map`;
-* :meth:`ViTTower.forward_intermediates`: pixels -> one map per block;
+* :meth:`ViTTower.forward_intermediates` ``(x, indices=None, norm=False,
+  stop_early=False, output_fmt='NCHW', intermediates_only=False)`` means
+  what timm's does (an int takes the last n blocks, ``norm`` applies the
+  final norm; a list of maps, or ``(final normed tokens, maps)``) and, at
+  the tower's training size, returns exactly what open_clip's and timm's
+  own ``forward_intermediates`` return.  Beyond them: any input size
+  ``>= patch`` (zero-padded at the bottom/right to the patch multiple, the
+  position embedding resampled to the grid and cached,
+  :meth:`ViTTower.pos_embed`), ``with_proj`` (maps in the joint image-text
+  space) and ``hooks``;
+* one block loop, :func:`run_blocks`, with per-block hooks
+  (:class:`BlockHook`): CLIP Surgery's dual path
+  (:class:`plugins.models.clip_surgery.SurgeryPath`) and VPT's prompts
+  (:class:`plugins.prompt_learning.visual_prompt_learner.VisualPromptHook`)
+  are hooks, so gradient checkpointing and windowed attention apply to
+  them too;
+* gradient checkpointing (:meth:`ViTTower.set_grad_checkpointing`, the one
+  flag), windowed attention (:meth:`ViTTower.set_window_attention`: each
+  block index is windowed or global, see
+  :mod:`plugins.models.window_attention`), an attention-memory budget
+  checked before anything is allocated (:meth:`ViTTower.check_attention_budget`)
+  and input checks (shape, dtype, finite values: :meth:`ViTTower.prepare`);
+* patch dropout (a pre-training regulariser that drops tokens) is never
+  applied: every output is a full grid;
 * :meth:`ViTTower.set_trainable` / :meth:`ViTTower.frozen_modules`: freezing
   and partial unfreezing of the last blocks.
 
-Two families are covered, both through their own modules so weights and
-numerics stay the tower's: open_clip's ``VisionTransformer`` (OpenAI CLIP,
-LAION OpenCLIP) and open_clip's ``TimmModel`` around a timm
-``VisionTransformer`` trunk (BiomedCLIP, SigLIP-style towers such as
-ConceptCLIP's).  A tower holds references to the image tower's modules and
-owns no parameters, so a module that keeps the image tower as ``visual``
-keeps its state-dict keys.
+A module that must keep the image tower's own state-dict keys (``visual.*``,
+e.g. the mmdet backbones) registers ``visual`` itself and keeps the tower
+beside it with :func:`attach_tower`.
 
 Host-free: torch, open_clip and timm only.
 """
+import functools
 from typing import (Callable, Dict, Iterable, List, Optional, Sequence, Tuple,
                     Union)
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
-from plugins.models.window_attention import (WindowedCall, check_window_size,
-                                             resolve_global_blocks)
+from plugins.models.window_attention import (Grid, attention_bytes,
+                                             check_window_size,
+                                             resolve_global_blocks,
+                                             window_partition,
+                                             window_unpartition,
+                                             windowed_tokens)
 from plugins.utils.pos_embed import (PosEmbedInterp, pos_embed_interp_args,
                                      resample_pos_embed)
 
-Grid = Tuple[int, int]
-#: ``call(block, x)`` runs ``block(x)``; callers pass a wrapper (e.g.
-#: gradient checkpointing) that every block goes through.
-BlockCaller = Callable[[nn.Module, torch.Tensor], torch.Tensor]
+__all__ = [
+    'Grid', 'BlockCaller', 'BlockHook', 'run_blocks', 'take_indices',
+    'ViTTower', 'OpenCLIPViTTower', 'TimmViTTower', 'build_vit_tower',
+    'attach_tower', 'head_linears', 'set_requires_grad',
+    'DEFAULT_ATTENTION_BUDGET'
+]
+
+#: ``call(index, fn, x)`` runs ``fn(x)`` for block ``index`` of the loop,
+#: ``fn`` being the block or a function of it (CLIP Surgery's branch); the
+#: tower's caller adds windowing and gradient checkpointing around it.
+BlockCaller = Callable[[int, Callable[[torch.Tensor], torch.Tensor],
+                        torch.Tensor], torch.Tensor]
 Trainable = Union[nn.Module, nn.Parameter]
 
+#: Default attention-memory budget: the largest ``(B, heads, T, T)``
+#: attention map (bytes) a forward may need, checked before the blocks run.
+DEFAULT_ATTENTION_BUDGET = 16 * 2**30
 
-def _plain_call(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return block(x)
+
+def _plain_call(index: int, fn: Callable[[torch.Tensor], torch.Tensor],
+                x: torch.Tensor) -> torch.Tensor:
+    return fn(x)
 
 
-class ViTTower:
-    """Uniform access to a ViT image tower (see the module docstring).
+class BlockHook:
+    """A per-block hook of :func:`run_blocks` (override what you need).
+
+    One hook object serves one forward (it may keep state, e.g. CLIP
+    Surgery's second path).
+    """
+
+    def before_block(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        """Tokens block ``index`` gets (e.g. with prompts appended)."""
+        return x
+
+    def skip_block(self, index: int, final: bool) -> bool:
+        """Whether block ``index`` need not run (its output unused);
+        ``final``: it is the last block the loop runs."""
+        return False
+
+    def after_block(self, index: int, x_in: torch.Tensor,
+                    x_out: Optional[torch.Tensor],
+                    call: BlockCaller) -> torch.Tensor:
+        """The tokens reported for block ``index`` (the loop carries
+        ``x_out`` on). ``x_in``: the block's input; ``call``: runs a
+        function of the block the way the block ran."""
+        return x_out
+
+
+def take_indices(depth: int,
+                 indices: Optional[Union[int, Sequence[int]]] = None,
+                 owner: str = 'tower') -> Tuple[List[int], int]:
+    """timm's ``feature_take_indices``: None = every block, an int = the
+    last n blocks, a sequence = those blocks (negatives from the end).
+
+    Returns:
+        tuple: ``(absolute indices, largest index)``.
+    """
+    if indices is None:
+        indices = depth
+    if isinstance(indices, int) and not isinstance(indices, bool):
+        if not 0 < indices <= depth:
+            raise ValueError(f'{owner}: indices={indices} (the last n '
+                             f'blocks) must be between 1 and {depth}')
+        taken = list(range(depth - indices, depth))
+    else:
+        taken = []
+        for i in indices:
+            j = int(i) + depth if int(i) < 0 else int(i)
+            if not 0 <= j < depth:
+                raise ValueError(f'out_indices entry {i} is out of range for '
+                                 f'{owner} with {depth} blocks')
+            taken.append(j)
+        if not taken:
+            raise ValueError('out_indices must name at least one block')
+    return taken, max(taken)
+
+
+def run_blocks(blocks: Sequence[nn.Module],
+               x: torch.Tensor,
+               indices: Sequence[int],
+               call: Optional[BlockCaller] = None,
+               hooks: Sequence[BlockHook] = (),
+               stop_early: bool = True
+               ) -> Tuple[Optional[torch.Tensor], List[torch.Tensor]]:
+    """The block loop: run ``blocks`` on ``x``, collect the tokens after
+    each of ``indices``.
+
+    Args:
+        blocks (Sequence[nn.Module]): ``(B, T, C) -> (B, T, C)`` each.
+        x (Tensor): ``(B, T, C)`` input of the first block.  Pass it
+            without keeping a reference, so it is freed once the first
+            block has run (one ``(B, T, C)`` tensor less at the peak).
+        indices (Sequence[int]): non-negative block indices.
+        call (callable, optional): ``call(index, fn, x)``; default
+            ``fn(x)``.
+        hooks (Sequence[BlockHook]): per-block hooks, in order.
+        stop_early (bool): stop after the last requested block. Default:
+            True.
+
+    Returns:
+        tuple: ``(x, outs)``: the tokens the loop carried out of its last
+        block (None if a hook skipped it) and ``(B, T, C)`` per entry of
+        ``indices`` (as the hooks report them).
+    """
+    call = call or _plain_call
+    last = max(indices)
+    end = last + 1 if stop_early else len(blocks)
+    wanted = set(indices)
+    taken: Dict[int, torch.Tensor] = {}
+    # plain iteration: slicing an nn.ModuleList builds a new module
+    for i, block in enumerate(blocks):
+        if i >= end:
+            break
+        if hooks:
+            for hook in hooks:
+                x = hook.before_block(i, x)
+            x_in = x
+            final = i == end - 1
+            x = None if any(h.skip_block(i, final) for h in hooks) else                 call(i, block, x)
+            out = x
+            for hook in hooks:
+                out = hook.after_block(i, x_in, out, call)
+            del x_in
+        else:
+            x = call(i, block, x)
+            out = x
+        if i in wanted:
+            taken[i] = out
+        del out
+    return x, [taken[i] for i in indices]
+
+
+def attach_tower(owner: nn.Module, tower: 'ViTTower',
+                 name: str = 'tower') -> None:
+    """Keep ``tower`` as ``owner.<name>`` without registering it.
+
+    For modules that register the image tower themselves (``owner.visual``)
+    so their state-dict keys stay ``visual.*``; the tower holds the same
+    modules, so ``.to()`` and ``.train()`` of the owner reach them.
+    """
+    owner.__dict__[name] = tower
+
+
+def _format_bytes(n: int) -> str:
+    return f'{n / 2**30:.1f} GiB' if n >= 2**30 else f'{n / 2**20:.1f} MiB'
+
+
+class ViTTower(nn.Module):
+    """A ViT image tower (see the module docstring).
 
     Use :func:`build_vit_tower` to get the right family.
 
     Args:
-        visual (nn.Module): the image tower (``model.visual``).
+        visual (nn.Module): the image tower (``model.visual``), registered
+            as ``self.visual``.
         pos_embed_interp (str | dict, optional): how the position embedding
             is resampled to other grids: a preset (``'open_clip'``,
             ``'timm'``, ``'clip_surgery'``), an ``F.interpolate`` mode or
@@ -72,6 +228,14 @@ class ViTTower:
             ``image_proj``); replaces the tower's own in :meth:`project`.
         owner (str, optional): name used in error messages. Default: the
             tower's class name.
+        window_size (int, optional), global_blocks (Sequence[int],
+            optional): windowed attention, see :meth:`set_window_attention`.
+        check_finite (bool): raise on NaN/Inf input (one device sync per
+            forward). Default: True.
+        attention_budget (int, optional): bytes the largest attention map
+            of a forward may take (see :meth:`check_attention_budget`);
+            None: no check. Default: :data:`DEFAULT_ATTENTION_BUDGET`
+            (16 GiB).
     """
 
     #: Position-embedding resampling of the family's upstream.
@@ -81,7 +245,13 @@ class ViTTower:
                  visual: nn.Module,
                  pos_embed_interp: Optional[PosEmbedInterp] = None,
                  projection: Optional[nn.Module] = None,
-                 owner: Optional[str] = None) -> None:
+                 owner: Optional[str] = None,
+                 window_size: Optional[int] = None,
+                 global_blocks: Optional[Sequence[int]] = None,
+                 check_finite: bool = True,
+                 attention_budget: Optional[int] = DEFAULT_ATTENTION_BUDGET
+                 ) -> None:
+        super().__init__()
         self.visual = visual
         self.projection = projection
         self.owner = owner or type(visual).__name__
@@ -89,6 +259,15 @@ class ViTTower:
         self.pos_embed_interp = pos_embed_interp
         self.window_size: Optional[int] = None
         self.global_blocks: Tuple[int, ...] = ()
+        self.grad_checkpointing = False
+        self.check_finite = bool(check_finite)
+        self.attention_budget = attention_budget
+        self._check_family()
+        if window_size is not None or global_blocks is not None:
+            self.set_window_attention(window_size, global_blocks)
+
+    def _check_family(self) -> None:
+        """Raise if ``visual`` is not a tower of this family."""
 
     @property
     def pos_embed_interp(self) -> PosEmbedInterp:
@@ -110,10 +289,6 @@ class ViTTower:
         projection, if any)."""
         return [m for m in (self.visual, self.projection) if m is not None]
 
-    def parameters(self) -> Iterable[nn.Parameter]:
-        for root in self.roots:
-            yield from root.parameters()
-
     # ------------------------------------------------------------------
     # What a family provides
     # ------------------------------------------------------------------
@@ -131,6 +306,11 @@ class ViTTower:
     def width(self) -> int:
         """Token width ``C``."""
         raise NotImplementedError
+
+    @property
+    def num_heads(self) -> int:
+        """Attention heads per block."""
+        return int(getattr(self.blocks[0].attn, 'num_heads', 1))
 
     @property
     def proj_dims(self) -> int:
@@ -156,6 +336,10 @@ class ViTTower:
     def pos_embed_source(self) -> Optional[Tuple[torch.Tensor, int]]:
         """``(pos_embed, prefix tokens it covers)`` or None (no learned
         absolute position embedding)."""
+        raise NotImplementedError
+
+    def _patch_weight(self) -> torch.Tensor:
+        """The patch embedding's weight (its dtype is the input's)."""
         raise NotImplementedError
 
     def _embed_patches(self, patches: torch.Tensor,
@@ -203,17 +387,60 @@ class ViTTower:
         classifier heads): kept for weight loading, always frozen."""
         return []
 
+    def block_hooks(self, keep_original: bool = False) -> List[BlockHook]:
+        """Hooks every forward of this tower runs with (none; CLIP
+        Surgery's tower adds its dual path).
+
+        Args:
+            keep_original (bool): the caller needs the tokens the loop
+                carries out of its last block (hooks must not skip it).
+        """
+        return []
+
     # ------------------------------------------------------------------
-    # Shared steps
+    # Input
     # ------------------------------------------------------------------
+    def check_dtype(self, pixels: torch.Tensor) -> None:
+        """Refuse images whose dtype the weights cannot take.
+
+        Raises:
+            TypeError: integer images (e.g. uint8: not yet normalised), or
+                floating-point images of another dtype than the weights
+                (outside ``torch.autocast``, which casts 16/32-bit floats);
+                the message names both dtypes.
+        """
+        weight = self._patch_weight().dtype
+        if not pixels.is_floating_point():
+            raise TypeError(
+                f'{self.owner}: images are {pixels.dtype} and the weights '
+                f'{weight}; convert the images to {weight} and normalise '
+                "them with the model's mean/std first (e.g. "
+                'x.float() / 255, then (x - mean) / std)')
+        if pixels.dtype != weight:
+            try:
+                autocast = torch.is_autocast_enabled(pixels.device.type)
+            except TypeError:  # older torch: no device argument
+                autocast = torch.is_autocast_enabled()
+            # autocast casts 16/32-bit floats for the convolution, not float64
+            if not (autocast and pixels.dtype in (
+                    torch.float16, torch.bfloat16, torch.float32)):
+                raise TypeError(
+                    f'{self.owner}: images are {pixels.dtype} but the '
+                    f'weights are {weight}; cast the images '
+                    f'(images.to({weight})) or the model, or run under '
+                    'torch.autocast')
+
     def prepare(self,
                 pixels: torch.Tensor,
-                check_finite: bool = True) -> Tuple[torch.Tensor, Grid]:
+                check_finite: Optional[bool] = None
+                ) -> Tuple[torch.Tensor, Grid]:
         """Validate ``(B, 3, H, W)`` and pad it to the patch multiple.
 
         Args:
-            pixels (Tensor): normalised images, any ``H, W >= patch``.
-            check_finite (bool): raise on NaN/Inf (one device sync).
+            pixels (Tensor): normalised images, any ``H, W >= patch``, the
+                weights' dtype (:meth:`check_dtype`).
+            check_finite (bool, optional): raise on NaN/Inf (one device
+                sync). Default: :attr:`check_finite`.
 
         Returns:
             tuple: the padded images and their grid
@@ -225,11 +452,14 @@ class ViTTower:
                 f'{name} expects images (B, 3, H, W), got shape '
                 f'{tuple(pixels.shape)}; convert grayscale/RGBA images to '
                 'RGB in the data pipeline')
+        self.check_dtype(pixels)
         p = self.patch_size
         h, w = pixels.shape[-2:]
         if h < p or w < p:
             raise ValueError(f'{name}: input {h}x{w} is smaller than one '
                              f'{p}x{p} patch')
+        if check_finite is None:
+            check_finite = self.check_finite
         # one reduction instead of a full boolean mask: a sum is non-finite
         # iff some element is (image-range values cannot overflow float32)
         if check_finite and not torch.isfinite(
@@ -247,6 +477,62 @@ class ViTTower:
         if pad_h or pad_w:
             pixels = F.pad(pixels, (0, pad_w, 0, pad_h))
         return pixels, ((h + pad_h) // p, (w + pad_w) // p)
+
+    def check_attention_budget(self,
+                               batch: int,
+                               grid: Grid,
+                               dtype: torch.dtype,
+                               extra_tokens: int = 0) -> None:
+        """Refuse an input whose largest attention map exceeds
+        :attr:`attention_budget`, before anything is allocated.
+
+        The estimate is the ``(B, heads, T, T)`` map an unfused attention
+        kernel materialises: ``T`` = all tokens in a global block, one
+        window's tokens in a windowed block.
+
+        Args:
+            batch (int): ``B``.
+            grid (tuple[int, int]): the patch grid.
+            dtype (torch.dtype): the tokens' dtype.
+            extra_tokens (int): tokens a hook adds (VPT's prompts).
+
+        Raises:
+            ValueError: naming the input, the bytes needed, the budget and
+                the ``window_size`` / ``global_blocks`` that fit.
+        """
+        budget = self.attention_budget
+        if budget is None:
+            return
+        es = torch.empty((), dtype=dtype).element_size()
+        heads, prefix = self.num_heads, self.num_prefix_tokens
+        gh, gw = int(grid[0]), int(grid[1])
+        tokens = prefix + gh * gw + extra_tokens
+        global_bytes = attention_bytes(batch, heads, tokens, es)
+        has_global = self.window_size is None or bool(self.global_blocks)
+        need = global_bytes if has_global else 0
+        if self.window_size is not None:
+            n_win, per_win = windowed_tokens(grid, self.window_size)
+            need = max(need, attention_bytes(batch * n_win, heads,
+                                             prefix + per_win + extra_tokens,
+                                             es))
+        if need <= budget:
+            return
+        p = self.patch_size
+        side = int(self.grid_size[0])
+        n_win, per_win = windowed_tokens(grid, side)
+        fit = attention_bytes(batch * n_win, heads,
+                              prefix + per_win + extra_tokens, es)
+        where = 'a global block' if has_global else 'a window'
+        raise ValueError(
+            f'{self.owner}: a {gh * p}x{gw * p} input ({gh}x{gw} patches, '
+            f'{tokens} tokens, batch {batch}) needs '
+            f'{_format_bytes(need)} for one attention map in {where} '
+            f'({batch} x {heads} heads x T^2 x {es} bytes), over the '
+            f'attention budget of {_format_bytes(budget)} '
+            f'(attention_budget). Set window_size={side} and '
+            f'global_blocks=() (every block windowed: {_format_bytes(fit)} '
+            'per map), feed smaller images or a smaller batch, or raise '
+            'attention_budget')
 
     def pos_embed(self, grid: Grid) -> Optional[torch.Tensor]:
         """Position embedding for a ``(gh, gw)`` grid, in the source layout.
@@ -282,7 +568,7 @@ class ViTTower:
 
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
         """Tokens for the first block from pixels whose sides are patch
-        multiples (:meth:`prepare` pads others).
+        multiples (:meth:`prepare` pads others); no patch dropout.
 
         Args:
             pixels (Tensor): ``(B, 3, gh * p, gw * p)``.
@@ -299,6 +585,9 @@ class ViTTower:
         patches = self._patch_tokens(pixels)
         return self._embed_patches(patches, self.pos_embed((h // p, w // p)))
 
+    # ------------------------------------------------------------------
+    # Blocks: windowing, checkpointing, the loop
+    # ------------------------------------------------------------------
     def set_window_attention(self,
                              window_size: Optional[int] = None,
                              global_blocks: Optional[Sequence[int]] = None
@@ -309,8 +598,9 @@ class ViTTower:
             window_size (int, optional): window side in patches (ViTDet:
                 14); None: every block attends globally.
             global_blocks (Sequence[int], optional): blocks that stay
-                global, negatives counted from the end. Default: ViTDet's,
-                the last block of each quarter (12 blocks: 2, 5, 8, 11; see
+                global, negatives counted from the end. Default: one in
+                three, at most ViTDet's four (12 blocks: 2, 5, 8, 11; 4
+                blocks: 1, 3; see
                 :func:`plugins.models.window_attention.default_global_blocks`).
 
         Raises:
@@ -329,58 +619,99 @@ class ViTTower:
             global_blocks, len(self.blocks), self.owner)
         self.window_size = window_size
 
-    def block_caller(self, grid: Optional[Grid],
-                     call: Optional[BlockCaller] = None) -> BlockCaller:
-        """The ``call(fn, x)`` hook the blocks run through: ``call`` (default
-        ``fn(x)``), inside windowed attention when it is on.
+    def is_windowed(self, index: int) -> bool:
+        """Whether block ``index`` attends within windows."""
+        return self.window_size is not None and \
+            index not in self.global_blocks
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Gradient checkpointing of every block (and every hook branch,
+        e.g. CLIP Surgery's) while autograd is on, as timm and open_clip
+        do: activations are recomputed in the backward pass.  Frozen blocks
+        in eval mode are checkpointed too (VPT trains prompts through
+        them); where nothing before a block needs a gradient, there is no
+        backward through it and no recomputation."""
+        self.grad_checkpointing = bool(enable)
+
+    def block_caller(self, grid: Optional[Grid] = None) -> BlockCaller:
+        """The ``call(index, fn, x)`` every block (and hook branch) runs
+        through: windowed attention for the blocks :meth:`is_windowed`
+        says, with gradient checkpointing inside.
 
         Args:
             grid (tuple[int, int], optional): the patch grid of the tokens;
                 required when windowed attention is on.
-            call (callable, optional): hook to wrap (e.g. checkpointing).
         """
-        call = call or _plain_call
-        if self.window_size is None:
-            return call
-        if grid is None:
+        windowed = self.window_size is not None and \
+            len(self.global_blocks) < len(self.blocks)
+        checkpointing = self.grad_checkpointing and torch.is_grad_enabled()
+        if not (windowed or checkpointing):
+            return _plain_call
+        if windowed and grid is None:
             raise ValueError(f'{self.owner}: windowed attention needs the '
                              'patch grid; pass grid= to forward_blocks')
-        return WindowedCall(self.blocks, grid, self.num_prefix_tokens,
-                            self.window_size, self.global_blocks, call)
+        prefix = self.num_prefix_tokens
+        spatial = prefix + int(grid[0]) * int(grid[1]) if windowed else 0
+
+        def call(index, fn, x):
+            run = fn
+            if checkpointing:
+                run = functools.partial(checkpoint, fn, use_reentrant=False)
+            if windowed and self.is_windowed(index):
+                windows, layout = window_partition(
+                    x, grid, prefix, self.window_size, x.shape[1] - spatial)
+                return window_unpartition(run(windows), layout)
+            return run(x)
+
+        return call
 
     def forward_blocks(self,
                        x: torch.Tensor,
                        out_indices: Sequence[int],
-                       call: Optional[BlockCaller] = None,
-                       grid: Optional[Grid] = None) -> List[torch.Tensor]:
-        """Run the blocks; return the tokens after each of ``out_indices``.
+                       grid: Optional[Grid] = None,
+                       hooks: Sequence[BlockHook] = (),
+                       keep_original: bool = False) -> List[torch.Tensor]:
+        """Run the blocks (:func:`run_blocks`, with :meth:`block_hooks` and
+        ``hooks``); return the tokens after each of ``out_indices``.
 
         Stops after the last requested block.
 
         Args:
             x (Tensor): ``(B, T, C)`` tokens from :meth:`embed`.
             out_indices (Sequence[int]): non-negative block indices.
-            call (callable, optional): ``call(block, x)``; default
-                ``block(x)``.
             grid (tuple[int, int], optional): the patch grid ``(gh, gw)``
-                of ``x``; needed with windowed attention
-                (:meth:`set_window_attention`).
+                of ``x``; needed with windowed attention.
+            hooks (Sequence[BlockHook]): more hooks, after the tower's own.
+            keep_original (bool): see :meth:`block_hooks`.
 
         Returns:
             list[Tensor]: ``(B, T, C)`` per entry of ``out_indices``.
         """
-        call = self.block_caller(grid, call)
-        wanted = set(out_indices)
-        last = max(out_indices)
-        taken = {}
-        # plain iteration: slicing an nn.ModuleList builds a new module
-        for i, block in enumerate(self.blocks):
-            x = call(block, x)
-            if i in wanted:
-                taken[i] = x
-            if i == last:
-                break
-        return [taken[i] for i in out_indices]
+        call = self.block_caller(grid)
+        hooks = self.block_hooks(keep_original) + list(hooks)
+        # hand the tokens over without a name in this frame, so that the
+        # first block's input is freed once that block has run (one
+        # (B, T, C) tensor less at the peak: 12 MiB for ViT-B at 800x1344)
+        handed = [x]
+        del x
+        return run_blocks(self.blocks, handed.pop(), out_indices, call,
+                          hooks)[1]
+
+    # ------------------------------------------------------------------
+    # Outputs
+    # ------------------------------------------------------------------
+    def _finish(self, tokens: torch.Tensor, grid: Grid, norm: bool,
+                with_proj: bool, output_fmt: str) -> torch.Tensor:
+        """(Norm, projection,) prefix tokens dropped, NCHW or NLC."""
+        x = self.norm(tokens) if norm else tokens
+        if with_proj:
+            x = self.project(x)
+        x = x[:, self.num_prefix_tokens:]
+        if output_fmt == 'NLC':
+            return x
+        b, _, c = x.shape
+        return x.reshape(b, grid[0], grid[1], c).permute(0, 3, 1,
+                                                         2).contiguous()
 
     def tokens_to_map(self,
                       tokens: torch.Tensor,
@@ -396,49 +727,86 @@ class ViTTower:
         Returns:
             Tensor: ``(B, C or D, gh, gw)``, contiguous.
         """
-        x = self.norm(tokens)
-        if with_proj:
-            x = self.project(x)
-        x = x[:, self.num_prefix_tokens:]
-        b, _, c = x.shape
-        return x.reshape(b, grid[0], grid[1], c).permute(0, 3, 1,
-                                                         2).contiguous()
+        return self._finish(tokens, grid, True, with_proj, 'NCHW')
 
-    def forward_intermediates(self,
-                              pixels: torch.Tensor,
-                              out_indices: Sequence[int] = (-1, ),
-                              with_proj: bool = False,
-                              call: Optional[BlockCaller] = None,
-                              check_finite: bool = True
-                              ) -> List[torch.Tensor]:
-        """Pixels of any size -> one ``(B, C, gh, gw)`` map per block.
-
-        Args:
-            pixels (Tensor): ``(B, 3, H, W)``, normalised.
-            out_indices (Sequence[int]): blocks; negative values count from
-                the end.
-            with_proj (bool): maps in the joint space.
-            call (callable, optional): see :meth:`forward_blocks`.
-            check_finite (bool): see :meth:`prepare`.
-        """
-        indices = self.resolve_indices(out_indices)
-        pixels, grid = self.prepare(pixels, check_finite)
-        outs = self.forward_blocks(self.embed(pixels), indices, call, grid)
-        return [self.tokens_to_map(t, grid, with_proj) for t in outs]
+    def take_indices(self, indices: Optional[Union[int, Sequence[int]]] = None
+                     ) -> Tuple[List[int], int]:
+        """:func:`take_indices` for this tower's depth."""
+        return take_indices(len(self.blocks), indices, self.owner)
 
     def resolve_indices(self, out_indices: Sequence[int]) -> Tuple[int, ...]:
         """Block indices with negative ones counted from the end."""
-        depth = len(self.blocks)
-        resolved = []
-        for i in out_indices:
-            j = int(i) + depth if int(i) < 0 else int(i)
-            if not 0 <= j < depth:
-                raise ValueError(f'out_indices entry {i} is out of range for '
-                                 f'{self.owner} with {depth} blocks')
-            resolved.append(j)
-        if not resolved:
-            raise ValueError('out_indices must name at least one block')
-        return tuple(resolved)
+        return tuple(self.take_indices(list(out_indices))[0])
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: Optional[Union[int, Sequence[int]]] = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = 'NCHW',
+        intermediates_only: bool = False,
+        *,
+        with_proj: bool = False,
+        hooks: Sequence[BlockHook] = ()
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """timm's ``forward_intermediates``, for any input size.
+
+        At the tower's training size the maps equal open_clip's
+        ``VisionTransformer.forward_intermediates(...,
+        normalize_intermediates=norm)['image_intermediates']`` and timm's
+        ``VisionTransformer.forward_intermediates``.
+
+        Args:
+            x (Tensor): ``(B, 3, H, W)`` normalised images, ``H, W >=
+                patch``; zero-padded at the bottom/right to the patch
+                multiple (grid ``(ceil(H/p), ceil(W/p))``).
+            indices (int | Sequence[int], optional): an int takes the last
+                n blocks, a sequence those blocks (negatives from the end),
+                None every block.
+            norm (bool): apply the final norm to every map.
+            stop_early (bool): stop after the last requested block.
+            output_fmt (str): ``'NCHW'`` maps ``(B, C, gh, gw)`` or
+                ``'NLC'`` tokens ``(B, gh * gw, C)`` (prefix tokens
+                dropped).
+            intermediates_only (bool): return only the maps.
+            with_proj (bool): maps in the joint image-text space (needs
+                ``norm``); not in timm.
+            hooks (Sequence[BlockHook]): more block hooks; not in timm.
+
+        Returns:
+            list[Tensor] | tuple: the maps, or ``(final, maps)`` with
+            ``final`` the last block run's tokens after the final norm,
+            ``(B, P + gh * gw, C)`` (timm's ``forward_features``).
+        """
+        if output_fmt not in ('NCHW', 'NLC'):
+            raise ValueError(f"{self.owner}: output_fmt must be 'NCHW' or "
+                             f"'NLC', got {output_fmt!r}")
+        if with_proj and not norm:
+            raise ValueError(f'{self.owner}: with_proj projects normed '
+                             'tokens; pass norm=True')
+        taken, _ = self.take_indices(indices)
+        pixels, grid = self.prepare(x)
+        del x
+        self.check_attention_budget(pixels.shape[0], grid, pixels.dtype)
+        hooks = self.block_hooks(keep_original=not intermediates_only) + \
+            list(hooks)
+        final, outs = run_blocks(self.blocks, self.embed(pixels), taken,
+                                 self.block_caller(grid), hooks, stop_early)
+        maps = [self._finish(t, grid, norm, with_proj, output_fmt)
+                for t in outs]
+        if intermediates_only:
+            return maps
+        return self.norm(final), maps
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` -> every token after the last block and the
+        final norm, ``(B, P + gh * gw, C)``."""
+        return self.forward_intermediates(x, 1)[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward_features`."""
+        return self.forward_features(x)
 
     # ------------------------------------------------------------------
     # Freezing
@@ -517,8 +885,12 @@ class OpenCLIPViTTower(ViTTower):
 
     default_pos_embed_interp = 'open_clip'
 
-    def __init__(self, visual: nn.Module, **kwargs) -> None:
-        super().__init__(visual, **kwargs)
+    def _check_family(self) -> None:
+        visual = self.visual
+        if not (hasattr(visual, 'conv1') and hasattr(visual, 'transformer')):
+            raise TypeError(f'{self.owner}: {type(visual).__name__} is not '
+                            "an open_clip VisionTransformer (needs conv1 "
+                            'and transformer)')
         if getattr(visual, 'attn_pool', None) is not None:
             raise ValueError(f'{self.owner}: open_clip towers with an '
                              'attentional pooler have no per-patch tokens')
@@ -559,6 +931,9 @@ class OpenCLIPViTTower(ViTTower):
     def pos_embed_source(self) -> Tuple[torch.Tensor, int]:
         return self.visual.positional_embedding, 1
 
+    def _patch_weight(self) -> torch.Tensor:
+        return self.visual.conv1.weight
+
     def _patch_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.visual.conv1(pixels).flatten(2).transpose(1, 2)
 
@@ -568,7 +943,6 @@ class OpenCLIPViTTower(ViTTower):
         cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1)
         x = x + pos.to(x.dtype)
-        x = v.patch_dropout(x)
         return v.ln_pre(x)
 
     def norm(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -602,14 +976,17 @@ class TimmViTTower(ViTTower):
         **kwargs: see :class:`ViTTower`.
     """
 
-    def __init__(self, visual: nn.Module, **kwargs) -> None:
-        super().__init__(visual, **kwargs)
-        trunk = getattr(visual, 'trunk', None)
+    def _check_family(self) -> None:
+        trunk = getattr(self.visual, 'trunk', None)
         if not (hasattr(trunk, 'blocks') and hasattr(trunk, 'patch_embed')):
             raise TypeError(f'{self.owner}: timm trunk '
                             f'{type(trunk).__name__} is not a '
                             'VisionTransformer (needs patch_embed and blocks)')
-        self.trunk = trunk
+
+    @property
+    def trunk(self) -> nn.Module:
+        """The timm ``VisionTransformer`` inside ``visual``."""
+        return self.visual.trunk
 
     @property
     def blocks(self) -> nn.Sequential:
@@ -651,6 +1028,9 @@ class TimmViTTower(ViTTower):
             return None
         return t.pos_embed, 0 if t.no_embed_class else t.num_prefix_tokens
 
+    def _patch_weight(self) -> torch.Tensor:
+        return self.trunk.patch_embed.proj.weight
+
     def _patch_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         # the conv of timm's PatchEmbed, without its fixed-size check
         pe = self.trunk.patch_embed
@@ -671,7 +1051,6 @@ class TimmViTTower(ViTTower):
         if pos is not None and not t.no_embed_class:
             x = x + pos.to(x.dtype)
         x = t.pos_drop(x)
-        x = t.patch_drop(x)
         return t.norm_pre(x)
 
     def norm(self, tokens: torch.Tensor) -> torch.Tensor:

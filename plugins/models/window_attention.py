@@ -14,11 +14,12 @@ block, timm's or open_clip's, and CLIP Surgery's value-value branch, from
 the outside:
 
 * prefix (class/register) tokens are split from the ``(gh, gw)`` spatial
-  tokens; the spatial tokens are zero-padded to a window multiple and cut
-  into ``(B * nW, w_h * w_w, C)`` windows; every window gets a copy of the
-  prefix tokens in front, so a block sees ``[prefix, window tokens]``;
+  tokens (and trailing extra tokens, e.g. VPT's prompts); the spatial tokens
+  are zero-padded to a window multiple and cut into ``(B * nW, w_h * w_w,
+  C)`` windows; every window gets a copy of the prefix tokens in front (and
+  of the extra tokens behind), so a block sees ``[prefix, window, extra]``;
 * after the block, windows are put back, the padding is cropped, and each
-  prefix token's output is the mean of its copies over the windows;
+  prefix/extra token's output is the mean of its copies over the windows;
 * a grid side no longer than the window is not split (the window is cut to
   that side, no padding): a window covering the grid is exactly global
   attention.
@@ -27,25 +28,23 @@ Padded positions are zero tokens that the window's queries attend to (as in
 ViTDet, which pads after the block's first norm; here the block's own norm
 sees the zeros).
 
-:class:`WindowedCall` is a ``call(fn, x)`` hook of
-:meth:`plugins.models.vit_tower.ViTTower.forward_blocks` /
-:func:`plugins.models.clip_surgery.surgery_forward`, wrapping another hook
-(gradient checkpointing), so checkpointing, partial unfreezing and CLIP
-Surgery work unchanged.
+The tower's block loop (:meth:`plugins.models.vit_tower.ViTTower.block_caller`)
+knows, per block index, whether that block is windowed and partitions around
+it (and around CLIP Surgery's branch of the same block), inside gradient
+checkpointing.  :func:`attention_bytes` estimates what one attention map
+costs, so a tower can refuse an input before allocating it.
 
 Host-free: torch only.
 """
-import functools
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 Grid = Tuple[int, int]
-BlockCaller = Callable[[Callable, torch.Tensor], torch.Tensor]
-#: ``(batch, num_prefix, grid, window, padded grid)`` of a partition.
-WindowLayout = Tuple[int, int, Grid, Grid, Grid]
+#: ``(batch, num_prefix, grid, window, padded grid, num_extra)`` of a
+#: partition.
+WindowLayout = Tuple[int, int, Grid, Grid, Grid, int]
 
 
 def check_window_size(window_size: Optional[int], owner: str = 'tower'
@@ -63,11 +62,20 @@ def check_window_size(window_size: Optional[int], owner: str = 'tower'
 
 
 def default_global_blocks(depth: int) -> Tuple[int, ...]:
-    """ViTDet's global blocks: the last block of each quarter of the tower
-    (12 blocks: 2, 5, 8, 11; 24: 5, 11, 17, 23; 32: 7, 15, 23, 31; a tower
-    of 4 blocks or fewer has every block global)."""
-    return tuple(sorted({max(0, round((k + 1) * depth / 4) - 1)
-                         for k in range(4)}))
+    """Default global blocks of a windowed tower: one in three, at most
+    ViTDet's four, each the last block of an equal segment of the tower.
+
+    12 blocks: 2, 5, 8, 11 (ViTDet's ViT-B); 24: 5, 11, 17, 23; 32: 7, 15,
+    23, 31; smaller towers keep the same share (6 blocks: 2, 5; 4 blocks:
+    1, 3; 3 or fewer: the last block), so windowing still saves memory in
+    them.
+    """
+    depth = int(depth)
+    if depth < 1:
+        return ()
+    n = min(4, -(-depth // 3))
+    return tuple(sorted({max(0, round((k + 1) * depth / n) - 1)
+                         for k in range(n)}))
 
 
 def resolve_global_blocks(global_blocks: Optional[Sequence[int]],
@@ -104,127 +112,96 @@ def resolve_global_blocks(global_blocks: Optional[Sequence[int]],
 
 
 def window_partition(x: torch.Tensor, grid: Grid, num_prefix: int,
-                     window_size: int
+                     window_size: int, num_extra: int = 0
                      ) -> Tuple[torch.Tensor, WindowLayout]:
-    """Tokens -> windows, each with a copy of the prefix tokens in front.
+    """Tokens -> windows, each with a copy of the prefix tokens in front
+    (and of the extra tokens behind).
 
     Args:
-        x (Tensor): ``(B, P + gh * gw, C)``, prefix tokens first, spatial
-            tokens row-major.
+        x (Tensor): ``(B, P + gh * gw + E, C)``, prefix tokens first,
+            spatial tokens row-major, then ``E`` extra tokens (VPT's prompts).
         grid (tuple[int, int]): ``(gh, gw)``.
         num_prefix (int): ``P``.
         window_size (int): window side ``w`` in patches; a grid side
             ``<= w`` is not split.
+        num_extra (int): ``E``. Default: 0.
 
     Returns:
-        tuple: windows ``(B * nW, P + wh * ww, C)`` (windows row-major per
-        image) and the layout for :func:`window_unpartition`.
+        tuple: windows ``(B * nW, P + wh * ww + E, C)`` (windows row-major
+        per image) and the layout for :func:`window_unpartition`.
     """
     b, t, c = x.shape
     gh, gw = int(grid[0]), int(grid[1])
-    if t != num_prefix + gh * gw:
+    if t != num_prefix + gh * gw + num_extra:
         raise ValueError(f'window_partition: {t} tokens do not match '
-                         f'{num_prefix} prefix tokens + a {gh}x{gw} grid')
+                         f'{num_prefix} prefix tokens + a {gh}x{gw} grid + '
+                         f'{num_extra} extra tokens')
     wh, ww = min(window_size, gh), min(window_size, gw)
     ph, pw = -(-gh // wh) * wh, -(-gw // ww) * ww
-    prefix, spatial = x[:, :num_prefix], x[:, num_prefix:]
-    spatial = spatial.reshape(b, gh, gw, c)
+    end = num_prefix + gh * gw
+    spatial = x[:, num_prefix:end].reshape(b, gh, gw, c)
     if (ph, pw) != (gh, gw):
         spatial = F.pad(spatial, (0, 0, 0, pw - gw, 0, ph - gh))
     nh, nw = ph // wh, pw // ww
     windows = spatial.reshape(b, nh, wh, nw, ww, c).permute(0, 1, 3, 2, 4, 5)
     windows = windows.reshape(b * nh * nw, wh * ww, c)
+
+    def copies(tokens: torch.Tensor) -> torch.Tensor:
+        n = tokens.shape[1]
+        return tokens.unsqueeze(1).expand(b, nh * nw, n, c).reshape(
+            b * nh * nw, n, c)
+
+    parts = [windows]
     if num_prefix:
-        copies = prefix.unsqueeze(1).expand(b, nh * nw, num_prefix, c)
-        windows = torch.cat(
-            [copies.reshape(b * nh * nw, num_prefix, c), windows], dim=1)
-    return windows, (b, num_prefix, (gh, gw), (wh, ww), (ph, pw))
+        parts.insert(0, copies(x[:, :num_prefix]))
+    if num_extra:
+        parts.append(copies(x[:, end:]))
+    if len(parts) > 1:
+        windows = torch.cat(parts, dim=1)
+    return windows, (b, num_prefix, (gh, gw), (wh, ww), (ph, pw), num_extra)
 
 
 def window_unpartition(windows: torch.Tensor,
                        layout: WindowLayout) -> torch.Tensor:
-    """Inverse of :func:`window_partition`: crop the padding, prefix tokens
-    averaged over the windows.
+    """Inverse of :func:`window_partition`: crop the padding, prefix and
+    extra tokens averaged over the windows.
 
     Args:
-        windows (Tensor): ``(B * nW, P + wh * ww, C)``.
+        windows (Tensor): ``(B * nW, P + wh * ww + E, C)``.
         layout: from :func:`window_partition`.
 
     Returns:
-        Tensor: ``(B, P + gh * gw, C)``.
+        Tensor: ``(B, P + gh * gw + E, C)``.
     """
-    b, num_prefix, (gh, gw), (wh, ww), (ph, pw) = layout
+    b, num_prefix, (gh, gw), (wh, ww), (ph, pw), num_extra = layout
     nh, nw = ph // wh, pw // ww
     c = windows.shape[-1]
-    spatial = windows[:, num_prefix:].reshape(b, nh, nw, wh, ww, c)
+    end = num_prefix + wh * ww
+    spatial = windows[:, num_prefix:end].reshape(b, nh, nw, wh, ww, c)
     spatial = spatial.permute(0, 1, 3, 2, 4, 5).reshape(b, ph, pw, c)
     spatial = spatial[:, :gh, :gw].reshape(b, gh * gw, c)
-    if not num_prefix:
-        return spatial
-    prefix = windows[:, :num_prefix].reshape(b, nh * nw, num_prefix, c)
-    return torch.cat([prefix.mean(dim=1), spatial], dim=1)
+
+    def mean(tokens: torch.Tensor) -> torch.Tensor:
+        return tokens.reshape(b, nh * nw, tokens.shape[1], c).mean(dim=1)
+
+    parts = [spatial]
+    if num_prefix:
+        parts.insert(0, mean(windows[:, :num_prefix]))
+    if num_extra:
+        parts.append(mean(windows[:, end:]))
+    return torch.cat(parts, dim=1) if len(parts) > 1 else spatial
 
 
-def _plain_call(fn: Callable, x: torch.Tensor) -> torch.Tensor:
-    return fn(x)
+def attention_bytes(batch: int, heads: int, tokens: int,
+                    element_size: int) -> int:
+    """Bytes of one ``(batch, heads, tokens, tokens)`` attention map, the
+    tensor an unfused (math) attention kernel materialises."""
+    return int(batch) * int(heads) * int(tokens) ** 2 * int(element_size)
 
 
-def block_of(fn: Callable) -> nn.Module:
-    """The block a ``call`` hook is asked to run: the block itself or the
-    first argument of a ``functools.partial`` (CLIP Surgery's branch)."""
-    if isinstance(fn, nn.Module):
-        return fn
-    if isinstance(fn, functools.partial) and fn.args and isinstance(
-            fn.args[0], nn.Module):
-        return fn.args[0]
-    raise TypeError('windowed attention: cannot tell which block '
-                    f'{fn!r} runs (expected a block or '
-                    'functools.partial(fn, block))')
-
-
-class WindowedCall:
-    """A ``call(fn, x)`` hook running non-global blocks on windows.
-
-    Args:
-        blocks (Sequence[nn.Module]): the tower's blocks, in order.
-        grid (tuple[int, int]): the patch grid ``(gh, gw)`` of ``x``.
-        num_prefix (int): prefix (class/register) tokens in front.
-        window_size (int): window side in patches.
-        global_blocks (Sequence[int]): non-negative indices of the blocks
-            that attend globally.
-        call (callable, optional): the hook to wrap (e.g. gradient
-            checkpointing); gets the windows ``(B * nW, P + wh * ww, C)``
-            for windowed blocks. Default: ``fn(x)``.
-
-    ``fn`` is a block or ``functools.partial(branch, block)`` of one of
-    ``blocks``; input and output ``(B, P + gh * gw, C)``.
-    """
-
-    def __init__(self,
-                 blocks: Sequence[nn.Module],
-                 grid: Grid,
-                 num_prefix: int,
-                 window_size: int,
-                 global_blocks: Sequence[int],
-                 call: Optional[BlockCaller] = None) -> None:
-        self.grid = (int(grid[0]), int(grid[1]))
-        self.num_prefix = int(num_prefix)
-        self.window_size = int(window_size)
-        self.call = call or _plain_call
-        keep = set(global_blocks)
-        self.index = {id(blk): i for i, blk in enumerate(blocks)}
-        self.windowed = {
-            id(blk)
-            for i, blk in enumerate(blocks) if i not in keep
-        }
-
-    def __call__(self, fn: Callable, x: torch.Tensor) -> torch.Tensor:
-        key = id(block_of(fn))
-        if key not in self.index:
-            raise ValueError('windowed attention: the block to run is not '
-                             'one of the tower blocks it was set up for')
-        if key not in self.windowed:
-            return self.call(fn, x)
-        windows, layout = window_partition(x, self.grid, self.num_prefix,
-                                           self.window_size)
-        return window_unpartition(self.call(fn, windows), layout)
+def windowed_tokens(grid: Grid, window_size: int) -> Tuple[int, int]:
+    """``(windows per image, tokens per window)`` of a ``(gh, gw)`` grid
+    (prefix tokens not counted), as :func:`window_partition` cuts it."""
+    gh, gw = int(grid[0]), int(grid[1])
+    wh, ww = min(window_size, gh), min(window_size, gw)
+    return -(-gh // wh) * -(-gw // ww), wh * ww

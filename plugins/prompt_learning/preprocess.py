@@ -9,9 +9,8 @@ model (open_clip stores its ``preprocess_cfg`` on ``model.visual``), see
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 
-from plugins.models.normalization import preprocess_cfg
+from plugins.models.normalization import preprocess_cfg, resize_and_normalize
 
 #: Names accepted for ``value_range``.
 VALUE_RANGES = ('0-1', '-1-1', '0-255')
@@ -111,18 +110,10 @@ def preprocess_tensor_images(
         units.append(
             _to_unit_range(image, value_range or detect_value_range(image)))
     if all(u.shape == units[0].shape for u in units):
-        pixels = _resize(torch.stack(units), size, interpolation)
-    else:  # a list of differently sized images
-        pixels = torch.cat([_resize(u[None], size, interpolation)
-                            for u in units])
-    mean_t = pixels.new_tensor(mean).view(1, 3, 1, 1)
-    std_t = pixels.new_tensor(std).view(1, 3, 1, 1)
-    return (pixels - mean_t) / std_t
-
-
-def _resize(pixels: torch.Tensor, size: Tuple[int, int],
-            interpolation: str) -> torch.Tensor:
-    if tuple(pixels.shape[-2:]) == tuple(size):
-        return pixels
-    return F.interpolate(pixels, size=size, mode=interpolation,
-                         align_corners=False, antialias=True)
+        return resize_and_normalize(torch.stack(units), size, mean, std,
+                                    interpolation)
+    # a list of differently sized images
+    return torch.cat([
+        resize_and_normalize(u[None], size, mean, std, interpolation)
+        for u in units
+    ])

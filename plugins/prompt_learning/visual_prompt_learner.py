@@ -1,8 +1,43 @@
 """Visual prompt tuning (VPT, Jia et al. 2022) for a frozen ViT image tower."""
 import math
+from typing import Optional
 
 import torch
 from torch import nn
+
+from plugins.models.vit_tower import BlockCaller, BlockHook, ViTTower
+
+
+class VisualPromptHook(BlockHook):
+    """VPT's prompts as a hook of the tower's block loop.
+
+    Before block ``i`` (every block with ``deep``, the first otherwise) the
+    tokens beyond the tower's own are replaced by ``prompts[i]`` (by
+    ``prompts[0]``); each block's reported output drops the prompt tokens.
+
+    Args:
+        prompts (Tensor): ``(L, n, C)`` with ``deep``, else ``(1, n, C)``.
+        deep (bool): VPT-Deep (fresh prompts per block) or VPT-Shallow.
+    """
+
+    def __init__(self, prompts: torch.Tensor, deep: bool = True) -> None:
+        self.prompts = prompts
+        self.deep = bool(deep)
+        self.num_tokens: Optional[int] = None
+
+    def before_block(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        if self.num_tokens is None:
+            self.num_tokens = x.shape[1]
+        if self.deep or index == 0:
+            prompts = self.prompts[index if self.deep else 0].to(x.dtype)
+            # Deep: drop the previous block's prompt outputs, add ours.
+            x = torch.cat([x[:, :self.num_tokens],
+                           prompts.expand(x.shape[0], -1, -1)], dim=1)
+        return x
+
+    def after_block(self, index: int, x_in: torch.Tensor,
+                    x_out: torch.Tensor, call: BlockCaller) -> torch.Tensor:
+        return x_out[:, :self.num_tokens]
 
 
 class VisualPromptLearner(nn.Module):
@@ -17,8 +52,10 @@ class VisualPromptLearner(nn.Module):
     the output lines up token for token with the tower's own features; with
     ``num_prompts=0`` it equals them.
 
-    The learner holds only the prompts; the tower runs through
-    :func:`plugins.models.vit_tower.build_vit_tower`.
+    The learner holds only the prompts; the tower
+    (:func:`plugins.models.vit_tower.build_vit_tower`) runs them through its
+    one block loop as a :class:`VisualPromptHook`, with its windowed
+    attention and gradient checkpointing.
     With BiomedCLIP's ViT-B/16 (12 blocks, width 768) and 4 prompts it has
     12 x 4 x 768 = 36,864 parameters.
 
@@ -63,7 +100,13 @@ class VisualPromptLearner(nn.Module):
         return (f'num_layers={self.num_layers}, num_prompts='
                 f'{self.num_prompts}, width={self.width}, deep={self.deep}')
 
-    def forward(self, pixels: torch.Tensor, tower) -> torch.Tensor:
+    def forward(self, pixels: torch.Tensor, tower: ViTTower) -> torch.Tensor:
+        """Prompted tokens ``(B, P + N, width)`` after the final norm.
+
+        Args:
+            pixels (Tensor): ``(B, 3, H, W)`` normalised images.
+            tower (ViTTower): the (frozen) image tower.
+        """
         blocks = tower.blocks
         if tower.width != self.width:
             raise ValueError(f'visual prompts have width {self.width}, the '
@@ -71,20 +114,13 @@ class VisualPromptLearner(nn.Module):
         if self.deep and len(blocks) != self.num_layers:
             raise ValueError(f'visual prompts for {self.num_layers} blocks, '
                              f'the image tower has {len(blocks)}')
-        x = tower.embed(pixels)
-        num_tokens = x.shape[1]
-        if self.num_prompts == 0:
-            for block in blocks:
-                x = block(x)
-            return tower.norm(x)
-        prompts = self.dropout(self.prompts).to(x.dtype)
-        batch = x.shape[0]
-        for i, block in enumerate(blocks):
-            if self.deep or i == 0:
-                layer_prompts = prompts[i if self.deep else 0]
-                # Deep: drop the previous block's prompt outputs, add ours.
-                x = torch.cat(
-                    [x[:, :num_tokens],
-                     layer_prompts.expand(batch, -1, -1)], dim=1)
-            x = block(x)
-        return tower.norm(x[:, :num_tokens])
+        pixels, grid = tower.prepare(pixels)
+        tower.check_attention_budget(pixels.shape[0], grid, pixels.dtype,
+                                     extra_tokens=self.num_prompts)
+        hooks = []
+        if self.num_prompts:
+            hooks.append(VisualPromptHook(self.dropout(self.prompts),
+                                          self.deep))
+        (tokens, ) = tower.forward_blocks(
+            tower.embed(pixels), [len(blocks) - 1], grid, hooks)
+        return tower.norm(tokens)

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from plugins import models
-from plugins.models.vit_tower import TimmViTTower, build_vit_tower
+from plugins.models.vit_tower import (TimmViTTower, attach_tower,
+                                      build_vit_tower)
 from .preprocess import clip_preprocess_cfg, preprocess_tensor_images
 from .random_features import fan_in_init_
 from .text_prompt_learner import TextPromptLearner
@@ -139,8 +140,10 @@ class VPTTPTSegmentor(nn.Module):
         self.clip_model.eval()
         self.tokenizer = tokenizer
         self._start_token_id = start_token_id(tokenizer)
-        self.visual_tower = build_vit_tower(clip_model,
-                                            owner=type(self).__name__)
+        # clip_model registers the image tower (keys clip_model.visual.*)
+        attach_tower(self, build_vit_tower(clip_model,
+                                           owner=type(self).__name__),
+                     'visual_tower')
         if isinstance(self.visual_tower, TimmViTTower) and \
                 not self.visual_tower.has_token_projection:
             raise ValueError(

@@ -11,11 +11,12 @@ from .masking import (GRAY, INSIDE_GAIN, STRATEGIES, apply_strategy, crop_box,
 from .multiplier import MultiplierRule, semantic_multiplier
 from .prompts import SHIPPED_PROMPTS, load_prompts, read_prompt_file
 from .region_scorer import RECORD_FIELDS, RegionScorer, load_image
+from .regions import decode_mask, to_xyxy
 
 __all__ = [
     'build_region_scorer', 'head_type', 'logit_params', 'prompt_probs', 'GRAY',
     'INSIDE_GAIN', 'STRATEGIES', 'apply_strategy', 'crop_box', 'mask_gray',
     'mask_raw', 'mask_soft', 'MultiplierRule', 'semantic_multiplier',
     'SHIPPED_PROMPTS', 'load_prompts', 'read_prompt_file', 'RECORD_FIELDS',
-    'RegionScorer', 'load_image'
+    'RegionScorer', 'load_image', 'decode_mask', 'to_xyxy'
 ]

@@ -21,11 +21,7 @@ def test_vision_tower_returns_four_nchw_maps(tiny_model):
     assert [tuple(m.shape) for m in maps] == [
         (2, 128, 32, 32), (2, 256, 16, 16), (2, 512, 8, 8), (2, 1024, 4, 4)]
     assert tower.channels == [128, 256, 512, 1024]  # Swin-B widths
-    assert tower.feature_shapes(1024)[-1] == (1024, 32, 32)
-    assert tower.feature_shapes() == tower.feature_shapes(tower.img_size)
-    with pytest.raises(ValueError, match='img_size must be an integer >= 1, '
-                                         'got 0'):
-        tower.feature_shapes(0)  # was: the tower's own size, silently
+    assert tower.strides == [4, 8, 16, 32]
     assert not any(p.requires_grad for p in tower.parameters())
     tiny_model.train()
     assert not tower.training  # a frozen tower stays in eval mode

@@ -12,7 +12,7 @@ import torch
 from plugins.models import HF_CONFIG_DIR, create_model
 from plugins.models.concept_clip import (CONCEPT_CLIP_MODEL_NAME,
                                          CONCEPT_CLIP_TINY_MODEL_NAME,
-                                         ConceptCLIP, ConceptCLIPForScoring,
+                                         ConceptCLIP,
                                          build_concept_clip,
                                          load_concept_clip_weights)
 from plugins.utils import (StateDictMismatchError, key_mismatch,
@@ -269,24 +269,6 @@ def test_forward_dict_and_sigmoid_logits(tiny):
         out['logit_scale'] * out['image_features'] @ out['text_features'].T +
         out['logit_bias'])
     assert out['logit_bias'] == -10
-
-
-def test_scoring_view_has_open_clips_interface(tiny):
-    view = tiny.for_scoring()
-    assert isinstance(view, ConceptCLIPForScoring)
-    assert view.logit_scale is tiny.logit_scale
-    assert view.logit_bias is tiny.logit_bias
-    assert not list(view.parameters(recurse=False))  # shares, no copies
-    x = _randn(2, 3, 112, 112)
-    with torch.no_grad():
-        img = view.encode_image(x, normalize=True)
-        txt = view.encode_text(_ids(), normalize=True)
-        i2, t2, scale, bias = view(x, _ids())
-    assert img.shape == (2, 64) and txt.shape == (2, 64)
-    torch.testing.assert_close(img, tiny.encode_image(x)[0])
-    torch.testing.assert_close(i2, img)
-    torch.testing.assert_close(scale, tiny.logit_scale.exp())
-    assert view.visual.preprocess_cfg['mean'] == (0.5, 0.5, 0.5)
 
 
 def test_preprocess_tensor_takes_unit_range_images(tiny):

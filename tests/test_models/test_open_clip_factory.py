@@ -6,13 +6,14 @@ import pytest
 import torch
 
 from plugins.models import (BIOMEDCLIP_MODEL_NAME, BIOMEDCLIP_TINY_MODEL_NAME,
+                            OPEN_CLIP_TINY_MODEL_NAME,
                             HF_CONFIG_DIR, MODEL_CONFIG_DIR, build_biomedclip,
                             build_open_clip, create_model, get_model_config,
                             list_shipped_models)
 from plugins.models.testing import save_clip_checkpoint
 from plugins.models.tokenizer import LocalBertTokenizer
 
-TINY_OPEN_CLIP = 'ViT-Tiny-16-test'
+TINY_OPEN_CLIP = OPEN_CLIP_TINY_MODEL_NAME
 
 
 def test_shipped_configs_are_registered_with_open_clip():

@@ -4,24 +4,17 @@ import logging
 import pytest
 import torch
 
-from plugins.models import (create_model, find_weights_file,
-                            is_openai_state_dict, load_open_clip_weights)
-from plugins.models.testing import save_clip_checkpoint
+from plugins.models import (OPEN_CLIP_TINY_MODEL_NAME, create_model,
+                            find_weights_file, is_openai_state_dict,
+                            load_open_clip_weights)
 from plugins.utils import StateDictMismatchError, safe_load
 
-TINY = 'ViT-Tiny-16-test'
+TINY = OPEN_CLIP_TINY_MODEL_NAME
 
 
 @pytest.fixture(scope='module')
-def saved(tmp_path_factory):
-    torch.manual_seed(0)
-    model = create_model(TINY).eval()
-    root = tmp_path_factory.mktemp('w')
-    files = {
-        fmt: save_clip_checkpoint(model, root, fmt)
-        for fmt in ('safetensors', 'bin', 'openai')
-    }
-    return model, files
+def saved(tiny_clip_files):
+    return tiny_clip_files
 
 
 @pytest.mark.parametrize('fmt', ['safetensors', 'bin', 'openai'])

@@ -2,10 +2,12 @@
 import pytest
 import torch
 
+from plugins.models import (BIOMEDCLIP_TINY_MODEL_NAME,
+                            OPEN_CLIP_TINY_MODEL_NAME)
 from plugins.prompt_learning import VPTTPTSegmentor
 
-TINY_BIOMEDCLIP = 'BiomedCLIP-Tiny-test'   # timm test_vit + 2-layer BERT
-TINY_OPEN_CLIP = 'ViT-Tiny-16-test'        # open_clip ViT + text transformer
+TINY_BIOMEDCLIP = BIOMEDCLIP_TINY_MODEL_NAME  # timm test_vit + 2-layer BERT
+TINY_OPEN_CLIP = OPEN_CLIP_TINY_MODEL_NAME  # open_clip ViT + text transformer
 
 
 @pytest.fixture(scope='module')

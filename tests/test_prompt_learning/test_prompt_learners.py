@@ -134,3 +134,33 @@ def test_one_text_feature_per_class(tiny_segmentor):
     feats = out['text_features']
     assert feats.shape == (3, out['patch_features'].shape[-1])
     assert not torch.allclose(feats[0], feats[1])
+
+
+def test_visual_prompts_run_through_the_towers_loop(tiny_segmentor):
+    """VPT is a hook of the tower's one block loop: gradient checkpointing
+    and windowed attention reach the prompted blocks (issue 22)."""
+    from tests.helpers import assert_checkpointing_keeps_gradients
+    pixels = tiny_segmentor.preprocess(torch.rand(1, 3, 64, 64))
+
+    def build(cp):
+        seg = reprompt(tiny_segmentor)
+        torch.manual_seed(0)
+        torch.nn.init.normal_(seg.visual_prompt_learner.prompts)
+        seg.visual_tower.set_grad_checkpointing(cp)
+        return seg
+
+    assert_checkpointing_keeps_gradients(
+        build, lambda seg: seg.encode_image_tokens(pixels).square().mean())
+    # a window covering the grid is global attention, prompts included
+    seg = reprompt(tiny_segmentor)
+    with torch.no_grad():
+        ref = seg.encode_image_tokens(pixels)
+        grid = seg.visual_tower.grid_size
+        seg.visual_tower.set_window_attention(max(grid), global_blocks=())
+        try:
+            torch.testing.assert_close(seg.encode_image_tokens(pixels), ref,
+                                       rtol=1e-5, atol=1e-5)
+            seg.visual_tower.set_window_attention(2, global_blocks=())
+            assert not torch.allclose(seg.encode_image_tokens(pixels), ref)
+        finally:
+            seg.visual_tower.set_window_attention(None)

@@ -107,7 +107,7 @@ def test_decode_mask_rle_and_polygon(repo_root):
     import numpy as np
     from pycocotools import mask as mask_utils
     sys.path.insert(0, str(repo_root))
-    from tools.score_regions import decode_mask, to_xyxy
+    from plugins.scoring import decode_mask, to_xyxy
     m = np.zeros((6, 8), np.uint8, order='F')
     m[1:4, 2:6] = 1
     rle = mask_utils.encode(m)

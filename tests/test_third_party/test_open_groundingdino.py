@@ -12,26 +12,13 @@ import torch.nn as nn
 import third_party.open_groundingdino as ogd
 from third_party.open_groundingdino import surgeryclip_backbone as sb
 
-from plugins.models import create_model
-from plugins.models.testing import save_clip_checkpoint
-
-TINY = 'ViT-Tiny-16-test'  # width 64, 4 blocks, patch 16, embed 32
-
-
-def _images(*size, batch=2, seed=0):
-    return torch.randn(
-        batch, 3, *size, generator=torch.Generator().manual_seed(seed))
+from plugins.models import OPEN_CLIP_TINY_MODEL_NAME as TINY
+from tests.helpers import randn_images
 
 
 @pytest.fixture(scope='module')
-def ckpts(tmp_path_factory):
-    torch.manual_seed(0)
-    clip = create_model(TINY).eval()
-    root = tmp_path_factory.mktemp('surgeryclip')
-    return {
-        fmt: save_clip_checkpoint(clip, root, fmt)
-        for fmt in ('safetensors', 'openai')
-    }
+def ckpts(tiny_clip_files):
+    return tiny_clip_files[1]
 
 
 def _args(ckpt=None, **kw):
@@ -58,7 +45,7 @@ def test_forward_contract_and_mask(ckpts):
     backbone, channels = ogd.build_surgeryclip_backbone(
         _args(ckpts['safetensors']))
     assert channels == [32] and backbone.num_channels == [32]
-    images = _images(100, 130)
+    images = randn_images(100, 130)
     mask = torch.zeros(2, 100, 130, dtype=torch.bool)
     mask[1, :, 90:] = True  # the second image is 90 px wide, padded
     mask[1, 70:, :] = True
@@ -110,13 +97,13 @@ def test_windowed_attention_equals_the_mmdet_backbone(ckpts):
     args = _args(ckpts['safetensors'], surgeryclip_input_norm='clip',
                  surgeryclip_window_size=2, surgeryclip_global_blocks=[3])
     backbone, _ = ogd.build_surgeryclip_backbone(args)
-    assert backbone.body.tower.window_size == 2
+    assert backbone.body.window_size == 2
     ref = SurgeryCLIPBackbone(TINY, surgery_depth=2, with_proj=True,
                               window_size=2, global_blocks=[3],
                               pretrained=str(ckpts['safetensors'])).eval()
     plain, _ = ogd.build_surgeryclip_backbone(
         _args(ckpts['safetensors'], surgeryclip_input_norm='clip'))
-    x = _images(96, 128, batch=1)
+    x = randn_images(96, 128, batch=1)
     with torch.no_grad():
         ours = backbone(x)['0'].tensors
         torch.testing.assert_close(ours, ref(x)[0], atol=1e-5, rtol=1e-5)
@@ -143,7 +130,7 @@ def test_training_the_backbone_every_trainable_param_gets_a_grad():
         _args(train_surgeryclip_backbone=True, use_checkpoint=True))
     backbone.train()
     assert backbone.training and backbone.body.grad_checkpointing
-    out = backbone(_images(32, 48))['0'].tensors
+    out = backbone(randn_images(32, 48))['0'].tensors
     out.square().mean().backward()
     trainable = [(n, p) for n, p in backbone.named_parameters()
                  if p.requires_grad]
@@ -199,7 +186,7 @@ def test_uses_the_hosts_nested_tensor_when_importable(monkeypatch):
     monkeypatch.setattr(sb, '_nested_tensor_cls', None)
     backbone, _ = ogd.build_surgeryclip_backbone(_args())
     with torch.no_grad():
-        out = backbone(HostNestedTensor(_images(32, 32), None))
+        out = backbone(HostNestedTensor(randn_images(32, 32), None))
     assert type(out['0']) is HostNestedTensor
     monkeypatch.setattr(sb, '_nested_tensor_cls', None)
 
@@ -247,7 +234,7 @@ def test_apply_routes_surgeryclip_through_build_backbone(fake_host):
     model = detector.build_backbone(_args())
     assert isinstance(model, host.Joiner) and model.num_channels == [32]
     with torch.no_grad():
-        feats, pos = model(ogd.NestedTensor(_images(32, 48), None))
+        feats, pos = model(ogd.NestedTensor(randn_images(32, 48), None))
     assert feats[0].tensors.shape == (2, 32, 2, 3) and len(pos) == 1
     with pytest.raises(ValueError, match=r'return_interm_indices = \[3\]'):
         detector.build_backbone(_args(return_interm_indices=[1, 2, 3]))
@@ -270,6 +257,7 @@ for name in ("mmdet", "mmengine", "mmcv"):
 import torch
 import third_party.open_groundingdino as ogd
 from plugins.models.concept_clip import ConceptCLIP
+from tests.helpers import randn_images
 args = types.SimpleNamespace(surgeryclip_model_name="ViT-Tiny-16-test",
                              surgeryclip_surgery_depth=2)
 backbone, channels = ogd.build_surgeryclip_backbone(args)

@@ -176,24 +176,26 @@ class SurgeryCLIPGroundingBackbone(nn.Module):
         self._set_trainable(train_last_n_blocks)
 
     def _set_trainable(self, train_last_n_blocks: Optional[int]) -> None:
-        tower = self.body.tower
+        tower = self.body
+        self.train_last_n_blocks = train_last_n_blocks
         if not self.train_backbone:
             tower.set_trainable(frozen=True)
             return
-        blocks = tower.blocks
-        # the last block's FFN only feeds the class token, which the
-        # features drop: keep it frozen (DDP-safe)
-        last = blocks[-1]
-        unused = [last.ln_2, last.mlp, last.ls_2] \
-            if self.body.surgery_depth > 0 else []
         try:
             tower.set_trainable(False, train_last_n_blocks, self.with_proj,
-                                unused)
+                                tower.surgery_unused_modules())
         except ValueError as err:
             raise ValueError(f'surgeryclip_{err}') from None
 
     def train(self, mode: bool = True):
+        """Train mode; frozen parts (all, or all but the last
+        ``train_last_n_blocks`` blocks) stay in eval mode, as in the mmdet
+        backbone."""
         super().train(mode and self.train_backbone)
+        if mode and self.train_backbone:
+            for m in self.body.frozen_modules(False,
+                                              self.train_last_n_blocks):
+                m.eval()
         return self
 
     def forward(self, tensor_list: Any) -> Dict[str, Any]:

@@ -4,11 +4,11 @@ A CLIP image tower as a detector backbone needs the same plumbing whatever
 the tower: arbitrary input sizes (pad to the patch multiple, resample the
 position embedding), several output blocks, freezing or partial unfreezing,
 gradient checkpointing, loading local weights safely, and the right
-normalisation statistics.  The host-free tower adapter
-(:mod:`plugins.models.vit_tower`) runs the tower; :class:`CLIPBackboneBase`
-is the thin mmdet module around it: it holds the image tower as ``visual``
-(so state-dict keys are the tower's own), loads weights and applies the
-freezing options.
+normalisation statistics.  The host-free tower module
+(:mod:`plugins.models.vit_tower`) runs the tower (its
+``forward_intermediates``); :class:`CLIPBackboneBase` is the thin mmdet
+module around it: it registers the image tower as ``visual`` (so state-dict
+keys are the tower's own), loads weights and applies the freezing options.
 """
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -17,14 +17,11 @@ import torch
 import torch.nn as nn
 from mmengine.logging import MMLogger
 from mmengine.model import BaseModule
-from torch.utils.checkpoint import checkpoint
 
-from plugins.models.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-from plugins.models.vit_tower import ViTTower
+from plugins.models.vit_tower import Grid, ViTTower, attach_tower
 from plugins.models.weights import find_weights_file
 from plugins.utils import check_state_dict, safe_load, select_prefix
 
-Grid = Tuple[int, int]
 StateDict = Dict[str, torch.Tensor]
 
 
@@ -40,22 +37,23 @@ class CLIPBackboneBase(BaseModule):
     ``with_proj=True``), prefix (class) tokens dropped.
 
     Normalisation: images must be normalised with :attr:`mean` / :attr:`std`
-    (RGB, ``[0, 1]`` scale).  :meth:`data_preprocessor_cfg` gives a matching
-    mmdet ``DetDataPreprocessor`` config (0-255 scale).
+    (RGB, ``[0, 1]`` scale), the tower's own statistics
+    (:func:`plugins.models.normalization.preprocess_cfg`).
 
     A subclass builds its image tower, wraps it with
     :func:`plugins.models.vit_tower.build_vit_tower` and passes the tower to
     ``super().__init__`` (see ``/docs/backbones.md``); it overrides
     :meth:`convert_pretrained` / :meth:`read_pretrained` for foreign weight
-    layouts, :meth:`unused_modules` or :meth:`forward_blocks` where it runs
-    the tower differently (CLIP Surgery).
+    layouts and :meth:`unused_modules` for parts it never runs; a tower
+    that runs differently (CLIP Surgery) is a tower subclass with its own
+    block hooks.
 
     Args:
         tower (ViTTower): the image tower adapter; its ``visual`` is kept as
             ``self.visual`` (and an external projection as
             ``self.image_proj``).
-        mean, std (Sequence[float], optional): normalisation statistics
-            (RGB, [0, 1]). Default: the class attributes.
+        mean, std (Sequence[float]): the tower's normalisation statistics
+            (RGB, [0, 1]).
         out_indices (int | Sequence[int]): blocks whose output becomes a
             map; negative values count from the end. Default: ``(-1,)``.
         frozen (bool): no parameter trains and the tower stays in eval mode.
@@ -67,7 +65,9 @@ class CLIPBackboneBase(BaseModule):
         with_proj (bool): project maps into the joint image-text space
             (channels :attr:`proj_dims`) instead of the width
             (:attr:`embed_dims`). Default: False.
-        with_cp (bool): gradient checkpointing of each block while training.
+        with_cp (bool): gradient checkpointing of each training block
+            (mmdet's key for the tower's one flag,
+            :meth:`~plugins.models.vit_tower.ViTTower.set_grad_checkpointing`).
             Default: False.
         window_size (int, optional): windowed attention for large inputs
             (as ViTDet): blocks not in ``global_blocks`` attend within
@@ -81,8 +81,11 @@ class CLIPBackboneBase(BaseModule):
             :mod:`plugins.models.window_attention`.
         global_blocks (Sequence[int], optional): blocks that stay global
             with ``window_size``; negatives count from the end. Default:
-            ViTDet's, the last block of each quarter (12 blocks: 2, 5, 8,
-            11; 24 blocks: 5, 11, 17, 23).
+            one in three, at most ViTDet's four (12 blocks: 2, 5, 8, 11; 24
+            blocks: 5, 11, 17, 23; 4 blocks: 1, 3).  An input whose
+            attention would exceed the tower's ``attention_budget`` (16
+            GiB) is refused before anything is allocated, naming the
+            ``window_size`` / ``global_blocks`` to set.
         check_finite (bool): raise on NaN/Inf in the input (one device
             sync per forward). Default: True.
         pos_embed_interp (str | dict, optional): how the position embedding
@@ -99,18 +102,14 @@ class CLIPBackboneBase(BaseModule):
             a detector checkpoint).  Weights load in ``__init__``.
     """
 
-    #: RGB mean in [0, 1] units the tower was trained with.
-    mean: Tuple[float, float, float] = OPENAI_CLIP_MEAN
-    #: RGB std in [0, 1] units the tower was trained with.
-    std: Tuple[float, float, float] = OPENAI_CLIP_STD
     #: Position-embedding resampling of the upstream model (see
     #: :func:`plugins.utils.pos_embed_interp_args`); subclasses override.
     default_pos_embed_interp = 'timm'
 
     def __init__(self,
                  tower: ViTTower,
-                 mean: Optional[Sequence[float]] = None,
-                 std: Optional[Sequence[float]] = None,
+                 mean: Sequence[float],
+                 std: Sequence[float],
                  out_indices: Union[int, Sequence[int]] = (-1, ),
                  frozen: bool = False,
                  train_last_n_blocks: Optional[int] = None,
@@ -141,19 +140,22 @@ class CLIPBackboneBase(BaseModule):
         self.visual = tower.visual
         if tower.projection is not None:
             self.image_proj = tower.projection
-        self.tower = tower
-        self.mean = tuple(mean or self.mean)
-        self.std = tuple(std or self.std)
+        # registered above as visual (and image_proj), so keys stay the
+        # tower's own
+        attach_tower(self, tower)
+        #: RGB mean / std in [0, 1] units the tower was trained with.
+        self.mean = tuple(mean)
+        self.std = tuple(std)
         self.out_indices = tower.resolve_indices(out_indices)
         tower.check_train_last_n_blocks(train_last_n_blocks)
         self.frozen = bool(frozen)
         self.train_last_n_blocks = train_last_n_blocks
         self.with_proj = bool(with_proj)
-        self.with_cp = bool(with_cp)
+        tower.set_grad_checkpointing(with_cp)
         tower.set_window_attention(window_size, global_blocks)
         self.window_size = tower.window_size
         self.global_blocks = tower.global_blocks
-        self.check_finite = bool(check_finite)
+        tower.check_finite = bool(check_finite)
         self.pos_embed_interp = self.default_pos_embed_interp \
             if pos_embed_interp is None else pos_embed_interp
         # validated by the tower, so a typo fails at construction
@@ -280,72 +282,19 @@ class CLIPBackboneBase(BaseModule):
         """Stride of every output map (the patch size)."""
         return self.patch_size
 
-    def data_preprocessor_cfg(self, **kwargs) -> dict:
-        """An mmdet ``DetDataPreprocessor`` config matching this tower:
-        its mean/std (0-255 scale), BGR->RGB, padding to the patch size.
-
-        Args:
-            **kwargs: more/overriding ``DetDataPreprocessor`` arguments.
-        """
-        return clip_data_preprocessor(
-            self.mean, self.std, pad_size_divisor=self.patch_size, **kwargs)
-
-    def get_pos_embed(self, grid: Grid) -> Optional[torch.Tensor]:
-        """Position embedding for a ``(gh, gw)`` grid (see
-        :meth:`plugins.models.vit_tower.ViTTower.pos_embed`)."""
-        return self.tower.pos_embed(grid)
-
     def prepare_input(self, x: torch.Tensor) -> Tuple[torch.Tensor, Grid]:
         """Validate and pad ``(B, 3, H, W)`` to the patch multiple.
 
         Returns:
             tuple: the padded image and its grid ``(ceil(H/p), ceil(W/p))``.
         """
-        return self.tower.prepare(x, self.check_finite)
+        return self.tower.prepare(x)
 
     def embed_tokens(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
         """Tokens for the first block from a padded ``(B, 3, gh*p, gw*p)``
-        image: ``(B, num_prefix_tokens + gh * gw, C)``."""
+        image: ``(B, num_prefix_tokens + gh * gw, C)``.  ``grid`` (from
+        :meth:`prepare_input`) is not read: the image's sides give it."""
         return self.tower.embed(x)
-
-    def forward_blocks(self, x: torch.Tensor,
-                       grid: Grid) -> List[torch.Tensor]:
-        """Run the blocks; return the tokens after each of ``out_indices``.
-
-        Override for towers whose blocks are not a plain chain (e.g. CLIP
-        Surgery's dual path); run the blocks through :meth:`block_caller`
-        (checkpointing, windowed attention).
-
-        Args:
-            x (Tensor): ``(B, N, C)`` tokens from :meth:`embed_tokens`.
-            grid (tuple[int, int]): the patch grid.
-
-        Returns:
-            list[Tensor]: ``(B, N, C)`` per entry of ``out_indices``.
-        """
-        # Hand the tokens over without a name in this frame, so that the
-        # first block's input is freed once that block has run (one
-        # (B, N, C) tensor less at the peak: 12 MiB for ViT-B at 800x1344).
-        handed = [x]
-        del x
-        return self.tower.forward_blocks(handed.pop(), self.out_indices,
-                                         self._call_block, grid)
-
-    def block_caller(self, grid: Grid):
-        """The ``call(fn, x)`` hook every block (and CLIP Surgery branch)
-        runs through: gradient checkpointing (``with_cp``) inside windowed
-        attention (``window_size``) for a ``(gh, gw)`` grid."""
-        return self.tower.block_caller(grid, self._call_block)
-
-    def _call_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if self.with_cp and self.training and torch.is_grad_enabled():
-            return checkpoint(block, x, use_reentrant=False)
-        return block(x)
-
-    def tokens_to_map(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
-        """Final norm (+ projection), drop prefix tokens, reshape:
-        ``(B, P + gh * gw, C)`` -> ``(B, C_out, gh, gw)``."""
-        return self.tower.tokens_to_map(x, grid, self.with_proj)
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         """Encode images into feature maps.
@@ -358,28 +307,12 @@ class CLIPBackboneBase(BaseModule):
             tuple[Tensor]: one ``(B, out_channels, ceil(H/p), ceil(W/p))``
             map per entry of ``out_indices``.
         """
-        x, grid = self.prepare_input(x)
-        # no local name for the embedded tokens: the blocks' first input is
-        # freed as soon as the first block has run (lower peak memory)
-        outs = self.forward_blocks(self.embed_tokens(x, grid), grid)
-        return tuple(self.tokens_to_map(t, grid) for t in outs)
+        return tuple(
+            self.tower.forward_intermediates(
+                x,
+                self.out_indices,
+                norm=True,
+                stop_early=True,
+                intermediates_only=True,
+                with_proj=self.with_proj))
 
-
-def clip_data_preprocessor(mean: Sequence[float] = OPENAI_CLIP_MEAN,
-                           std: Sequence[float] = OPENAI_CLIP_STD,
-                           pad_size_divisor: Optional[int] = None,
-                           **kwargs) -> dict:
-    """``DetDataPreprocessor`` config for CLIP statistics given in [0, 1].
-
-    mmdet normalises 0-255 pixels, so the statistics are scaled by 255;
-    images are loaded BGR by mmcv, CLIP expects RGB.
-    """
-    cfg = dict(
-        type='DetDataPreprocessor',
-        mean=[round(m * 255, 4) for m in mean],
-        std=[round(s * 255, 4) for s in std],
-        bgr_to_rgb=True)
-    if pad_size_divisor:
-        cfg['pad_size_divisor'] = int(pad_size_divisor)
-    cfg.update(kwargs)
-    return cfg

@@ -3,7 +3,6 @@ as a backbone."""
 from typing import Dict, Optional, Sequence
 
 import torch
-import torch.nn as nn
 from mmdet.registry import MODELS
 from open_clip.timm_model import TimmModel
 from timm.models.vision_transformer import VisionTransformer as TimmViT
@@ -71,9 +70,6 @@ class BiomedCLIPBackbone(CLIPBackboneBase):
             raise ValueError(
                 f"'{model_name}' has no per-token projection (its joint "
                 'space comes from a pooling head); use with_proj=False')
-        if not isinstance(visual.trunk.patch_drop, nn.Identity):
-            # keeps the spatial map whole
-            visual.trunk.patch_drop = nn.Identity()
         stats = preprocess_cfg(clip)
         del clip
         super().__init__(

@@ -2,13 +2,12 @@
 backbone."""
 from typing import List
 
-import torch
 import torch.nn as nn
 from mmdet.registry import MODELS
+from open_clip.transformer import VisionTransformer
 
-from plugins.models.clip_surgery import check_surgery_blocks, surgery_forward
+from plugins.models.clip_surgery import SurgeryCLIPVisual
 
-from .base import Grid
 from .open_clip import OpenCLIPBackbone
 
 
@@ -22,7 +21,8 @@ class SurgeryCLIPBackbone(OpenCLIPBackbone):
     per block, a value-value self-attention (``softmax(v v^T * scale) v``
     with the block's own qkv weights on ``ln_1`` of the original path's
     input, then the block's output projection, no FFN); see
-    :mod:`plugins.models.clip_surgery`.  Maps are the surgery path's patch
+    :mod:`plugins.models.clip_surgery` (the backbone's tower is that
+    module's :class:`SurgeryCLIPVisual`).  Maps are the surgery path's patch
     tokens after ``ln_post`` (and ``proj`` with ``with_proj=True``);
     ``out_indices`` before the first surgery block give the original
     path's tokens.  With ``surgery_depth=0`` it is
@@ -69,32 +69,22 @@ class SurgeryCLIPBackbone(OpenCLIPBackbone):
                  model_name: str = 'ViT-B-16',
                  surgery_depth: int = 6,
                  **kwargs):
-        super().__init__(model_name=model_name, **kwargs)
-        check_surgery_blocks(self.blocks, surgery_depth, type(self).__name__)
+        # read by make_tower while OpenCLIPBackbone builds the tower; a
+        # plain attribute may precede nn.Module.__init__
         self.surgery_depth = int(surgery_depth)
-        # the base applied freezing before surgery_depth was known
-        self._apply_freezing()
+        super().__init__(model_name=model_name, **kwargs)
+
+    def make_tower(self, visual: VisionTransformer) -> SurgeryCLIPVisual:
+        """CLIP Surgery's tower (the one the Open-GroundingDino adapter
+        holds too), checking ``surgery_depth`` against the blocks."""
+        return SurgeryCLIPVisual(
+            visual, self.surgery_depth, owner=type(self).__name__,
+            check_finite=True)
 
     @property
     def surgery_start(self) -> int:
         """Index of the first surgery block."""
-        return self.num_blocks - self.surgery_depth
+        return self.tower.surgery_start
 
     def unused_modules(self) -> List[nn.Module]:
-        if 'surgery_depth' not in self.__dict__:
-            return []  # called by the base before surgery_depth is set
-        last = max(self.out_indices)
-        if last < self.surgery_start:
-            return []
-        block = self.blocks[last]
-        return [block.ln_2, block.mlp, block.ls_2]
-
-    def forward_blocks(self, x: torch.Tensor,
-                       grid: Grid) -> List[torch.Tensor]:
-        outs, _ = surgery_forward(
-            self.blocks,
-            x,
-            self.surgery_depth,
-            out_indices=self.out_indices,
-            call=self.block_caller(grid))
-        return outs
+        return self.tower.surgery_unused_modules(max(self.out_indices))

@@ -6,9 +6,7 @@ import torch
 import torch.nn as nn
 from mmdet.registry import MODELS
 
-from plugins.models.concept_clip import (CONCEPT_CLIP_MEAN,
-                                         CONCEPT_CLIP_MODEL_NAME,
-                                         CONCEPT_CLIP_STD,
+from plugins.models.concept_clip import (CONCEPT_CLIP_MODEL_NAME,
                                          CONCEPT_CLIP_WEIGHT_FILE_NAMES,
                                          ConceptCLIP, check_folder_config,
                                          convert_concept_clip_state_dict,
@@ -64,9 +62,6 @@ class ConceptCLIPBackbone(CLIPBackboneBase):
         [(2, 64, 16, 16)]
     """
 
-    mean = CONCEPT_CLIP_MEAN
-    std = CONCEPT_CLIP_STD
-
     def __init__(self,
                  model_name: str = CONCEPT_CLIP_MODEL_NAME,
                  pretrained: Optional[str] = None,
@@ -83,9 +78,6 @@ class ConceptCLIPBackbone(CLIPBackboneBase):
         # plain attribute may be set before nn.Module.__init__
         self.key_rules = [tuple(r) for r in key_rules]
         model = ConceptCLIP(model_name, vision_only=True)
-        trunk = model.visual.trunk
-        if not isinstance(trunk.patch_drop, nn.Identity):
-            trunk.patch_drop = nn.Identity()  # keeps the spatial map whole
         tower = TimmViTTower(model.visual, projection=model.image_proj)
         default_mean, default_std = model.mean, model.std
         del model  # text tower and logit scales are not kept

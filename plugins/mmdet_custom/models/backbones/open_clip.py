@@ -2,7 +2,6 @@
 from typing import Dict, Optional, Sequence
 
 import torch
-import torch.nn as nn
 from mmdet.registry import MODELS
 from mmengine.logging import MMLogger
 from open_clip.transformer import VisionTransformer
@@ -119,20 +118,22 @@ class OpenCLIPBackbone(CLIPBackboneBase):
         if not visual.transformer.batch_first:
             raise ValueError(f"'{model_name}': sequence-first transformers "
                              'are not supported')
-        if not isinstance(visual.patch_dropout, nn.Identity):
-            # dropping patches breaks the spatial map
-            visual.patch_dropout = nn.Identity()
         stats = preprocess_cfg(clip)
         del clip  # the text tower is not kept
         # set before the base loads the weights (convert_pretrained logs it);
         # a plain attribute may precede nn.Module.__init__
         self.model_name = model_name
         super().__init__(
-            OpenCLIPViTTower(visual),
+            self.make_tower(visual),
             mean=mean or stats['mean'],
             std=std or stats['std'],
             pretrained=pretrained,
             **kwargs)
+
+    def make_tower(self, visual: VisionTransformer) -> OpenCLIPViTTower:
+        """The tower module over ``visual`` (called before
+        ``nn.Module.__init__``: read only plain attributes)."""
+        return OpenCLIPViTTower(visual)
 
     def convert_pretrained(
             self, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:

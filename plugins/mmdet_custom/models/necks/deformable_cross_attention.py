@@ -13,7 +13,8 @@ from mmcv.cnn import build_activation_layer, build_norm_layer
 from mmdet.registry import MODELS
 from mmengine.model import BaseModule
 
-from plugins.layers import (MultiScaleDeformableCrossAttentionAlignment,
+from plugins.layers import (DEFAULT_NUM_HEADS, DEFAULT_NUM_POINTS,
+                            MultiScaleDeformableCrossAttentionAlignment,
                             check_projector_args, check_size, group_norm)
 
 # The host-free projector, registered so configs can build it by name.
@@ -103,8 +104,8 @@ class DeformableCrossAttentionNeck(BaseModule):
                  out_strides: Optional[Sequence[int]] = None,
                  in_strides: Optional[Sequence[int]] = None,
                  num_extra_levels: Optional[int] = None,
-                 num_heads: int = 8,
-                 num_points: int = 4,
+                 num_heads: int = DEFAULT_NUM_HEADS,
+                 num_points: int = DEFAULT_NUM_POINTS,
                  num_layers: int = 1,
                  hidden_dim: Optional[int] = None,
                  ffn_dim: Optional[int] = None,

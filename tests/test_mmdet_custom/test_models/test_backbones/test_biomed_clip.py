@@ -6,14 +6,10 @@ from mmdet.registry import MODELS
 
 from plugins.mmdet_custom.models.backbones import BiomedCLIPBackbone
 from plugins.utils import StateDictMismatchError
+from tests.helpers import randn_images
 
 # timm test_vit trunk (64 wide, 6 blocks, 160 px) + 2-layer BERT
 TINY = 'BiomedCLIP-Tiny-test'
-
-
-def _images(*size, batch=2, seed=0):
-    return torch.randn(
-        batch, 3, *size, generator=torch.Generator().manual_seed(seed))
 
 
 def _trunk_map(trunk, x, index):
@@ -32,7 +28,7 @@ def test_parity_biomedclip_vit_b_16_with_timm_trunk():
     torch.manual_seed(0)
     backbone = BiomedCLIPBackbone().eval()
     assert backbone.trunk.embed_dim == 768 and backbone.num_blocks == 12
-    x = _images(224, 224, batch=1)
+    x = randn_images(224, 224, batch=1)
     with torch.no_grad():
         ours = backbone(x)
         ref = _trunk_map(backbone.trunk, x, 11)
@@ -44,7 +40,7 @@ def test_parity_biomedclip_vit_b_16_with_timm_trunk():
 @pytest.mark.parametrize('size', [(160, 160), (224, 224), (96, 128)])
 def test_parity_tiny_with_timm_dynamic_size(tiny, size):
     """test_vit resamples its own pos-embed at other sizes: ours agrees."""
-    x = _images(*size)
+    x = randn_images(*size)
     with torch.no_grad():
         torch.testing.assert_close(
             tiny(x)[0], _trunk_map(tiny.trunk, x, 5), rtol=0, atol=1e-5)
@@ -55,14 +51,14 @@ def test_parity_tiny_with_timm_dynamic_size(tiny, size):
                                        ((33, 17), (3, 2))])
 def test_output_shapes(tiny, size, grid):
     with torch.no_grad():
-        assert [tuple(o.shape) for o in tiny(_images(*size))] == \
+        assert [tuple(o.shape) for o in tiny(randn_images(*size))] == \
             [(2, 64, *grid)]
 
 
 def test_with_proj_uses_the_clip_head(tiny):
     model = BiomedCLIPBackbone(TINY, with_proj=True).eval()
     model.load_state_dict(tiny.state_dict())
-    x = _images(64, 64)
+    x = randn_images(64, 64)
     with torch.no_grad():
         out = model(x)[0]
         ref = tiny(x)[0].permute(0, 2, 3, 1) @ \
@@ -88,7 +84,7 @@ def test_train_last_n_blocks_trains_exactly_the_last_two():
         if n.startswith(('visual.trunk.blocks.4.', 'visual.trunk.blocks.5.',
                          'visual.trunk.norm.'))
     }
-    model(_images(32, 32))[0].sum().backward()
+    model(randn_images(32, 32))[0].sum().backward()
 
 
 @pytest.mark.parametrize('fmt', ['safetensors', 'bin'])
@@ -99,7 +95,7 @@ def test_weights_round_trip(tiny_biomedclip_files, fmt):
     assert set(backbone.state_dict()) == set(ref)
     for key, value in ref.items():
         assert torch.equal(backbone.state_dict()[key], value), key
-    x = _images(160, 160)
+    x = randn_images(160, 160)
     with torch.no_grad():
         torch.testing.assert_close(
             backbone(x)[0],
@@ -130,9 +126,9 @@ def test_wrong_layout_lists_keys(tmp_path, tiny_biomedclip_files):
 def test_registered_and_bad_inputs(tiny):
     model = MODELS.build(dict(type='BiomedCLIPBackbone', model_name=TINY))
     assert isinstance(model, BiomedCLIPBackbone)
-    assert model.data_preprocessor_cfg()['pad_size_divisor'] == 16
+    assert model.patch_size == 16
     with pytest.raises(ValueError, match='smaller than one'):
-        tiny(_images(15, 200))
+        tiny(randn_images(15, 200))
     with pytest.raises(ValueError, match='NaN'):
         tiny(torch.full((1, 3, 32, 32), float('nan')))
     with pytest.raises(TypeError, match='OpenCLIPBackbone'):
@@ -147,10 +143,10 @@ def test_siglip_timm_trunk_without_class_token():
     assert model.num_prefix_tokens == 0
     assert model.mean == (0.5, 0.5, 0.5)
     assert not any(p.requires_grad for p in model.trunk.attn_pool.parameters())
-    x = _images(224, 224, batch=1)
+    x = randn_images(224, 224, batch=1)
     with torch.no_grad():
         torch.testing.assert_close(
             model(x)[0], _trunk_map(model.trunk, x, 11), rtol=0, atol=1e-5)
-        assert model(_images(64, 80, batch=1))[0].shape == (1, 768, 4, 5)
+        assert model(randn_images(64, 80, batch=1))[0].shape == (1, 768, 4, 5)
     with pytest.raises(ValueError, match='no per-token projection'):
         BiomedCLIPBackbone('ViT-B-16-SigLIP', with_proj=True)

@@ -14,6 +14,7 @@ from plugins.mmdet_custom.models.backbones import ConceptCLIPBackbone
 from plugins.models.concept_clip import (CONCEPT_CLIP_TINY_MODEL_NAME,
                                          ConceptCLIP)
 from plugins.utils import StateDictMismatchError, save_safetensors
+from tests.helpers import randn_images
 
 TINY = CONCEPT_CLIP_TINY_MODEL_NAME  # width 64, 4 blocks, patch 14, 112 px
 
@@ -22,11 +23,6 @@ _spec = importlib.util.spec_from_file_location(
     Path(__file__).resolve().parents[3] / 'data' / 'conceptclip_folder.py')
 folders = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(folders)
-
-
-def _images(*size, batch=2, seed=0):
-    return torch.randn(
-        batch, 3, *size, generator=torch.Generator().manual_seed(seed))
 
 
 def _trunk_map(trunk, x, index):
@@ -53,7 +49,7 @@ def tiny(hf_folder):
 
 
 def test_parity_with_the_timm_trunk_at_its_size(tiny):
-    x = _images(112, 112)
+    x = randn_images(112, 112)
     with torch.no_grad():
         out = tiny(x)[0]
         torch.testing.assert_close(
@@ -71,14 +67,14 @@ def test_parity_with_timm_dynamic_size(tiny, size):
         global_pool='map',
         dynamic_img_size=True).eval()
     ref.load_state_dict(tiny.trunk.state_dict())
-    x = _images(*size)
+    x = randn_images(*size)
     with torch.no_grad():
         torch.testing.assert_close(
             tiny(x)[0], _trunk_map(ref, x, 3), rtol=0, atol=1e-5)
 
 
 def test_tokens_match_the_models_image_encoder(tiny, concept_clip):
-    x = _images(112, 112)
+    x = randn_images(112, 112)
     with torch.no_grad():
         _, tokens = concept_clip.encode_image(x)
         ref = tokens.transpose(1, 2).reshape(2, 64, 8, 8)
@@ -91,13 +87,13 @@ def test_tokens_match_the_models_image_encoder(tiny, concept_clip):
                                        ((378, 378), (27, 27))])
 def test_output_shapes(tiny, size, grid):
     with torch.no_grad():
-        assert [tuple(o.shape) for o in tiny(_images(*size))] == \
+        assert [tuple(o.shape) for o in tiny(randn_images(*size))] == \
             [(2, 64, *grid)]
     assert tiny.out_channels == 64 and tiny.out_strides == 14
 
 
 def test_padding_equals_explicit_zero_padding(tiny):
-    x = _images(320, 480)
+    x = randn_images(320, 480)
     padded = torch.nn.functional.pad(x, (0, 10, 0, 2))  # to 322 x 490
     with torch.no_grad():
         torch.testing.assert_close(tiny(x)[0], tiny(padded)[0])
@@ -106,7 +102,7 @@ def test_padding_equals_explicit_zero_padding(tiny):
 def test_with_proj_uses_image_proj(tiny, concept_clip, hf_folder):
     model = ConceptCLIPBackbone(
         TINY, pretrained=str(hf_folder), with_proj=True).eval()
-    x = _images(112, 112)
+    x = randn_images(112, 112)
     with torch.no_grad():
         out = model(x)[0]
         _, tokens = concept_clip.encode_image(x)
@@ -137,7 +133,7 @@ def test_train_last_n_blocks_trains_exactly_the_last_two():
     assert trainable == expected
     assert not model.trunk.blocks[1].training
     assert model.trunk.blocks[3].training
-    model(_images(28, 42))[0].sum().backward()
+    model(randn_images(28, 42))[0].sum().backward()
     assert all(p.grad is not None for n, p in model.named_parameters()
                if n in expected)
 
@@ -147,7 +143,7 @@ def test_attention_pool_head_is_never_trained():
     pool = model.trunk.attn_pool
     assert pool is not None
     assert not any(p.requires_grad for p in pool.parameters())
-    model.train()(_images(28, 28))[0].sum().backward()
+    model.train()(randn_images(28, 28))[0].sum().backward()
     assert all(p.grad is not None for p in model.parameters()
                if p.requires_grad)
 
@@ -213,14 +209,21 @@ def test_registered_with_siglip_normalisation():
         dict(type='ConceptCLIPBackbone', model_name=TINY, frozen=True))
     assert isinstance(model, ConceptCLIPBackbone)
     assert model.mean == model.std == (0.5, 0.5, 0.5)
-    cfg = model.data_preprocessor_cfg()
-    assert cfg['mean'] == cfg['std'] == [127.5] * 3
-    assert cfg['pad_size_divisor'] == 14 and cfg['bgr_to_rgb']
+    # the configs' DetDataPreprocessor numbers (0-255 units) are these
+    from pathlib import Path
+
+    from mmengine.config import Config
+    root = Path(__file__).resolve().parents[4]
+    cfg = Config.fromfile(root / 'configs/_base_/models/clip_backbones.py'
+                          ).conceptclip_data_preprocessor
+    assert cfg['mean'] == [m * 255 for m in model.mean]
+    assert cfg['std'] == [s * 255 for s in model.std]
+    assert cfg['pad_size_divisor'] == model.patch_size == 14
 
 
 def test_bad_inputs(tiny):
     with pytest.raises(ValueError, match='smaller than one 14x14 patch'):
-        tiny(_images(10, 64))
+        tiny(randn_images(10, 64))
     with pytest.raises(ValueError, match=r'\(B, 3, H, W\)'):
         tiny(torch.rand(2, 1, 28, 28))
 
@@ -243,7 +246,7 @@ def test_real_layout_folder_loads_the_image_tower_and_image_proj(
     layout, state = real_layout
     folder = folders.write_folder(tmp_path / 'ConceptCLIP', layout, state,
                                   sharded=sharded)
-    x = _images(112, 112, batch=2, seed=4)
+    x = randn_images(112, 112, batch=2, seed=4)
     ref = folders.reference_outputs(layout, state, x)
     maps = {}
     for with_proj in (False, True):

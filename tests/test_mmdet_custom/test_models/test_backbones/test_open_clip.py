@@ -4,14 +4,12 @@ import torch
 from mmdet.registry import MODELS
 
 from plugins.mmdet_custom.models.backbones import OpenCLIPBackbone
+from plugins.models import OPEN_CLIP_TINY_MODEL_NAME
+from plugins.models.normalization import OPENAI_CLIP_MEAN
 from plugins.utils import StateDictMismatchError
+from tests.helpers import randn_images
 
-TINY_OPEN_CLIP = 'ViT-Tiny-16-test'
-
-
-def _images(*size, batch=2, seed=0):
-    return torch.randn(
-        batch, 3, *size, generator=torch.Generator().manual_seed(seed))
+TINY_OPEN_CLIP = OPEN_CLIP_TINY_MODEL_NAME
 
 
 @pytest.fixture(scope='module')
@@ -33,7 +31,7 @@ def test_parity_vit_b_16_with_open_clip_forward_intermediates():
     """The acceptance check, on the real ViT-B-16 architecture."""
     torch.manual_seed(0)
     backbone = OpenCLIPBackbone('ViT-B-16').eval()
-    x = _images(224, 224, batch=1)
+    x = randn_images(224, 224, batch=1)
     with torch.no_grad():
         ours = backbone(x)
         ref = _upstream_map(backbone.visual, x, 11)
@@ -45,7 +43,7 @@ def test_parity_vit_b_16_with_open_clip_forward_intermediates():
 def test_parity_tiny_every_block(tiny, index):
     model = OpenCLIPBackbone(TINY_OPEN_CLIP, out_indices=index).eval()
     model.load_state_dict(tiny.state_dict())
-    x = _images(224, 224)
+    x = randn_images(224, 224)
     with torch.no_grad():
         torch.testing.assert_close(
             model(x)[0],
@@ -60,13 +58,13 @@ def test_parity_tiny_every_block(tiny, index):
                                        ((16, 16), (1, 1))])
 def test_output_shapes(tiny, size, grid):
     with torch.no_grad():
-        out = tiny(_images(*size))
+        out = tiny(randn_images(*size))
     assert [tuple(o.shape) for o in out] == [(2, 64, *grid)]
     assert tiny.out_channels == 64 and tiny.out_strides == 16
 
 
 def test_padding_equals_explicit_zero_padding(tiny):
-    x = _images(230, 97)
+    x = randn_images(230, 97)
     padded = torch.nn.functional.pad(x, (0, 15, 0, 10))
     with torch.no_grad():
         torch.testing.assert_close(tiny(x)[0], tiny(padded)[0])
@@ -76,7 +74,7 @@ def test_several_out_indices_and_projection():
     model = OpenCLIPBackbone(
         TINY_OPEN_CLIP, out_indices=(1, -1), with_proj=True).eval()
     with torch.no_grad():
-        out = model(_images(64, 96))
+        out = model(randn_images(64, 96))
     assert [tuple(o.shape) for o in out] == [(2, 32, 4, 6)] * 2
     assert model.out_indices == (1, 3) and model.out_channels == 32
 
@@ -101,7 +99,7 @@ def test_train_last_n_blocks_trains_exactly_the_last_two():
     assert trainable == expected
     assert not model.visual.transformer.resblocks[1].training
     assert model.visual.transformer.resblocks[3].training
-    out = model(_images(32, 48))[0]
+    out = model(randn_images(32, 48))[0]
     out.sum().backward()
     assert all(p.grad is not None for n, p in model.named_parameters()
                if n in expected)
@@ -114,41 +112,25 @@ def test_unused_projection_is_not_trainable():
         TINY_OPEN_CLIP, with_proj=True).visual.proj.requires_grad
 
 
-def test_gradient_checkpointing_gives_the_same_gradients(tiny):
-    grads = []
-    for with_cp in (False, True):
-        model = OpenCLIPBackbone(TINY_OPEN_CLIP, with_cp=with_cp)
-        model.load_state_dict(tiny.state_dict())
-        model.train()
-        model(_images(48, 64))[0].square().mean().backward()
-        grads.append({
-            n: p.grad.clone()
-            for n, p in model.named_parameters() if p.grad is not None
-        })
-    assert grads[0].keys() == grads[1].keys()
-    for key in grads[0]:
-        torch.testing.assert_close(grads[0][key], grads[1][key])
-
-
 @torch.no_grad()
 def test_pos_embed_cache_per_grid_and_invalidation(tiny):
-    pos = tiny.get_pos_embed((20, 30))
+    pos = tiny.tower.pos_embed((20, 30))
     assert pos.shape == (1 + 600, 64)
-    assert tiny.get_pos_embed((20, 30)) is pos  # cached
-    assert tiny.get_pos_embed((14, 14)) is \
+    assert tiny.tower.pos_embed((20, 30)) is pos  # cached
+    assert tiny.tower.pos_embed((14, 14)) is \
         tiny.visual.positional_embedding                     # native grid
     tiny.visual.positional_embedding.add_(0)  # in-place update
-    assert tiny.get_pos_embed((20, 30)) is not pos
+    assert tiny.tower.pos_embed((20, 30)) is not pos
 
 
 def test_pos_embed_cached_for_a_frozen_backbone_with_grad_on():
     model = OpenCLIPBackbone(TINY_OPEN_CLIP, frozen=True)
-    assert model.get_pos_embed((5, 7)) is model.get_pos_embed((5, 7))
+    assert model.tower.pos_embed((5, 7)) is model.tower.pos_embed((5, 7))
 
 
 def test_pos_embed_gets_gradients_when_trained():
     model = OpenCLIPBackbone(TINY_OPEN_CLIP).train()
-    model(_images(32, 48))[0].sum().backward()
+    model(randn_images(32, 48))[0].sum().backward()
     assert model.visual.positional_embedding.grad is not None
 
 
@@ -162,7 +144,7 @@ def test_weights_round_trip_every_format(tiny_clip_files, fmt, caplog):
     atol = 1e-3 if fmt == 'openai' else 0  # OpenAI archives are fp16
     for key in ref:
         torch.testing.assert_close(state[key], ref[key], rtol=0, atol=atol)
-    x = _images(224, 224)
+    x = randn_images(224, 224)
     with torch.no_grad():
         expected = _upstream_map(model.visual, x, 3)
         torch.testing.assert_close(
@@ -221,8 +203,8 @@ def test_missing_weights_file_names_path(tmp_path):
 
 def test_bad_inputs(tiny):
     with pytest.raises(ValueError, match='smaller than one 16x16 patch'):
-        tiny(_images(8, 64))
-    bad = _images(32, 32)
+        tiny(randn_images(8, 64))
+    bad = randn_images(32, 32)
     bad[0, 0, 0, 0] = float('nan')
     bad[1, 1, 1, 1] = float('inf')
     with pytest.raises(ValueError, match='1 NaN and 1 Inf'):
@@ -246,24 +228,33 @@ def test_bad_arguments():
         OpenCLIPBackbone('BiomedCLIP-Tiny-test')
 
 
+def _base_models_config():
+    from pathlib import Path
+
+    from mmengine.config import Config
+    root = Path(__file__).resolve().parents[4]
+    return Config.fromfile(root / 'configs/_base_/models/clip_backbones.py')
+
+
 def test_registered_and_normalisation_exposed():
     model = MODELS.build(
         dict(type='OpenCLIPBackbone', model_name=TINY_OPEN_CLIP, frozen=True))
     assert isinstance(model, OpenCLIPBackbone)
     assert model.mean == pytest.approx((0.48145466, 0.4578275, 0.40821073))
-    assert OpenCLIPBackbone.std == pytest.approx(
-        (0.26862954, 0.26130258, 0.27577711))
-    cfg = model.data_preprocessor_cfg()
-    assert cfg['type'] == 'DetDataPreprocessor' and cfg['bgr_to_rgb']
-    assert cfg['mean'] == pytest.approx([122.7709, 116.7460, 104.0937],
-                                        abs=1e-3)
-    assert cfg['pad_size_divisor'] == 16
+    assert model.std == pytest.approx((0.26862954, 0.26130258, 0.27577711))
+    # the configs' DetDataPreprocessor numbers (0-255 units) are these
+    base = _base_models_config()
+    assert base.clip_mean == pytest.approx([m * 255 for m in model.mean],
+                                           abs=1e-3)
+    assert base.clip_std == pytest.approx([s * 255 for s in model.std],
+                                          abs=1e-3)
+    assert model.patch_size == 16
 
 
 def test_normalisation_follows_the_release():
     model = OpenCLIPBackbone(
         'ViT-B-32', pretrained_tag='laion2b_s34b_b79k', frozen=True)
-    assert model.mean == pytest.approx(OpenCLIPBackbone.mean)
+    assert model.mean == pytest.approx(OPENAI_CLIP_MEAN)
     assert model.patch_size == 32 and model.out_channels == 768
     with pytest.raises(KeyError, match='no pretrained tag'):
         OpenCLIPBackbone(TINY_OPEN_CLIP, pretrained_tag='laion2b_s34b_b79k')
