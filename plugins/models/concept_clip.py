@@ -57,6 +57,7 @@ from .concept_clip_weights import (  # noqa: F401 (re-exported)
     CONCEPT_CLIP_WEIGHT_FILE_NAMES, config_differences,
     convert_concept_clip_state_dict, folder_of, read_concept_clip_weights,
     read_folder_config)
+from .biomedclip import tiny_vocab_tokenizer
 from .normalization import SIGLIP_MEAN, SIGLIP_STD, resize_and_normalize
 from .weights import find_weights_file
 
