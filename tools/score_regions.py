@@ -182,8 +182,6 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     from tqdm import tqdm
 
-    import plugins  # noqa: F401  (puts the Hugging Face hub offline)
-
     from plugins.scoring import build_region_scorer, load_image
     jobs = collect_jobs(args)
     scorer = build_region_scorer(args.model,
