@@ -88,27 +88,27 @@ def test_plain_mmengine_builds_the_atomic_runner(tmp_path):
     ]
 
 
-BROKEN = f'''
+BROKEN = '''
 import importlib.abc, json, sys
 BROKEN = 'plugins.mmdet_custom.evaluation.iou_dice_metric'
 
 class Broken(importlib.abc.MetaPathFinder):
-    """A wing module whose own import raises (e.g. a broken dependency)."""
+    # a wing module whose own import raises (e.g. a broken dependency)
     def find_spec(self, name, path=None, target=None):
         if name == BROKEN:
-            raise {{error}}('a dependency of the wing is broken')
+            raise ERROR('a dependency of the wing is broken')
 
 sys.meta_path.insert(0, Broken())
 from mmengine.config import Config
 errors = []
 for _ in range(3):
     try:
-        Config.fromfile({str(DEMO)!r})
+        Config.fromfile(CONFIG)
         errors.append(None)
     except Exception as err:
         chain, e = [], err
         while e is not None:
-            chain.append(f'{{type(e).__name__}}: {{e}}')
+            chain.append(type(e).__name__ + ': ' + str(e))
             e = e.__cause__ or e.__context__
         errors.append(chain)
 from mmdet.registry import METRICS
@@ -119,7 +119,8 @@ print(json.dumps(dict(errors=errors,
 
 @pytest.mark.parametrize('error', ['RuntimeError', 'ImportError'])
 def test_a_failing_wing_fails_the_config_every_time(error):
-    got = _last_json(_run(BROKEN.format(error=error)))
+    code = BROKEN.replace('ERROR', error).replace('CONFIG', repr(str(DEMO)))
+    got = _last_json(_run(code))
     assert len(got['errors']) == 3
     for chain in got['errors']:
         assert chain is not None, 'the config loaded with a broken wing'

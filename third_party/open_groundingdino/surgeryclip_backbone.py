@@ -266,22 +266,20 @@ def build_surgeryclip_backbone(
                                 load_open_clip_weights)
     from plugins.models.clip_surgery import SurgeryCLIPVisual
     from plugins.models.weights import find_weights_file
-    from plugins.utils import safe_load
 
     model_name = _arg(args, 'surgeryclip_model_name', DEFAULT_MODEL_NAME)
     quick_gelu = getattr(args, 'surgeryclip_quick_gelu', None)
     ckpt = getattr(args, 'surgeryclip_ckpt', None)
     if ckpt:
         path = find_weights_file(ckpt)
-        state = safe_load(path)
         # the activation is the configuration's (OpenAI's archives need
         # '-quickgelu'); a contradicting file is refused, naming the field
         clip = create_model(model_name, quick_gelu=quick_gelu)
         loaded = load_open_clip_weights(
             clip,
-            state,
+            path,
             strict=True,
-            target=f'{model_name} ({path})',
+            target=model_name,
             fix=activation_fix(
                 model_name,
                 True,

@@ -247,7 +247,7 @@ def test_shipped_detector_trained_from_the_archive_stands_alone(
     model_cfg = copy.deepcopy(cfg.model)
     model_cfg.backbone.pretrained = str(path)
     torch.manual_seed(0)
-    detector = MODELS.build(model_cfg)
+    detector = MODELS.build(copy.deepcopy(model_cfg))
     detector.init_weights()  # the runner, before training
     with torch.no_grad():  # "training": the frozen backbone's last block
         for p in detector.backbone.blocks[-2].parameters():

@@ -49,13 +49,21 @@ class Detector(nn.Module):
         self.backbone = MODELS.build(copy.deepcopy(backbone_cfg))
 
 
+_OPENAI_ARCHIVE = []
+
+
 def _openai_file(root: Path) -> Path:
     """A random ``ViT-Tiny-16-test`` CLIP in OpenAI's TorchScript layout
-    (trained with QuickGELU, as OpenAI's are)."""
-    torch.manual_seed(1)
-    clip = create_model(TINY_OPEN_CLIP, quick_gelu=True).eval()
+    (trained with QuickGELU, as OpenAI's are); traced once, copied."""
+    if not _OPENAI_ARCHIVE:
+        torch.manual_seed(1)
+        clip = create_model(TINY_OPEN_CLIP, quick_gelu=True).eval()
+        source = root.parent / 'openai_source'
+        source.mkdir()
+        _OPENAI_ARCHIVE.append(
+            write_openai_archive(clip, source / 'ViT-Tiny-16.pt'))
     root.mkdir(parents=True)
-    return write_openai_archive(clip, root / 'ViT-Tiny-16.pt')
+    return Path(shutil.copy(_OPENAI_ARCHIVE[0], root / 'ViT-Tiny-16.pt'))
 
 
 def _biomedclip_folder(root: Path) -> Path:
@@ -179,7 +187,7 @@ def test_the_checkpoint_records_the_activation(tmp_path):
     assert decode_activation(gelu[f'backbone.{ACTIVATION_KEY}']) == 'gelu'
     concept = Detector(FAMILIES['conceptclip'][0]).state_dict()
     assert decode_activation(concept[f'backbone.{ACTIVATION_KEY}']) == \
-        'gelu_tanh'  # SigLIP's MLP
+        'gelu'  # the tiny SigLIP-layout trunk's (so400m: gelu_tanh)
     # .half() (mixed precision) leaves the record as it is
     half = Detector(cfg).half().state_dict()[f'backbone.{ACTIVATION_KEY}']
     assert half.dtype == torch.uint8 and decode_activation(half) == \
@@ -212,8 +220,9 @@ def test_checkpoint_with_another_activation_fails_naming_the_key(tmp_path):
 def test_openai_file_in_a_gelu_backbone_fails_naming_file_layout_key(
         typ, tmp_path):
     path = _openai_file(tmp_path / 'openai')
+    extra = dict(surgery_depth=2) if typ == 'SurgeryCLIPBackbone' else {}
     backbone = MODELS.build(dict(type=typ, model_name=TINY_OPEN_CLIP,
-                                 pretrained=str(path)))  # builds: no read
+                                 pretrained=str(path), **extra))  # no read
     with pytest.raises(ActivationMismatchError) as info:
         backbone.init_weights()
     msg = str(info.value)
