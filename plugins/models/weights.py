@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 from open_clip.convert import convert_state_dict
 from open_clip.model import convert_to_custom_text_state_dict
-from open_clip.transformer import (CustomResidualAttentionBlock, QuickGELU,
+from open_clip.transformer import (CustomResidualAttentionBlock,
                                    ResidualAttentionBlock)
 
 from plugins.utils import check_state_dict, safe_load
