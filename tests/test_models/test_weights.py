@@ -117,16 +117,39 @@ def test_quick_gelu_model_with_openai_weights_loads(saved, caplog):
     assert len(said) == 1 and 'loaded' in said[0].getMessage()
 
 
-def test_no_false_random_init_warning(saved, caplog):
+def test_no_false_random_init_warning(saved, caplog, tmp_path):
     """open_clip's "No pretrained weights loaded ... initialized randomly"
-    is not emitted by our builds (they load local weights afterwards)."""
+    is not emitted by our builds (they load local weights afterwards, and
+    say once which file with how many tensors)."""
+    import importlib.util
+    from pathlib import Path
+
+    from plugins.models import build_biomedclip, build_open_clip
+    from plugins.models.concept_clip import build_concept_clip
     _, files = saved
-    from plugins.models import build_open_clip
+    spec = importlib.util.spec_from_file_location(
+        'conceptclip_folder',
+        Path(__file__).resolve().parents[1] / 'data' / 'conceptclip_folder.py')
+    folders = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(folders)
+    layout = folders.load_layout()
+    concept = folders.write_folder(tmp_path / 'ConceptCLIP', layout,
+                                   folders.random_state(layout))
+    biomed = tmp_path / 'BiomedCLIP'
+    biomed.mkdir()
+    biomed_file = save_clip_checkpoint(create_model('BiomedCLIP-Tiny-test'),
+                                       biomed, 'bin')
     with caplog.at_level(logging.DEBUG):
         build_open_clip(TINY, files['safetensors'])
-        build_open_clip('BiomedCLIP-Tiny-test')
+        build_biomedclip(biomed, model_name='BiomedCLIP-Tiny-test')
+        build_concept_clip(concept, config='ConceptCLIP-Tiny-test')
     assert not [r for r in caplog.records
                 if 'No pretrained weights' in r.getMessage()]
+    for path in (files['safetensors'], biomed_file,
+                 concept / 'model.safetensors'):
+        said = [r.getMessage() for r in caplog.records
+                if str(path) in r.getMessage()]
+        assert len(said) == 1 and 'loaded' in said[0], (path, said)
 
 
 def test_openai_detection_needs_metadata_next_to_an_image_tower(saved):
