@@ -6,103 +6,55 @@ The package is a host-free core (``plugins.ops``, ``plugins.utils``,
 ``plugins.scoring``, ``plugins.prompt_learning``), which imports no
 mmdet/mmcv/mmengine, and one wing for mmdet, :mod:`plugins.mmdet_custom`,
 whose modules register backbones, necks, layers, detectors, segmentors,
-datasets, metrics, hooks and optimizer constructors into mmdet's registries.
+datasets, metrics, hooks, the runner and optimizer constructors into the
+mmdet/mmengine registries when it is imported.  An mmdet config names it::
 
-``import plugins`` registers the wing as soon as mmdet is imported (at once
-if it already is), so an mmdet config needs only::
+    custom_imports = dict(imports=['plugins.mmdet_custom'],
+                          allow_failed_imports=False)
 
-    custom_imports = dict(imports=['plugins'], allow_failed_imports=False)
+Importing ``plugins`` itself has no side effect: it sets no environment
+variable, patches no other library and registers nothing (so ``import
+plugins.llava`` never imports mmdet, even where mmdet is installed or
+installed but broken).  Everything here builds from local files by its own
+arguments (local paths, ``local_files_only=True``); nothing reaches a model
+hub.
 
-while ``import plugins.llava`` in a process that never imports mmdet never
-imports it either, even where mmdet is installed (or installed but broken).
-
-Importing ``plugins`` also puts the Hugging Face libraries offline (no model
-hub), unless ``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE`` is already set (e.g.
-``HF_HUB_OFFLINE=0``) or ``PLUGINS_ALLOW_HUB=1``: see :func:`set_hub_offline`.
+A config that still says ``custom_imports=dict(imports=['plugins'])`` (this
+package registered the wing on import until 2026-12) fails while it is read,
+with an error naming the fix, instead of failing later with an empty
+registry.
 """
-import importlib.abc
-import importlib.util
-import os
 import sys
 
 __version__ = '0.1.0'
 
-#: Environment variables that put the Hugging Face libraries offline.
-HUB_OFFLINE_VARS = ('HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE',
-                    'HF_DATASETS_OFFLINE')
-#: Set to 1 to let importing ``plugins`` leave the hub reachable.
-ALLOW_HUB_VAR = 'PLUGINS_ALLOW_HUB'
+#: What a config's ``custom_imports`` names to register the mmdet wing.
+WING = 'plugins.mmdet_custom'
 
 
-def set_hub_offline() -> bool:
-    """Put the Hugging Face libraries (huggingface_hub, transformers,
-    open_clip/timm downloads) offline, unless the user decided: any of
-    :data:`HUB_OFFLINE_VARS` already set (``HF_HUB_OFFLINE=0`` opts in) or
-    ``PLUGINS_ALLOW_HUB=1``. Everything here builds from local files, and a
-    missing local folder must fail at once instead of retrying the hub.
-    Returns whether it set them."""
-    if os.environ.get(ALLOW_HUB_VAR) == '1' or any(
-            name in os.environ for name in HUB_OFFLINE_VARS):
-        return False
-    for name in HUB_OFFLINE_VARS:
-        os.environ[name] = '1'
-    # Libraries imported before us read the variables already.
-    constants = sys.modules.get('huggingface_hub.constants')
-    if constants is not None and hasattr(constants, 'HF_HUB_OFFLINE'):
-        constants.HF_HUB_OFFLINE = True
-    hub = sys.modules.get('transformers.utils.hub')
-    if hub is not None and hasattr(hub, '_is_offline_mode'):
-        hub._is_offline_mode = True
-    return True
+class WingNotNamedError(RuntimeError):
+    """A config's ``custom_imports`` names ``plugins`` instead of
+    :data:`WING`.  Not an ``ImportError``, so mmengine's
+    ``import_modules_from_strings`` does not replace the message."""
 
 
-def hub_allowed() -> bool:
-    """Whether the Hugging Face hub may be reached (``HF_HUB_OFFLINE`` is
-    unset or false)."""
-    return os.environ.get('HF_HUB_OFFLINE', '').strip().lower() not in (
-        '1', 'true', 'yes', 'on')
+def _named_by_custom_imports() -> bool:
+    """Whether this import is mmengine's ``custom_imports`` importing
+    exactly ``'plugins'`` (not a parent import on the way to the wing)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == 'import_modules_from_strings' and \
+                'mmengine' in code.co_filename:
+            return frame.f_locals.get('imp') == __name__
+        frame = frame.f_back
+    return False
 
 
-set_hub_offline()
-
-
-def register_all_modules() -> None:
-    """Register every mmdet/mmengine adapter of this package.
-
-    Safe to call more than once (Python caches the imports, so each class is
-    registered exactly once).
-    """
-    import plugins.mmdet_custom  # noqa: F401
-
-
-class _RegisterWingWithMMDet(importlib.abc.MetaPathFinder):
-    """Import :mod:`plugins.mmdet_custom` right after ``mmdet`` is imported.
-
-    A one-shot finder: it answers only for ``mmdet``, hands out the spec the
-    other finders give, and wraps its loader so the wing registers once
-    mmdet's ``__init__`` has run.  It removes itself first, so it never sees
-    its own look-up.
-    """
-
-    def find_spec(self, name, path=None, target=None):
-        if name != 'mmdet':
-            return None
-        if self in sys.meta_path:
-            sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
-        if spec is None or spec.loader is None:
-            return spec
-        run_module = spec.loader.exec_module
-
-        def exec_module(module):
-            run_module(module)
-            register_all_modules()
-
-        spec.loader.exec_module = exec_module
-        return spec
-
-
-if sys.modules.get('mmdet') is not None:
-    register_all_modules()
-elif not any(isinstance(f, _RegisterWingWithMMDet) for f in sys.meta_path):
-    sys.meta_path.insert(0, _RegisterWingWithMMDet())
+if _named_by_custom_imports():
+    raise WingNotNamedError(
+        f"custom_imports names '{__name__}', which registers nothing: the "
+        f"mmdet wing is the package '{WING}'. Set custom_imports = "
+        f"dict(imports=['{WING}'], allow_failed_imports=False) in the "
+        'config (the shipped configs inherit it from '
+        'configs/_base_/plugins_runtime.py).')

@@ -71,11 +71,14 @@ def test_core_import_does_not_pull_in_installed_hosts(repo_root):
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-REGISTERS_LATER = '''
+NO_SIDE_EFFECTS = '''
 import plugins, sys
 assert 'mmdet' not in sys.modules
-from mmdet.registry import HOOKS, MODELS
-assert 'plugins.mmdet_custom' in sys.modules
+from mmdet.registry import MODELS
+assert 'plugins.mmdet_custom' not in sys.modules  # importing plugins: nothing
+assert MODELS.get('SurgeryCLIPBackbone') is None
+import plugins.mmdet_custom  # what custom_imports names
+from mmdet.registry import HOOKS
 for name in ('SurgeryCLIPBackbone', 'DeformableCrossAttentionNeck',
              'MSDeformAttention', 'RegionRescoringDetector',
              'VPTTPTSemanticSegmentor'):
@@ -84,7 +87,8 @@ assert HOOKS.get('MSDeformAttentionHook') is not None
 '''
 
 
-def test_wing_registers_when_mmdet_is_imported_later(repo_root):
-    """``custom_imports=['plugins']`` before or after mmdet: both register."""
-    result = _run(REGISTERS_LATER, repo_root)
+def test_importing_plugins_registers_nothing_the_wing_everything(repo_root):
+    """``import plugins`` has no side effect; ``plugins.mmdet_custom``
+    (the configs' ``custom_imports``) registers every class."""
+    result = _run(NO_SIDE_EFFECTS, repo_root)
     assert result.returncode == 0, result.stderr[-3000:]

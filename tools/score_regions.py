@@ -156,8 +156,6 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     from tqdm import tqdm
 
-    import plugins  # noqa: F401  (puts the Hugging Face hub offline)
-
     from plugins.scoring import (build_region_scorer, decode_mask,
                                  load_image, to_xyxy)
     jobs = collect_jobs(args)

@@ -22,10 +22,9 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-# First: importing plugins puts the Hugging Face hub offline (unless
-# PLUGINS_ALLOW_HUB=1 or HF_HUB_OFFLINE is set) before anything loads it,
-# and registers every plugin.
-import plugins  # noqa: E402,F401,I001
+# Importing the mmdet wing registers every plugin (configs also name it in
+# custom_imports, for mmdet's own tools).
+import plugins.mmdet_custom  # noqa: E402,F401,I001
 from mmengine.config import Config  # noqa: E402
 from plugins.mmdet_custom.apis import (  # noqa: E402
     CheckpointMismatchError, load_model_checkpoint)

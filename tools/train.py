@@ -6,8 +6,9 @@ The command line is mmdet 3.x's, so existing scripts and launchers work::
         [--amp] [--auto-scale-lr] [--cfg-options k=v ...]
         [--launcher {none,pytorch,slurm,mpi}]
 
-Importing ``plugins`` registers every plugin; configs may also say
-``custom_imports = dict(imports=['plugins'])`` to run under mmdet's own
+Importing ``plugins.mmdet_custom`` registers every plugin; the shipped
+configs also say ``custom_imports = dict(imports=['plugins.mmdet_custom'])``
+(``configs/_base_/plugins_runtime.py``), so they run under mmdet's own
 ``tools/train.py`` unchanged.
 """
 import argparse
@@ -18,10 +19,9 @@ import sys
 # an uninstalled checkout still finds `plugins` this way.
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-# First: importing plugins puts the Hugging Face hub offline (unless
-# PLUGINS_ALLOW_HUB=1 or HF_HUB_OFFLINE is set) before anything loads it,
-# and registers every plugin.
-import plugins  # noqa: E402,F401,I001
+# Importing the mmdet wing registers every plugin (configs also name it in
+# custom_imports, for mmdet's own tools).
+import plugins.mmdet_custom  # noqa: E402,F401,I001
 from mmengine.config import Config  # noqa: E402
 from plugins.mmdet_custom.engine.runner.cli import (  # noqa: E402
     add_common_args, build_runner, load_config)

@@ -4,9 +4,9 @@
 # one with the backbone swapped.
 #
 # Expected weights (a local file; nothing is downloaded): OpenAI CLIP ViT-B/16
-# `ViT-B-16.pt` (CLIP Surgery's; runs with QuickGELU automatically) or
-# open_clip ViT-B-16 weights; set model.backbone.pretrained (see
-# docs/model_zoo.md); keep model_name='ViT-B-16'.
+# `ViT-B-16.pt` (CLIP Surgery's; model_name 'ViT-B-16-quickgelu' runs its
+# QuickGELU) or open_clip GELU ViT-B-16 weights (model_name='ViT-B-16'); set
+# model.backbone.pretrained (see docs/model_zoo.md).
 _base_ = [
     'mmdet::deformable_detr/deformable-detr-refine-twostage_r50_16xb2-50e_coco.py',
     '../_base_/plugins_runtime.py',

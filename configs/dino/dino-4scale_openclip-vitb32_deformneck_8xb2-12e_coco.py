@@ -5,8 +5,8 @@
 #
 # Expected weights (a local file; nothing is downloaded): open_clip ViT-B-32
 # `open_clip_model.safetensors` (e.g. laion2b_s34b_b79k) or
-# `open_clip_pytorch_model.bin`, or OpenAI `ViT-B-32.pt` (QuickGELU by
-# itself; keep model_name='ViT-B-32').  Set `model.backbone.pretrained` to
+# `open_clip_pytorch_model.bin`, or OpenAI `ViT-B-32.pt` (trained with
+# QuickGELU: also set model.backbone.model_name='ViT-B-32-quickgelu').  Set `model.backbone.pretrained` to
 # its path (docs/model_zoo.md).
 _base_ = ['./dino-4scale_surgeryclip-vitb16_deformneck_8xb2-12e_coco.py']
 model = dict(

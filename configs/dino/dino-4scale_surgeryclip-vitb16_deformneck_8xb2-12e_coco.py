@@ -5,8 +5,12 @@
 # swapped.
 #
 # Expected weights (a local file; nothing is downloaded): OpenAI CLIP
-# ViT-B/16 `ViT-B-16.pt` (CLIP Surgery's checkpoint) or open_clip ViT-B-16
-# weights; set `model.backbone.pretrained` to its path (docs/model_zoo.md).
+# ViT-B/16 `ViT-B-16.pt` (CLIP Surgery's checkpoint; model_name
+# 'ViT-B-16-quickgelu', its activation) or open_clip GELU ViT-B-16 weights
+# (then model.backbone.model_name='ViT-B-16'); set
+# `model.backbone.pretrained` to its path (docs/model_zoo.md).  The file is
+# read before training only: testing needs just this config and the trained
+# checkpoint.
 _base_ = [
     'mmdet::dino/dino-4scale_r50_8xb2-12e_coco.py',
     '../_base_/plugins_runtime.py',

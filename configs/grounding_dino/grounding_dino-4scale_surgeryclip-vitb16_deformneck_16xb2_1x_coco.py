@@ -4,9 +4,10 @@
 # backbones' GroundingDINO configs are this one with the backbone swapped.
 #
 # Expected files (local; nothing is downloaded):
-#   * image encoder: OpenAI CLIP ViT-B/16 `ViT-B-16.pt` (CLIP Surgery's; runs
-#     with QuickGELU automatically, keep model_name='ViT-B-16') or open_clip
-#     ViT-B-16 weights -> model.backbone.pretrained;
+#   * image encoder: OpenAI CLIP ViT-B/16 `ViT-B-16.pt` (CLIP Surgery's; the
+#     backbone's model_name 'ViT-B-16-quickgelu' runs its QuickGELU; for
+#     open_clip GELU ViT-B-16 weights set model_name='ViT-B-16')
+#     -> model.backbone.pretrained;
 #   * text encoder: a `bert-base-uncased` folder (config.json, vocab.txt,
 #     model.safetensors or pytorch_model.bin) -> lang_model_name below.
 _base_ = [

@@ -6,7 +6,7 @@ Importing this package registers the shipped model configs
 from .biomedclip import (BIOMEDCLIP_MODEL_NAME, BIOMEDCLIP_TINY_MODEL_NAME,
                          build_biomedclip)
 from .open_clip_factory import (HF_CONFIG_DIR, MODEL_CONFIG_DIR,
-                                build_open_clip, build_preprocess,
+                                activation_fix, build_open_clip, build_preprocess,
                                 build_tokenizer, create_model,
                                 get_model_config, list_shipped_models,
                                 normalization_stats, register_model_configs)
@@ -16,9 +16,10 @@ from .concept_clip import (CONCEPT_CLIP_MODEL_NAME,
                            CONCEPT_CLIP_TINY_MODEL_NAME, build_concept_clip)
 from .tokenizer import LocalBertTokenizer
 from .weights import (OPENAI_METADATA_KEYS, WEIGHT_FILE_NAMES,
+                      ActivationMismatchError, check_activation,
                       convert_to_open_clip, find_weights_file,
                       is_openai_state_dict, load_open_clip_weights,
-                      match_openai_activation)
+                      open_clip_activation, weights_layout)
 
 register_model_configs()
 
@@ -30,10 +31,12 @@ __all__ = [
     'CONCEPT_CLIP_MODEL_NAME', 'CONCEPT_CLIP_TINY_MODEL_NAME',
     'build_concept_clip', 'BIOMEDCLIP_MODEL_NAME',
     'BIOMEDCLIP_TINY_MODEL_NAME', 'OPEN_CLIP_TINY_MODEL_NAME',
-    'build_biomedclip', 'HF_CONFIG_DIR', 'MODEL_CONFIG_DIR', 'build_open_clip',
+    'build_biomedclip', 'HF_CONFIG_DIR', 'MODEL_CONFIG_DIR', 'activation_fix',
+    'build_open_clip',
     'build_preprocess', 'build_tokenizer', 'create_model', 'get_model_config',
     'list_shipped_models', 'normalization_stats', 'register_model_configs',
     'LocalBertTokenizer', 'OPENAI_METADATA_KEYS', 'WEIGHT_FILE_NAMES',
-    'convert_to_open_clip', 'find_weights_file', 'is_openai_state_dict',
-    'load_open_clip_weights', 'match_openai_activation'
+    'ActivationMismatchError', 'check_activation', 'convert_to_open_clip',
+    'find_weights_file', 'is_openai_state_dict', 'load_open_clip_weights',
+    'open_clip_activation', 'weights_layout'
 ]

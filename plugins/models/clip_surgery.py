@@ -304,8 +304,10 @@ class SurgeryCLIPVisual(OpenCLIPViTTower):
     bottom/right to the patch multiple and the position embedding is
     resampled to the grid, by default as CLIP Surgery does (bilinear,
     ``align_corners=False``, no anti-aliasing).  OpenAI weights must run
-    with QuickGELU; the loaders (:func:`build_clip_surgery`,
-    :func:`plugins.models.load_open_clip_weights`) set it for OpenAI files.
+    with QuickGELU: build the model with it (``'ViT-B-16-quickgelu'``); the
+    loaders (:func:`build_clip_surgery`,
+    :func:`plugins.models.load_open_clip_weights`) refuse an OpenAI file
+    for a GELU model.
 
     Args:
         visual (open_clip.transformer.VisionTransformer): the image tower
@@ -449,9 +451,9 @@ def build_clip_surgery(model_name: str = 'ViT-B-16',
     """Build an open_clip CLIP offline and wrap its image tower.
 
     Args:
-        model_name (str): open_clip ViT, e.g. ``'ViT-B-16'``.  OpenAI's
-            ``ViT-B-16.pt`` (the checkpoint CLIP Surgery uses) switches the
-            model to QuickGELU whatever the name.
+        model_name (str): open_clip ViT, e.g. ``'ViT-B-16-quickgelu'``
+            for OpenAI's ``ViT-B-16.pt`` (the checkpoint CLIP Surgery uses,
+            trained with QuickGELU; a GELU name is refused for it).
         pretrained (str, optional): local open_clip/OpenAI weights (see
             :func:`plugins.models.build_open_clip`).
         surgery_depth (int): see :class:`SurgeryCLIPVisual`. Default: 6.

@@ -496,6 +496,8 @@ def load_concept_clip_weights(
             target=type(model).__name__,
             hint=KEY_RULES_HINT)
     model.load_state_dict(state, strict=strict)
+    logger.info(f'{type(model).__name__}: loaded {len(state)} tensors from '
+                f'{name or "a state dict"}')
     return state
 
 

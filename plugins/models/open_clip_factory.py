@@ -7,6 +7,11 @@ same format as open_clip's own ``model_configs``); they are registered with
 transformers (``hf_model_name``) name a folder under ``model_configs/hf/``
 holding a ``config.json``; it is resolved to that local path, so nothing is
 fetched from a hub.  Weights only ever come from local files.
+
+The activation is part of the architecture, as in open_clip: OpenAI's
+weights need QuickGELU, chosen by the config name (``ViT-B-16-quickgelu``)
+or ``quick_gelu=True``, and a weights file whose layout says otherwise is
+refused (:func:`plugins.models.weights.check_activation`).
 """
 import difflib
 import logging
@@ -123,6 +128,49 @@ def normalization_stats(
     return tuple(default.mean), tuple(default.std)
 
 
+#: Suffix of open_clip's QuickGELU variants of a config (``ViT-B-16``).
+QUICK_GELU_SUFFIX = '-quickgelu'
+
+
+def activation_fix(model_name: str,
+                   quick_gelu: bool,
+                   name_key: str = 'model_name',
+                   flag_key: Optional[str] = 'quick_gelu') -> str:
+    """What a user sets so that ``model_name`` runs QuickGELU (or GELU):
+    the open_clip config of the other activation when one is registered
+    (``ViT-B-16`` <-> ``ViT-B-16-quickgelu``), and/or the flag.
+
+    Args:
+        model_name (str): the configured name.
+        quick_gelu (bool): the activation wanted.
+        name_key (str): how the caller's user names the model, e.g.
+            ``'model.backbone.model_name'``.
+        flag_key (str, optional): the caller's QuickGELU switch, if any.
+    """
+    base = model_name[:-len(QUICK_GELU_SUFFIX)] \
+        if model_name.endswith(QUICK_GELU_SUFFIX) else model_name
+    variant = base + QUICK_GELU_SUFFIX if quick_gelu else base
+    register_model_configs()
+    options = []
+    if variant != model_name and \
+            open_clip.get_model_config(variant) is not None:
+        options.append(f"{name_key}='{variant}'")
+    if flag_key:
+        options.append(f'{flag_key}={bool(quick_gelu)}')
+    return ' or '.join(options) or f'{name_key} (a config with ' \
+        f'quick_gelu={bool(quick_gelu)})'
+
+
+class _DropRandomInitWarning(logging.Filter):
+    """Drops open_clip's "No pretrained weights loaded ... initialized
+    randomly" warning: :func:`create_model` always builds empty, and its
+    callers load (and report) the weights afterwards."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(
+            'No pretrained weights loaded for model')
+
+
 #: Text towers built instead of the real one when only the image tower is
 #: wanted (backbones): tiny, never used, so a backbone builds fast.
 _STUB_TEXT_CFG = dict(
@@ -141,8 +189,12 @@ def create_model(model_name: str,
                  device: str = 'cpu',
                  pretrained_tag: Optional[str] = None,
                  vision_only: bool = False,
+                 quick_gelu: Optional[bool] = None,
                  **model_kwargs) -> nn.Module:
     """Build an open_clip model with random weights, offline.
+
+    open_clip's "No pretrained weights loaded" warning is not emitted (the
+    callers load local weights after building, and say so).
 
     Args:
         model_name (str): a shipped or open_clip built-in config name.
@@ -157,6 +209,9 @@ def create_model(model_name: str,
         vision_only (bool): build a tiny stub in place of the text tower
             (for callers that keep only ``model.visual``: much faster and
             lighter). Default: False.
+        quick_gelu (bool, optional): QuickGELU (OpenAI's weights) or GELU
+            in every transformer block. Default: None, the config's
+            (``True`` for open_clip's ``*-quickgelu`` configs).
         **model_kwargs: config overrides passed to the model class.
 
     Returns:
@@ -171,18 +226,27 @@ def create_model(model_name: str,
     elif hf_text:
         # the resolved local folder replaces the name in the config
         model_kwargs.setdefault('text_cfg', cfg['text_cfg'])
+    if quick_gelu is not None:
+        model_kwargs['quick_gelu'] = bool(quick_gelu)
     mean, std = normalization_stats(model_name, pretrained_tag)
-    with torch.device('meta') if str(device) == 'meta' else nullcontext():
-        return open_clip.create_model(
-            model_name,
-            pretrained=None,
-            precision=precision,
-            device=device,
-            force_image_size=image_size,
-            pretrained_image=False,
-            pretrained_text=False,
-            force_preprocess_cfg=dict(mean=mean, std=std),
-            **model_kwargs)
+    drop = _DropRandomInitWarning()
+    root = logging.getLogger()  # open_clip warns through logging.warning
+    root.addFilter(drop)
+    try:
+        with torch.device('meta') if str(device) == 'meta' else \
+                nullcontext():
+            return open_clip.create_model(
+                model_name,
+                pretrained=None,
+                precision=precision,
+                device=device,
+                force_image_size=image_size,
+                pretrained_image=False,
+                pretrained_text=False,
+                force_preprocess_cfg=dict(mean=mean, std=std),
+                **model_kwargs)
+    finally:
+        root.removeFilter(drop)
 
 
 def build_tokenizer(
@@ -235,14 +299,16 @@ def build_open_clip(
     precision: str = 'fp32',
     device: str = 'cpu',
     strict: bool = True,
-    pretrained_tag: Optional[str] = None
+    pretrained_tag: Optional[str] = None,
+    quick_gelu: Optional[bool] = None
 ) -> Tuple[nn.Module, Callable, Optional[Callable]]:
     """Build an open_clip model offline and load local weights.
 
     Args:
-        model_name (str): e.g. ``'ViT-B-32'``, ``'ViT-B-16'`` (OpenAI
-            weights switch it to QuickGELU when they load, see
-            :func:`plugins.models.weights.match_openai_activation`),
+        model_name (str): e.g. ``'ViT-B-32'``, ``'ViT-B-16-quickgelu'``
+            (OpenAI's weights: they need QuickGELU, and an OpenAI file
+            loaded into a GELU model is refused, see
+            :func:`plugins.models.weights.check_activation`),
             ``'BiomedCLIP-PubMedBERT_256-vit_base_patch16_224'``,
             ``'ViT-Tiny-16-test'``.
         pretrained (str, optional): ``open_clip_model.safetensors``,
@@ -258,6 +324,8 @@ def build_open_clip(
         pretrained_tag (str, optional): open_clip release of the weights,
             for its normalisation statistics (see
             :func:`normalization_stats`).
+        quick_gelu (bool, optional): override the config's activation (see
+            :func:`create_model`).
 
     Returns:
         tuple: ``(model, preprocess, tokenizer)``; the model is in eval
@@ -268,10 +336,15 @@ def build_open_clip(
         image_size=image_size,
         precision=precision,
         device=device,
-        pretrained_tag=pretrained_tag)
+        pretrained_tag=pretrained_tag,
+        quick_gelu=quick_gelu)
     if pretrained is not None:
         load_open_clip_weights(
-            model, pretrained, strict=strict, target=model_name)
+            model,
+            pretrained,
+            strict=strict,
+            target=model_name,
+            fix=activation_fix(model_name, True))
         if tokenizer is None:
             folder = Path(pretrained)
             folder = folder if folder.is_dir() else folder.parent

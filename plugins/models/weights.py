@@ -8,9 +8,10 @@ executed):
 * OpenAI CLIP TorchScript archives (``ViT-B-32.pt`` ...) and OpenAI state
   dicts: same key names as open_clip's ``CLIP`` plus three metadata entries;
   converted with open_clip's own helpers for models with a custom text tower.
-  OpenAI's models were trained with QuickGELU, so a model that loads such
-  weights is switched to QuickGELU (:func:`match_openai_activation`),
-  whatever its config name says;
+  OpenAI's models were trained with QuickGELU, and the activation is part of
+  the model's configuration (``ViT-B-16-quickgelu``, ``quick_gelu=True``), as
+  in open_clip: loading such a file into a GELU model fails, naming what to
+  set (:func:`check_activation`);
 * older open_clip text-tower layouts, and checkpoints from transformers
   releases that still saved ``position_ids``.
 
@@ -19,13 +20,13 @@ executed):
 import logging
 import os
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Sequence, Union
+from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 from open_clip.convert import convert_state_dict
 from open_clip.model import convert_to_custom_text_state_dict
-from open_clip.transformer import (CustomResidualAttentionBlock, QuickGELU,
+from open_clip.transformer import (CustomResidualAttentionBlock,
                                    ResidualAttentionBlock)
 
 from plugins.utils import (CheckpointError, check_state_dict,
@@ -90,52 +91,105 @@ def is_openai_state_dict(state: Mapping[str, torch.Tensor]) -> bool:
                          or 'visual.layer1.0.conv1.weight' in state)
 
 
-def uses_quick_gelu(model: nn.Module) -> bool:
-    return any(isinstance(m, QuickGELU) for m in model.modules())
+#: Activation names (open_clip's config key ``quick_gelu`` picks one).
+QUICK_GELU = 'quick_gelu'
+GELU = 'gelu'
 
 
-def match_openai_activation(model: nn.Module,
-                            state: Mapping[str, torch.Tensor],
-                            name: Optional[str] = None,
-                            log: Optional[logging.Logger] = None) -> bool:
-    """Run ``model`` with QuickGELU when ``state`` is OpenAI's CLIP layout.
+class ActivationMismatchError(ValueError):
+    """A weights file's layout says its weights were trained with another
+    activation than the model that loads them runs."""
 
-    OpenAI trained every CLIP with QuickGELU (``x * sigmoid(1.702 x)``);
-    open_clip builds OpenAI checkpoints with ``quick_gelu=True`` whatever
-    the name (``build_model_from_openai_state_dict``) and its ``openai``
-    release tags say ``quick_gelu=True``.  Here the model already exists
-    (built from a config name such as ``'ViT-B-16'``, GELU), so the GELU of
-    every open_clip transformer block's MLP (``mlp.gelu``) is replaced by
-    QuickGELU in place, logged once at INFO.  The one place every CLIP
-    weight loader (:func:`load_open_clip_weights`, the mmdet backbones)
-    decides the activation.
+
+#: Activation classes of open_clip and timm by the names used here.
+_ACTIVATION_CLASS_NAMES = {'QuickGELU': QUICK_GELU, 'GELU': GELU,
+                           'GELUTanh': 'gelu_tanh'}
+
+
+def activation_name(act: nn.Module) -> str:
+    """``'quick_gelu'``, ``'gelu'``, ``'gelu_tanh'`` (torch's, open_clip's
+    or timm's modules), else the class name."""
+    if isinstance(act, nn.GELU) and act.approximate != 'none':
+        return f'{GELU}_{act.approximate}'
+    name = type(act).__name__
+    return _ACTIVATION_CLASS_NAMES.get(name, name)
+
+
+def open_clip_activation(model: nn.Module) -> Optional[str]:
+    """The activation of the open_clip transformer blocks in ``model``
+    (``mlp.gelu``, GELU or QuickGELU by open_clip's ``quick_gelu``); None
+    when ``model`` has no such block (e.g. a timm tower)."""
+    names = {
+        activation_name(block.mlp.gelu)
+        for block in model.modules()
+        if isinstance(block, (ResidualAttentionBlock,
+                              CustomResidualAttentionBlock))
+        and hasattr(block.mlp, 'gelu')
+    }
+    if len(names) > 1:
+        raise ValueError(f'{type(model).__name__} mixes activations '
+                         f'{sorted(names)} in its transformer blocks')
+    return next(iter(names), None)
+
+
+def weights_layout(state: Mapping[str, torch.Tensor]) -> Tuple[str,
+                                                               Optional[str]]:
+    """What a checkpoint's layout says: ``(layout, activation)``.
+
+    OpenAI's CLIP layout (:func:`is_openai_state_dict`) says QuickGELU:
+    OpenAI trained every CLIP with it (``x * sigmoid(1.702 x)``; open_clip
+    builds OpenAI checkpoints with ``quick_gelu=True`` and its ``openai``
+    release tags say so).  open_clip's own layout does not say (its GELU
+    and QuickGELU releases share every key), so the activation is None.
+    """
+    if is_openai_state_dict(state):
+        return ('OpenAI CLIP layout (0-dim ' + '/'.join(OPENAI_METADATA_KEYS)
+                + ' entries), trained with QuickGELU'), QUICK_GELU
+    return 'open_clip layout (activation not recorded)', None
+
+
+def check_activation(model: nn.Module,
+                     seen: Optional[str],
+                     layout: str,
+                     source: Optional[str] = None,
+                     fix: Optional[str] = None,
+                     configured: Optional[str] = None) -> None:
+    """Raise unless weights trained with ``seen`` fit the model.
+
+    The activation is part of the architecture (open_clip's
+    ``ViT-B-16-quickgelu``): it is set where the model is configured and
+    never guessed from the weights, so a model rebuilt from its config and
+    a trained checkpoint runs the same function.  A weights file whose
+    layout says otherwise is refused.
 
     Args:
-        model (nn.Module): an open_clip model or tower (or a module holding
-            one).
-        state (Mapping): the loaded checkpoint (before conversion).
-        name (str, optional): what is loaded, for the log line.
-        log (logging.Logger, optional): Default: this module's logger.
+        model (nn.Module): the model (or tower) the weights go into.
+        seen (str, optional): the activation the layout says (see
+            :func:`weights_layout`); None: the layout does not say, nothing
+            is checked.
+        layout (str): the layout, for the message.
+        source (str, optional): the file, for the message.
+        fix (str, optional): what to set to configure ``seen``, e.g.
+            ``"model_name='ViT-B-16-quickgelu'"``.
+        configured (str, optional): the model's activation; default:
+            :func:`open_clip_activation` of ``model``.
 
-    Returns:
-        bool: True for OpenAI weights (the model then runs QuickGELU).
+    Raises:
+        ActivationMismatchError: naming the file, the layout seen, the
+            model's activation and ``fix``.
     """
-    if not is_openai_state_dict(state):
-        return False
-    switched = 0
-    for block in model.modules():
-        if isinstance(block, (ResidualAttentionBlock,
-                              CustomResidualAttentionBlock)):
-            act = getattr(block.mlp, 'gelu', None)
-            if isinstance(act, nn.GELU):
-                block.mlp.gelu = QuickGELU()
-                switched += 1
-    if switched:
-        (log or logger).info(
-            f'{name or type(model).__name__}: OpenAI CLIP weights (trained '
-            f'with QuickGELU): {switched} transformer blocks switched from '
-            'GELU to QuickGELU')
-    return True
+    if seen is None:
+        return
+    if configured is None:
+        configured = open_clip_activation(model)
+    if configured is None or configured == seen:
+        return
+    where = source or 'the weights'
+    raise ActivationMismatchError(
+        f'{where}: {layout}, but {type(model).__name__} is configured with '
+        f'{configured}; the activation is part of the architecture and is '
+        f'not switched on load. Set {fix or "the activation"} to run '
+        f'{seen}.')
 
 
 def convert_to_open_clip(state: Mapping[str, torch.Tensor],
@@ -153,7 +207,7 @@ def convert_to_open_clip(state: Mapping[str, torch.Tensor],
     """
     state = dict(state)
     if is_openai_state_dict(state):
-        # the activation is chosen by match_openai_activation (the loaders)
+        # the loaders check the activation first (check_activation)
         for key in OPENAI_METADATA_KEYS:
             state.pop(key, None)
     state = convert_state_dict(model, state)
@@ -181,11 +235,10 @@ def convert_to_open_clip(state: Mapping[str, torch.Tensor],
 def load_open_clip_weights(model: nn.Module,
                            source: Union[str, os.PathLike, Mapping],
                            strict: bool = True,
-                           target: Optional[str] = None) -> StateDict:
-    """Load weights into an open_clip model, checking every key.
-
-    OpenAI-layout weights switch the model to QuickGELU
-    (:func:`match_openai_activation`).
+                           target: Optional[str] = None,
+                           fix: Optional[str] = None) -> StateDict:
+    """Load weights into an open_clip model, checking every key and the
+    activation.
 
     Args:
         model: open_clip ``CLIP`` / ``CustomTextCLIP``.
@@ -195,9 +248,16 @@ def load_open_clip_weights(model: nn.Module,
             (listing missing/unexpected keys and shape mismatches) unless
             the converted checkpoint matches exactly. Default: True.
         target (str, optional): model name for error messages.
+        fix (str, optional): what the caller's user sets to configure
+            QuickGELU, for the activation error (e.g.
+            ``"model_name='ViT-B-16-quickgelu'"``).
 
     Returns:
         dict: the converted state dict that was loaded.
+
+    Raises:
+        ActivationMismatchError: an OpenAI-layout file (trained with
+            QuickGELU) and a GELU model (see :func:`check_activation`).
     """
     name: Optional[str] = None
     if isinstance(source, Mapping):
@@ -206,7 +266,8 @@ def load_open_clip_weights(model: nn.Module,
         path = find_weights_file(source)
         name = str(path)
         state = safe_load(path)
-    match_openai_activation(model, state, name=target or name)
+    layout, seen = weights_layout(state)
+    check_activation(model, seen, layout, source=name, fix=fix)
     state = convert_to_open_clip(state, model)
     if strict:
         check_state_dict(
@@ -215,4 +276,6 @@ def load_open_clip_weights(model: nn.Module,
             source=name,
             target=target or type(model).__name__)
     model.load_state_dict(state, strict=strict)
+    logger.info(f'{target or type(model).__name__}: loaded {len(state)} '
+                f'tensors from {name or "a state dict"}')
     return state

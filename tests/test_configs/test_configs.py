@@ -6,7 +6,7 @@ import pytest
 import torch
 from mmengine.config import Config
 
-import plugins  # noqa: F401  (registers every plugin)
+import plugins.mmdet_custom  # noqa: F401  (registers the wing)
 
 ROOT = Path(__file__).resolve().parents[2]
 ALL_CONFIGS = sorted(p for p in (ROOT / 'configs').rglob('*.py')
@@ -51,8 +51,9 @@ def _model_cfg(cfg: Config, tiny_bert: str) -> dict:
 def test_config_builds(path, tiny_bert):
     from mmdet.registry import MODELS
     cfg = Config.fromfile(str(path))
-    assert cfg.get('custom_imports', {}).get('imports') == ['plugins'], (
-        'every config must import plugins (drop-in for mmdet tools)')
+    assert cfg.get('custom_imports', {}).get('imports') == [
+        'plugins.mmdet_custom'], (
+        'every config must import the mmdet wing (drop-in for mmdet tools)')
     model = MODELS.build(_model_cfg(cfg, tiny_bert))
     assert sum(p.numel() for p in model.parameters()) > 0
 

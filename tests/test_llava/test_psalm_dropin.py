@@ -116,6 +116,55 @@ def test_train_module_needs_psalm_transformers(dropin, fake_psalm):
             dropin.apply()
 
 
+#: The hint the drop-in adds to import failures caused by transformers.
+PIN_HINT = 'PSALM pins transformers==4.36.2'
+
+
+@pytest.mark.parametrize('body,about_transformers', [
+    ('import addict_is_not_installed_here  # PSALM needs addict', False),
+    ('raise OSError("libmsda.so: cannot open shared object file")', False),
+    ('from transformers.utils import no_such_helper_in_transformers', True),
+])
+def test_pins_hint_only_for_transformers_failures(dropin, tmp_path,
+                                                  monkeypatch, body,
+                                                  about_transformers):
+    """A PSALM module failing to import: the drop-in names it, and adds
+    PSALM's transformers pin only when transformers is the cause."""
+    pkg = tmp_path / 'psalmx' / 'model'
+    pkg.mkdir(parents=True)
+    (tmp_path / 'psalmx' / '__init__.py').write_text('')
+    (pkg / '__init__.py').write_text('')
+    (pkg / 'llava_arch.py').write_text(body + '\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(Exception) as info:
+        dropin._import_optional('psalmx.model.llava_arch')
+    message = str(info.value)
+    wants_hint = about_transformers and not PSALM_TRAIN_IMPORTS
+    assert (PIN_HINT in message) == wants_hint, message
+    if isinstance(info.value, ImportError):
+        assert 'psalmx.model.llava_arch failed to import' in message
+    for name in [n for n in sys.modules if n.startswith('psalmx')]:
+        del sys.modules[name]
+
+
+def test_strict_load_line_is_printed_once(dropin, fake_psalm, tmp_path,
+                                          capsys):
+    _apply(dropin)
+    source = _psalm_model()
+    source.get_model().initialize_vision_modules(_model_args())
+    path = tmp_path / 'mm_projector.bin'
+    torch.save({f'model.mm_projector.{k}': v for k, v in
+                source.get_model().mm_projector.state_dict().items()}, path)
+    capsys.readouterr()
+    _psalm_model().get_model().initialize_vision_modules(
+        _model_args(pretrain_mm_mlp_adapter=str(path)))
+    captured = capsys.readouterr()
+    both = captured.out + captured.err
+    line = f'load mm_projector {path} (strict)'
+    assert both.count(line) == 1, both
+    assert line in captured.out and '0 missing, 0 unexpected' in captured.out
+
+
 def test_builder_routes_deformable_and_keeps_psalm_types(dropin, fake_psalm):
     _apply(dropin)
     from psalm.model.language_model import llava_phi

@@ -23,7 +23,7 @@ def tiny_model():
     import torch
     from mmdet.registry import MODELS
 
-    import plugins  # noqa: F401
+    import plugins.mmdet_custom  # noqa: F401  (registers the wing)
     torch.manual_seed(0)
     return MODELS.build(dict(
         type='VPTTPTSemanticSegmentor', class_names=CLASSES,
@@ -36,6 +36,6 @@ def mmdet_scope():
     """Build from mmdet's registries, as a Runner with mmdet's scope does."""
     from mmengine.registry import DefaultScope
 
-    import plugins  # noqa: F401  (registers the plugins)
+    import plugins.mmdet_custom  # noqa: F401  (registers the wing)
     with DefaultScope.overwrite_default_scope('mmdet'):
         yield

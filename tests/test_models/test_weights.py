@@ -1,12 +1,16 @@
-"""Weight formats -> open_clip layout, with a strict key check."""
+"""Weight formats -> open_clip layout, with a strict key check and the
+activation checked against the weights' layout."""
+import json
 import logging
 
 import pytest
 import torch
 
-from plugins.models import (OPEN_CLIP_TINY_MODEL_NAME, create_model,
-                            find_weights_file, is_openai_state_dict,
-                            load_open_clip_weights)
+from plugins.models import (MODEL_CONFIG_DIR, OPEN_CLIP_TINY_MODEL_NAME,
+                            create_model, find_weights_file,
+                            is_openai_state_dict, load_open_clip_weights)
+from plugins.models.testing import save_clip_checkpoint
+from plugins.models.weights import ActivationMismatchError
 from plugins.utils import StateDictMismatchError, safe_load
 
 TINY = OPEN_CLIP_TINY_MODEL_NAME
@@ -17,10 +21,26 @@ def saved(tiny_clip_files):
     return tiny_clip_files
 
 
+@pytest.fixture(scope='module')
+def tiny_quickgelu(tmp_path_factory):
+    """A test-only open_clip config ``ViT-Tiny-16-test-quickgelu`` (the tiny
+    model with OpenAI's activation), registered like open_clip's own
+    ``*-quickgelu`` configs."""
+    import open_clip
+    cfg = json.loads((MODEL_CONFIG_DIR / f'{TINY}.json').read_text())
+    cfg['quick_gelu'] = True
+    folder = tmp_path_factory.mktemp('configs')
+    path = folder / f'{TINY}-quickgelu.json'
+    path.write_text(json.dumps(cfg))
+    open_clip.add_model_config(path)
+    return path.stem
+
+
 @pytest.mark.parametrize('fmt', ['safetensors', 'bin', 'openai'])
 def test_every_format_loads_with_all_keys(saved, fmt):
     model, files = saved
-    target = create_model(TINY)
+    # OpenAI's files need the activation they were trained with
+    target = create_model(TINY, quick_gelu=fmt == 'openai')
     state = load_open_clip_weights(target, files[fmt])
     assert set(state) == set(target.state_dict())
     for key, value in model.state_dict().items():
@@ -46,54 +66,83 @@ def _activations(model):
             sum(type(m) is torch.nn.GELU for m in model.modules()))
 
 
-def _quick_gelu_messages(caplog):
-    return [r for r in caplog.records if 'QuickGELU' in r.getMessage()]
-
-
-def test_openai_weights_switch_a_gelu_model_to_quick_gelu(saved, caplog):
-    """OpenAI files run with QuickGELU whatever the model name says (as
-    open_clip's build_model_from_openai_state_dict does), said once at
-    INFO; the result is the '-quickgelu' model's."""
-    model, files = saved
+def test_openai_weights_in_a_gelu_model_fail_naming_file_layout_key(saved):
+    """The activation is the configuration's (as open_clip's
+    ``ViT-B-16-quickgelu``): an OpenAI file in a GELU model is refused,
+    naming the file, the layout seen and what to set."""
+    _, files = saved
     target = create_model(TINY)  # GELU by name
-    assert _activations(target) == (0, 6)  # 4 image + 2 text blocks
-    with caplog.at_level(logging.DEBUG):
-        load_open_clip_weights(target, files['openai'])
-    assert _activations(target) == (6, 0)
-    said = _quick_gelu_messages(caplog)
-    assert len(said) == 1 and said[0].levelno == logging.INFO
-    assert not [r for r in caplog.records if r.levelno >= logging.WARNING
-                and 'GELU' in r.getMessage()]
-    reference = create_model(TINY, quick_gelu=True).eval()
-    load_open_clip_weights(reference, files['openai'])
-    image = torch.randn(2, 3, 224, 224)
-    text = torch.randint(0, 49408, (2, 77))
-    with torch.no_grad():
-        torch.testing.assert_close(
-            target.eval().encode_image(image), reference.encode_image(image),
-            rtol=0, atol=0)
-        torch.testing.assert_close(
-            target.encode_text(text), reference.encode_text(text),
-            rtol=0, atol=0)
+    with pytest.raises(ActivationMismatchError) as info:
+        load_open_clip_weights(target, files['openai'],
+                               fix='quick_gelu=True')
+    msg = str(info.value)
+    assert str(files['openai']) in msg
+    assert 'OpenAI CLIP layout' in msg and 'QuickGELU' in msg
+    assert 'configured with gelu' in msg and 'quick_gelu=True' in msg
+    assert _activations(target) == (0, 6)  # nothing switched
+
+
+def test_real_names_suggest_the_quickgelu_config():
+    from plugins.models import activation_fix
+    assert activation_fix('ViT-B-16', True) == \
+        "model_name='ViT-B-16-quickgelu' or quick_gelu=True"
+    assert activation_fix('ViT-B-16-quickgelu', False, 'name', None) == \
+        "name='ViT-B-16'"
 
 
 @pytest.mark.parametrize('fmt', ['safetensors', 'bin'])
-def test_open_clip_files_keep_the_named_activation(saved, fmt, caplog):
+def test_open_clip_files_keep_the_configured_activation(saved, fmt):
     _, files = saved
-    target = create_model(TINY)
-    with caplog.at_level(logging.DEBUG):
-        load_open_clip_weights(target, files[fmt])
-    assert _activations(target) == (0, 6)
-    assert not _quick_gelu_messages(caplog)
+    for quick, counts in ((None, (0, 6)), (True, (6, 0))):
+        target = create_model(TINY, quick_gelu=quick)
+        load_open_clip_weights(target, files[fmt])  # layout says nothing
+        assert _activations(target) == counts
 
 
-def test_quick_gelu_model_with_openai_weights_says_nothing(saved, caplog):
+def test_quick_gelu_model_with_openai_weights_loads(saved, caplog):
     _, files = saved
     target = create_model(TINY, quick_gelu=True)
     with caplog.at_level(logging.DEBUG):
         load_open_clip_weights(target, files['openai'])
     assert _activations(target) == (6, 0)
-    assert not _quick_gelu_messages(caplog)
+    said = [r for r in caplog.records if str(files['openai'])
+            in r.getMessage()]
+    assert len(said) == 1 and 'loaded' in said[0].getMessage()
+
+
+def test_no_false_random_init_warning(saved, caplog, tmp_path):
+    """open_clip's "No pretrained weights loaded ... initialized randomly"
+    is not emitted by our builds (they load local weights afterwards, and
+    say once which file with how many tensors)."""
+    import importlib.util
+    from pathlib import Path
+
+    from plugins.models import build_biomedclip, build_open_clip
+    from plugins.models.concept_clip import build_concept_clip
+    _, files = saved
+    spec = importlib.util.spec_from_file_location(
+        'conceptclip_folder',
+        Path(__file__).resolve().parents[1] / 'data' / 'conceptclip_folder.py')
+    folders = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(folders)
+    layout = folders.load_layout()
+    concept = folders.write_folder(tmp_path / 'ConceptCLIP', layout,
+                                   folders.random_state(layout))
+    biomed = tmp_path / 'BiomedCLIP'
+    biomed.mkdir()
+    biomed_file = save_clip_checkpoint(create_model('BiomedCLIP-Tiny-test'),
+                                       biomed, 'bin')
+    with caplog.at_level(logging.DEBUG):
+        build_open_clip(TINY, files['safetensors'])
+        build_biomedclip(biomed, model_name='BiomedCLIP-Tiny-test')
+        build_concept_clip(concept, config='ConceptCLIP-Tiny-test')
+    assert not [r for r in caplog.records
+                if 'No pretrained weights' in r.getMessage()]
+    for path in (files['safetensors'], biomed_file,
+                 concept / 'model.safetensors'):
+        said = [r.getMessage() for r in caplog.records
+                if str(path) in r.getMessage()]
+        assert len(said) == 1 and 'loaded' in said[0], (path, said)
 
 
 def test_openai_detection_needs_metadata_next_to_an_image_tower(saved):
@@ -110,19 +159,27 @@ def test_openai_detection_needs_metadata_next_to_an_image_tower(saved):
     assert is_openai_state_dict(rn)
 
 
-def test_every_clip_loader_switches(saved, tmp_path):
+def test_every_clip_loader_checks(saved, tiny_quickgelu):
     """The loaders of CLIP Surgery, region scoring and prompt learning go
-    through the same mechanism."""
+    through the same check: refused with the GELU name (naming the
+    QuickGELU config), loaded with it."""
     from plugins.models import build_clip_surgery
     from plugins.prompt_learning.vpt_tpt_segmentor import build_clip
     from plugins.scoring import build_region_scorer
     _, files = saved
-    tower, clip, _, _ = build_clip_surgery(TINY, files['openai'],
+    for build in (lambda name: build_clip_surgery(name, files['openai'],
+                                                  surgery_depth=2),
+                  lambda name: build_region_scorer(name, files['openai']),
+                  lambda name: build_clip(name, str(files['openai']))):
+        with pytest.raises(ActivationMismatchError,
+                           match=f"model_name='{tiny_quickgelu}'"):
+            build(TINY)
+    tower, clip, _, _ = build_clip_surgery(tiny_quickgelu, files['openai'],
                                            surgery_depth=2)
     assert _activations(tower) == (4, 0) and _activations(clip) == (6, 0)
-    scorer = build_region_scorer(TINY, files['openai'])
+    scorer = build_region_scorer(tiny_quickgelu, files['openai'])
     assert _activations(scorer.model) == (6, 0)
-    clip, _ = build_clip(TINY, str(files['openai']))
+    clip, _ = build_clip(tiny_quickgelu, str(files['openai']))
     assert _activations(clip) == (6, 0)
 
 

@@ -10,7 +10,7 @@ import torch
 from mmengine.config import Config
 from PIL import Image
 
-import plugins  # noqa: F401  (registers every plugin)
+import plugins.mmdet_custom  # noqa: F401  (registers the wing)
 
 CONFIG = 'configs/_demo_/dino-4scale_openclip-tiny_deformneck-s16-128_toy.py'
 

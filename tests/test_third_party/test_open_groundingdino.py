@@ -13,6 +13,7 @@ import third_party.open_groundingdino as ogd
 from third_party.open_groundingdino import surgeryclip_backbone as sb
 
 from plugins.models import OPEN_CLIP_TINY_MODEL_NAME as TINY
+from plugins.models import create_model
 from tests.helpers import randn_images
 
 
@@ -73,6 +74,7 @@ def test_equals_the_mmdet_backbone_on_clip_normalised_input(ckpts):
         surgery_depth=2,
         with_proj=True,
         pretrained=str(ckpts['safetensors'])).eval()
+    ref.init_weights()
     pixels = torch.rand(2, 3, 64, 96)  # [0, 1] RGB
     imagenet = (pixels - torch.tensor(sb.IMAGENET_MEAN).view(1, 3, 1, 1)) / \
         torch.tensor(sb.IMAGENET_STD).view(1, 3, 1, 1)
@@ -101,6 +103,7 @@ def test_windowed_attention_equals_the_mmdet_backbone(ckpts):
     ref = SurgeryCLIPBackbone(TINY, surgery_depth=2, with_proj=True,
                               window_size=2, global_blocks=[3],
                               pretrained=str(ckpts['safetensors'])).eval()
+    ref.init_weights()
     plain, _ = ogd.build_surgeryclip_backbone(
         _args(ckpts['safetensors'], surgeryclip_input_norm='clip'))
     x = randn_images(96, 128, batch=1)
@@ -110,12 +113,44 @@ def test_windowed_attention_equals_the_mmdet_backbone(ckpts):
         assert (ours - plain(x)['0'].tensors).abs().max() > 1e-3
 
 
-def test_openai_archive_loads_with_quick_gelu(ckpts):
+def test_openai_archive_needs_the_configured_quick_gelu(ckpts):
+    from plugins.models.weights import ActivationMismatchError
+    with pytest.raises(ActivationMismatchError) as info:
+        ogd.build_surgeryclip_backbone(
+            _args(ckpts['openai'], surgeryclip_with_proj=False))
+    msg = str(info.value)
+    assert str(ckpts['openai']) in msg and 'OpenAI CLIP layout' in msg
+    assert 'args.surgeryclip_quick_gelu=True' in msg
     backbone, channels = ogd.build_surgeryclip_backbone(
-        _args(ckpts['openai'], surgeryclip_with_proj=False))
+        _args(ckpts['openai'], surgeryclip_with_proj=False,
+              surgeryclip_quick_gelu=True))
     assert channels == [64]
     from open_clip.transformer import QuickGELU
     assert any(isinstance(m, QuickGELU) for m in backbone.modules())
+    assert not any(type(m) is nn.GELU for m in backbone.modules())
+
+
+def test_openai_name_is_the_default(ckpts):
+    assert sb.DEFAULT_MODEL_NAME == 'ViT-B-16-quickgelu'
+
+
+def test_loading_says_the_file_once_and_no_false_warning(ckpts, capsys,
+                                                         caplog):
+    """What Open-GroundingDino's user sees: no open_clip "No pretrained
+    weights loaded ... initialized randomly" on a build that loads, and one
+    printed line naming the file and the number of tensors."""
+    import logging
+    with caplog.at_level(logging.INFO):
+        ogd.build_surgeryclip_backbone(_args(ckpts['safetensors']))
+    out = capsys.readouterr().out
+    said = [line for line in out.splitlines()
+            if str(ckpts['safetensors']) in line]
+    assert len(said) == 1, out
+    n = len(create_model(TINY).state_dict())
+    assert f'loaded {n} tensors' in said[0]
+    assert not [r for r in caplog.records
+                if 'No pretrained weights' in r.getMessage()]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 def test_frozen_by_default():

@@ -22,8 +22,13 @@ one is importable (a minimal one otherwise).  See
                                     ``.safetensors``/``.bin`` (None: random
                                     weights, with a warning)
 ``train_surgeryclip_backbone``      False (default): frozen, eval mode
-``surgeryclip_model_name``          open_clip ViT (default ``ViT-B-16``;
-                                    OpenAI files always run QuickGELU)
+``surgeryclip_model_name``          open_clip ViT (default
+                                    ``ViT-B-16-quickgelu``, OpenAI's
+                                    activation; ``ViT-B-16`` for open_clip
+                                    GELU weights; a file whose layout
+                                    contradicts it is refused)
+``surgeryclip_quick_gelu``          override the name's activation
+                                    (True: QuickGELU, OpenAI's weights)
 ``surgeryclip_surgery_depth``       value-value blocks from the end (6)
 ``surgeryclip_pos_embed_interp``    position-embedding resampling
                                     (``'clip_surgery'``: bilinear, as CLIP
@@ -66,6 +71,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 #: the backbone itself reads its tower's statistics from the model config.
 CLIP_MEAN, CLIP_STD = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 INPUT_NORMS = {'imagenet': (IMAGENET_MEAN, IMAGENET_STD), 'clip': None}
+
+#: The architecture of CLIP Surgery's checkpoint (OpenAI's ``ViT-B-16.pt``,
+#: trained with QuickGELU).
+DEFAULT_MODEL_NAME = 'ViT-B-16-quickgelu'
 
 #: Where Open-GroundingDino (and IDEA's GroundingDINO) keep NestedTensor.
 NESTED_TENSOR_MODULES = ('groundingdino.util.misc', 'util.misc')
@@ -227,6 +236,16 @@ class SurgeryCLIPGroundingBackbone(nn.Module):
         return {'0': nested_tensor_class()(feats, mask)}
 
 
+def _say(message: str) -> None:
+    """Print once per job (rank 0), where Open-GroundingDino's user looks:
+    its ``main.py`` prints and logs to its own ``detr`` logger only."""
+    if torch.distributed.is_available() and \
+            torch.distributed.is_initialized() and \
+            torch.distributed.get_rank() != 0:
+        return
+    print(message, flush=True)
+
+
 def _arg(args: Any, name: str, default: Any = None) -> Any:
     value = getattr(args, name, default)
     return default if value is None else value
@@ -245,25 +264,37 @@ def build_surgeryclip_backbone(
         tuple: ``(backbone, num_channels)``, ``num_channels = [C]``
         (512 for ViT-B/16 with the default ``with_proj``).
     """
-    from plugins.models import create_model, load_open_clip_weights
+    from plugins.models import (activation_fix, create_model,
+                                load_open_clip_weights)
     from plugins.models.clip_surgery import SurgeryCLIPVisual
     from plugins.models.weights import find_weights_file
-    from plugins.utils import safe_load
 
-    model_name = _arg(args, 'surgeryclip_model_name', 'ViT-B-16')
+    model_name = _arg(args, 'surgeryclip_model_name', DEFAULT_MODEL_NAME)
+    quick_gelu = getattr(args, 'surgeryclip_quick_gelu', None)
     ckpt = getattr(args, 'surgeryclip_ckpt', None)
     if ckpt:
         path = find_weights_file(ckpt)
-        state = safe_load(path)
-        # OpenAI's archives (CLIP Surgery's ViT-B-16.pt) switch the model to
-        # QuickGELU inside the loader, whatever the model name says
-        clip = create_model(model_name)
-        load_open_clip_weights(clip, state, strict=True, target=model_name)
-        logger.info(f'SurgeryCLIP backbone: {model_name} weights from {path}')
+        # the activation is the configuration's (OpenAI's archives need
+        # '-quickgelu'); a contradicting file is refused, naming the field
+        clip = create_model(model_name, quick_gelu=quick_gelu)
+        loaded = load_open_clip_weights(
+            clip,
+            path,
+            strict=True,
+            target=model_name,
+            fix=activation_fix(
+                model_name,
+                True,
+                name_key='args.surgeryclip_model_name',
+                flag_key='args.surgeryclip_quick_gelu'))
+        # Open-GroundingDino shows print() and its own logger, not ours
+        _say(f'SurgeryCLIP backbone: {model_name}, loaded {len(loaded)} '
+             f'tensors from {path} (strict: every key matched)')
     else:
         logger.warning('SurgeryCLIP backbone: args.surgeryclip_ckpt is not '
                        f'set; {model_name} has random weights')
-        clip = create_model(model_name, vision_only=True)
+        clip = create_model(
+            model_name, vision_only=True, quick_gelu=quick_gelu)
     norm = _arg(args, 'surgeryclip_input_norm', 'imagenet')
     if norm not in INPUT_NORMS:
         raise ValueError(f"surgeryclip_input_norm '{norm}' is not one of "

@@ -163,13 +163,11 @@ def patch_initialize_vision_modules(cls) -> bool:
             from plugins.llava.projector_weights import load_projector_weights
             result = load_projector_weights(self.mm_projector, adapter,
                                             strict=True)
-            # PSALM prints instead of logging; say the same in both.
-            message = (f'load mm_projector {adapter} (strict): '
-                       f'{len(result.loaded)} keys loaded, '
-                       f'{len(result.missing)} missing, '
-                       f'{len(result.unexpected)} unexpected')
-            logger.info(message)
-            print(message)
+            # once, printed where PSALM prints its own "load mm_projector"
+            print(f'load mm_projector {adapter} (strict): '
+                  f'{len(result.loaded)} keys loaded, '
+                  f'{len(result.missing)} missing, '
+                  f'{len(result.unexpected)} unexpected', flush=True)
         return result
 
     setattr(initialize_vision_modules, _PATCHED, True)
@@ -216,12 +214,32 @@ def _import_optional(name: str):
         # dependency (detectron2, ...) must surface.
         if err.name and (err.name == name or name.startswith(err.name + '.')):
             return None
-        raise ImportError(f'{name} failed to import: {err}{_pins_hint()}') \
-            from err
+        hint = _pins_hint() if _about_transformers(err) else ''
+        raise ImportError(f'{name} failed to import: {err}{hint}') from err
 
 
 #: The transformers release PSALM pins (its pyproject.toml).
 PSALM_TRANSFORMERS = '4.36.2'
+
+
+def _about_transformers(err: BaseException) -> bool:
+    """Whether an import failure comes from transformers: a name missing
+    from it (``cannot import name 'is_torch_tpu_available' from
+    'transformers.utils'``), a module of it missing, or an error raised
+    inside its code.  Other failures (a missing ``addict``, a compiled op)
+    get no transformers hint."""
+    name = getattr(err, 'name', None) or ''
+    if name == 'transformers' or name.startswith('transformers.'):
+        return True
+    if "'transformers" in str(err) or '"transformers' in str(err):
+        return True
+    tb = err.__traceback__
+    while tb is not None:
+        parts = tb.tb_frame.f_code.co_filename.replace('\\', '/').split('/')
+        if 'transformers' in parts[:-1]:
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def _pins_hint() -> str:

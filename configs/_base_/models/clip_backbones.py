@@ -21,22 +21,26 @@ conceptclip_data_preprocessor = dict(
 # for the last blocks only, train_last_n_blocks=4.
 surgeryclip_vitb16 = dict(
     type='SurgeryCLIPBackbone',
-    # OpenAI's `ViT-B-16.pt` (CLIP Surgery's checkpoint) or open_clip ViT-B-16
-    # weights: keep 'ViT-B-16' for both; an OpenAI file switches the blocks to
-    # QuickGELU when it loads (logged at INFO), and the position embedding is
-    # resampled bilinearly as CLIP Surgery does (pos_embed_interp default).
-    model_name='ViT-B-16',
+    # OpenAI's `ViT-B-16.pt` (CLIP Surgery's checkpoint), trained with
+    # QuickGELU: the activation is part of the architecture, as in open_clip
+    # (an OpenAI file loaded into a GELU model is refused, naming this key).
+    # For open_clip's GELU ViT-B-16 releases (LAION) say 'ViT-B-16'.  The
+    # position embedding is resampled bilinearly as CLIP Surgery does
+    # (pos_embed_interp default).
+    model_name='ViT-B-16-quickgelu',
     surgery_depth=6,  # the last 6 of 12 blocks get the v-v attention path
     pretrained=None,
     frozen=True)
 openclip_vitb16 = dict(
     type='OpenCLIPBackbone',
     # open_clip `open_clip_model.safetensors` / `open_clip_pytorch_model.bin`
-    # (e.g. laion2b_s34b_b88k) or OpenAI `ViT-B-16.pt` (QuickGELU by itself).
+    # (e.g. laion2b_s34b_b88k, GELU); for OpenAI's `ViT-B-16.pt` (trained
+    # with QuickGELU) set model_name='ViT-B-16-quickgelu'.
     model_name='ViT-B-16',
     pretrained=None,
     frozen=True)
-openclip_vitb32 = dict(openclip_vitb16, model_name='ViT-B-32')  # stride 32
+# stride 32; OpenAI's `ViT-B-32.pt`: model_name='ViT-B-32-quickgelu'
+openclip_vitb32 = dict(openclip_vitb16, model_name='ViT-B-32')
 biomedclip_vitb16 = dict(
     type='BiomedCLIPBackbone',
     # `open_clip_pytorch_model.bin` of the

@@ -78,7 +78,7 @@ def test_configs_parse(repo_root):
         'BiomedCLIP-PubMedBERT_256-vit_base_patch16_224'
     assert (full.model.segmentor.num_visual_prompts,
             full.model.segmentor.num_text_prompts) == (4, 4)
-    assert full.custom_imports.imports == ['plugins']
+    assert full.custom_imports.imports == ['plugins.mmdet_custom']
     assert full.default_hooks.visualization.type == 'SemSegVisualizationHook'
     demo = Config.fromfile(
         str(repo_root / 'configs/_demo_/vpt4-tpt4_biomedclip-tiny_toy-semantic.py'))

@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 from mmengine.config import Config
 
-import plugins  # noqa: F401  (registers the constructor)
+import plugins.mmdet_custom  # noqa: F401  (registers the wing)
 from plugins.mmdet_custom.engine.optimizers.layer_decay_optim_constructor \
     import layer_id_of
 

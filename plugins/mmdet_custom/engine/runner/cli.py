@@ -178,14 +178,10 @@ def check_local_model_folders(cfg: Config) -> None:
     """Fail at once, naming the config key and the path, when a Hugging Face
     model folder the model will load (GroundingDINO's BERT) is missing.
 
-    With the hub off (importing ``plugins`` puts it off unless
-    ``PLUGINS_ALLOW_HUB=1`` / ``HF_HUB_OFFLINE=0``), transformers would
-    otherwise fail only after building the rest of the model, and with the
-    hub on it retries the hub for half a minute first.
+    Models are built from local folders only (no model hub); without this
+    check transformers would fail only after building the rest of the
+    model, or, with the hub reachable, try the hub first.
     """
-    from plugins import hub_allowed
-    if hub_allowed():
-        return
     for key, typ, name in _hf_folder_refs(cfg.get('model', {}), 'model'):
         folder = osp.abspath(osp.expanduser(str(name)))
         if osp.isfile(osp.join(folder, 'config.json')):
@@ -194,11 +190,10 @@ def check_local_model_folders(cfg: Config) -> None:
                 'is not a local folder')
         raise FileNotFoundError(
             f'{cfg.filename}: {key} (`{HF_FOLDER_TYPES[typ]}` in the shipped '
-            f'configs) = {name!r} {what} (looked at {folder}). The '
-            'Hugging Face hub is off, so the text encoder must be a local '
-            'folder with config.json, the weights and the tokenizer files '
-            '(`make tiny-bert` writes a tiny one to data/tiny_bert; set '
-            'PLUGINS_ALLOW_HUB=1 to download instead)')
+            f'configs) = {name!r} {what} (looked at {folder}). Models are '
+            'built from local files only, so the text encoder must be a '
+            'local folder with config.json, the weights and the tokenizer '
+            'files (`make tiny-bert` writes a tiny one to data/tiny_bert)')
 
 
 def prepare_cpu_distributed(cfg: Config) -> bool:

@@ -9,6 +9,16 @@ normalisation statistics.  The host-free tower module
 ``forward_intermediates``); :class:`CLIPBackboneBase` is the thin mmdet
 module around it: it registers the image tower as ``visual`` (so state-dict
 keys are the tower's own), loads weights and applies the freezing options.
+
+The weight lifecycle is mmdet's (``mmdet/models/backbones/swin.py``):
+``__init__`` builds the architecture only (the activation included, from
+the config); :meth:`CLIPBackboneBase.init_weights` loads the pretrained
+file, which the runner calls for training and never for testing, so a
+trained checkpoint and the config are all ``tools/test.py`` needs; freezing
+is re-applied in ``train()``.  Format conversion lives in module-level
+functions (:func:`plugins.mmdet_custom.models.backbones.open_clip.
+visual_state_dict`, :func:`plugins.models.concept_clip.
+convert_concept_clip_state_dict`).
 """
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -19,10 +29,27 @@ from mmengine.logging import MMLogger
 from mmengine.model import BaseModule
 
 from plugins.models.vit_tower import Grid, ViTTower, attach_tower
-from plugins.models.weights import find_weights_file
+from plugins.models.weights import (activation_name, check_activation,
+                                    find_weights_file, weights_layout)
 from plugins.utils import check_state_dict, safe_load, select_prefix
 
 StateDict = Dict[str, torch.Tensor]
+
+#: Name of the buffer that records the activation of the tower's blocks, so
+#: a trained checkpoint says what it was trained with (``backbone.
+#: activation`` in a detector checkpoint).
+ACTIVATION_KEY = 'activation'
+
+
+def encode_activation(name: str) -> torch.Tensor:
+    """An activation name as a ``uint8`` tensor (a state-dict entry that
+    ``weights_only`` loading, ``.half()`` and ``.to(device)`` leave as is)."""
+    return torch.tensor(list(name.encode('ascii')), dtype=torch.uint8)
+
+
+def decode_activation(code: torch.Tensor) -> str:
+    """Inverse of :func:`encode_activation`."""
+    return bytes(code.to(torch.uint8).cpu().tolist()).decode('ascii')
 
 
 class CLIPBackboneBase(BaseModule):
@@ -99,9 +126,20 @@ class CLIPBackboneBase(BaseModule):
         init_cfg (dict, optional): ``dict(type='Pretrained',
             checkpoint=path, prefix='backbone.')`` loads a local file (the
             optional ``prefix`` selects and strips a key prefix, e.g. from
-            a detector checkpoint).  Weights load in ``__init__``.
+            a detector checkpoint).  Weights load in :meth:`init_weights`
+            (the runner calls it before training; testing from a trained
+            checkpoint never reads this file).
+
+    The activation of the tower's blocks is recorded in the buffer
+    ``activation`` (:data:`ACTIVATION_KEY`), so a trained checkpoint loaded
+    into a backbone configured with another activation fails, naming the
+    key to set, instead of running silently wrong.
     """
 
+    #: Whether the activation is a configuration choice (open_clip towers:
+    #: ``quick_gelu``), so a checkpoint that does not record it is
+    #: ambiguous; timm towers fix it in the model config.
+    activation_is_configurable = False
     #: Position-embedding resampling of the upstream model (see
     #: :func:`plugins.utils.pos_embed_interp_args`); subclasses override.
     default_pos_embed_interp = 'timm'
@@ -160,10 +198,8 @@ class CLIPBackboneBase(BaseModule):
             if pos_embed_interp is None else pos_embed_interp
         # validated by the tower, so a typo fails at construction
         tower.pos_embed_interp = self.pos_embed_interp
-        if self.init_cfg is not None:
-            self.load_pretrained(
-                self.init_cfg['checkpoint'],
-                prefix=self.init_cfg.get('prefix'))
+        self.register_buffer(ACTIVATION_KEY,
+                             encode_activation(self.block_activation))
         self._apply_freezing()
 
     # ------------------------------------------------------------------
@@ -174,6 +210,11 @@ class CLIPBackboneBase(BaseModule):
         own unused heads; kept for weight loading, always frozen so
         optimisers and DDP ignore them. Default: none."""
         return []
+
+    def activation_fix(self, activation: str) -> Optional[str]:
+        """What a config sets so that this backbone runs ``activation``
+        (for error messages). Default: None (not configurable)."""
+        return None
 
     def convert_pretrained(self, state_dict: StateDict) -> StateDict:
         """Map a loaded weights file to this module's ``state_dict`` keys.
@@ -193,10 +234,28 @@ class CLIPBackboneBase(BaseModule):
     # ------------------------------------------------------------------
     # Weights and freezing
     # ------------------------------------------------------------------
+    @property
+    def block_activation(self) -> str:
+        """The activation of the tower's block MLPs (``'quick_gelu'``,
+        ``'gelu'``, ``'gelu_tanh'``)."""
+        mlp = self.tower.blocks[0].mlp
+        act = getattr(mlp, 'gelu', None)  # open_clip's MLP
+        if act is None:
+            act = getattr(mlp, 'act', None)  # timm's
+        return activation_name(act)
+
     def init_weights(self) -> None:
-        """Weights are set in ``__init__`` (upstream init or the pretrained
-        file); the runner's call must not re-initialise the tower (timm's
-        own ``init_weights`` would)."""
+        """Load the pretrained file of ``init_cfg`` (``pretrained``), if
+        any, with a strict key check.
+
+        As in mmdet's backbones, the runner calls this before training and
+        never for testing; without a file the upstream initialisation of
+        ``__init__`` stays (timm's own ``init_weights`` is not re-run).
+        """
+        if self.init_cfg is not None:
+            self.load_pretrained(
+                self.init_cfg['checkpoint'],
+                prefix=self.init_cfg.get('prefix'))
         self._is_init = True
 
     def load_pretrained(self, path: str, prefix: Optional[str] = None) -> None:
@@ -214,29 +273,88 @@ class CLIPBackboneBase(BaseModule):
             plugins.utils.StateDictMismatchError: listing missing and
                 unexpected keys, with a hint to
                 ``tools/convert_clip_checkpoint.py``.
+            plugins.models.weights.ActivationMismatchError: the file's
+                layout (OpenAI's: QuickGELU) or recorded activation is not
+                this backbone's, naming the key to set.
         """
         path, state = self.read_pretrained(path)
         if prefix:
             state = select_prefix(state, prefix)
+        self.check_weights_activation(state, str(path))
         state = self.convert_pretrained(state)
-        # buffers the module rebuilds itself (non-persistent) are not loaded
+        # buffers the module rebuilds itself (non-persistent) are not
+        # loaded; the activation record is the configured one (checked)
         expected = self.state_dict()
+        expected.pop(ACTIVATION_KEY)
         derived = {n for n, _ in self.named_buffers()} - set(expected)
         state = {k: v for k, v in state.items() if k not in derived}
         check_state_dict(
             expected, state, source=str(path), target=type(self).__name__)
+        state[ACTIVATION_KEY] = getattr(self, ACTIVATION_KEY)
         self.load_state_dict(state, strict=True)
         MMLogger.get_current_instance().info(
-            f'{type(self).__name__}: loaded {len(state)} tensors from {path}')
+            f'{type(self).__name__}: loaded {len(state) - 1} tensors from '
+            f'{path}')
+
+    def check_weights_activation(self, state: StateDict,
+                                 source: str) -> None:
+        """Refuse weights whose layout or record says another activation
+        than this backbone's (see
+        :func:`plugins.models.weights.check_activation`)."""
+        if ACTIVATION_KEY in state:
+            seen = decode_activation(state.pop(ACTIVATION_KEY))
+            layout = (f'a checkpoint of a backbone that ran {seen} '
+                      f'(its `{ACTIVATION_KEY}` entry)')
+        else:
+            layout, seen = weights_layout(state)
+        check_activation(
+            self,
+            seen,
+            layout,
+            source=source,
+            fix=self.activation_fix(seen) if seen else None,
+            configured=self.block_activation)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata,
+                              strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # Every load_state_dict (mmengine's load_checkpoint for
+        # tools/test.py, --resume, load_from) passes here: a recorded
+        # activation must be this backbone's; a checkpoint from before the
+        # record loads, with a warning where the activation is a choice.
+        key = prefix + ACTIVATION_KEY
+        if key in state_dict:
+            self.check_weights_activation(
+                {ACTIVATION_KEY: state_dict[key]}, source=f'checkpoint ({key})')
+        elif self.activation_is_configurable:
+            self._warn_unrecorded_activation(key)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata,
+                                      strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        if key in missing_keys:
+            missing_keys.remove(key)
+
+    def _warn_unrecorded_activation(self, key: str) -> None:
+        act = self.block_activation
+        other = 'gelu' if act == 'quick_gelu' else 'quick_gelu'
+        MMLogger.get_current_instance().warning(
+            f'{type(self).__name__}: the checkpoint has no `{key}` entry '
+            '(written before backbones recorded their activation); this '
+            f'backbone runs {act} as configured. If the checkpoint was '
+            f'trained with {other} (a backbone trained from OpenAI weights '
+            'such as ViT-B-16.pt ran quick_gelu), set '
+            f'{self.activation_fix(other)}.')
 
     def _apply_freezing(self) -> None:
         self.tower.set_trainable(self.frozen, self.train_last_n_blocks,
                                  self.with_proj, self.unused_modules())
 
     def train(self, mode: bool = True):
-        """Set train mode; frozen parts stay in eval mode (no dropout,
+        """Set train mode and re-apply freezing (as mmdet's backbones'
+        ``_freeze_stages``); frozen parts stay in eval mode (no dropout,
         drop-path or norm statistic updates)."""
         super().train(mode and not self.frozen)
+        self._apply_freezing()
         if mode:
             for m in self.tower.frozen_modules(self.frozen,
                                                self.train_last_n_blocks):

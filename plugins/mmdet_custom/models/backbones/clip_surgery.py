@@ -38,18 +38,21 @@ class SurgeryCLIPBackbone(OpenCLIPBackbone):
 
     Output: ``(B, C, ceil(H/p), ceil(W/p))``; ViT-B/16: ``C`` = 768
     (512 with ``with_proj=True``), ``p`` = 16.  Normalisation: OpenAI CLIP
-    mean/std.  As in CLIP Surgery, OpenAI weights run with QuickGELU (set
-    automatically when an OpenAI-layout file is loaded) and the position
-    embedding is resampled bilinearly (``pos_embed_interp='clip_surgery'``).
+    mean/std.  As in CLIP Surgery, OpenAI weights run with QuickGELU (the
+    default ``'ViT-B-16-quickgelu'``; an OpenAI file loaded into a GELU
+    model fails, naming the key to set) and the position embedding is
+    resampled bilinearly (``pos_embed_interp='clip_surgery'``).
 
     Args:
         model_name (str): open_clip ViT. OpenAI's ``ViT-B-16.pt`` (CLIP
-            Surgery's checkpoint) loads into ``'ViT-B-16'`` and switches it
-            to QuickGELU. Default: ``'ViT-B-16'``.
+            Surgery's checkpoint) needs ``'ViT-B-16-quickgelu'``; open_clip
+            GELU releases (LAION) ``'ViT-B-16'``. Default:
+            ``'ViT-B-16-quickgelu'``.
         surgery_depth (int): blocks, counted from the end, with the
             value-value path (0 to the number of blocks). Default: 6.
         **kwargs: ``pretrained`` (local open_clip ``.safetensors``/``.bin``
-            or OpenAI ``.pt``), ``pretrained_tag``, ``mean``, ``std`` of
+            or OpenAI ``.pt``), ``quick_gelu``, ``pretrained_tag``,
+            ``mean``, ``std`` of
             :class:`OpenCLIPBackbone` and the options of
             :class:`CLIPBackboneBase` (``pos_embed_interp`` defaults to
             ``'clip_surgery'``: bilinear, ``align_corners=False``, no
@@ -66,7 +69,7 @@ class SurgeryCLIPBackbone(OpenCLIPBackbone):
     default_pos_embed_interp = 'clip_surgery'
 
     def __init__(self,
-                 model_name: str = 'ViT-B-16',
+                 model_name: str = 'ViT-B-16-quickgelu',
                  surgery_depth: int = 6,
                  **kwargs):
         # read by make_tower while OpenCLIPBackbone builds the tower; a

@@ -46,9 +46,10 @@ class ConceptCLIPBackbone(CLIPBackboneBase):
             (``model.safetensors`` or a sharded
             ``model.safetensors.index.json``; its ``config.json`` is checked
             against ``model_name``) or a weights file (also a detector
-            checkpoint via ``init_cfg`` with ``prefix``).  Only
-            ``visual.*`` and ``image_proj.*`` are used.  A missing path
-            fails at once, naming it.
+            checkpoint via ``init_cfg`` with ``prefix``), read by
+            :meth:`init_weights` (before training; never when testing a
+            trained checkpoint).  Only ``visual.*`` and ``image_proj.*``
+            are used.  A missing path fails there, naming it.
         key_rules (Iterable[tuple[str, str]]): extra ``(regex,
             replacement)`` key renames for exports with other module names.
         mean, std (Sequence[float], optional): normalisation overrides.
@@ -69,13 +70,8 @@ class ConceptCLIPBackbone(CLIPBackboneBase):
                  mean: Optional[Sequence[float]] = None,
                  std: Optional[Sequence[float]] = None,
                  **kwargs):
-        if pretrained is not None:
-            # fail before the (large) tower is built
-            found = find_weights_file(pretrained,
-                                      CONCEPT_CLIP_WEIGHT_FILE_NAMES)
-            check_folder_config(found, model_name)
-        # read by convert_pretrained while the base loads the weights; a
-        # plain attribute may be set before nn.Module.__init__
+        # read by convert_pretrained when the weights load; a plain
+        # attribute may be set before nn.Module.__init__
         self.key_rules = [tuple(r) for r in key_rules]
         model = ConceptCLIP(model_name, vision_only=True)
         tower = TimmViTTower(model.visual, projection=model.image_proj)
@@ -97,8 +93,10 @@ class ConceptCLIPBackbone(CLIPBackboneBase):
     def read_pretrained(
             self, path: str) -> Tuple[Path, Dict[str, torch.Tensor]]:
         """A ConceptCLIP HF folder (single or sharded safetensors, or
-        ``pytorch_model.bin``) or a weights file, read as data."""
+        ``pytorch_model.bin``; its ``config.json`` checked against
+        ``model_name``) or a weights file, read as data."""
         found = find_weights_file(path, CONCEPT_CLIP_WEIGHT_FILE_NAMES)
+        check_folder_config(found, self.model_name)
         return found, read_concept_clip_weights(found)
 
     def convert_pretrained(

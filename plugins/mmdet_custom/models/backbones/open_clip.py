@@ -3,14 +3,13 @@ from typing import Dict, Optional, Sequence
 
 import torch
 from mmdet.registry import MODELS
-from mmengine.logging import MMLogger
 from open_clip.transformer import VisionTransformer
 
-from plugins.models import create_model
+from plugins.models import activation_fix, create_model
 from plugins.models.normalization import preprocess_cfg
 from plugins.models.vit_tower import OpenCLIPViTTower
-from plugins.models.weights import (OPENAI_METADATA_KEYS, is_openai_state_dict,
-                                    match_openai_activation)
+from plugins.models.weights import (OPENAI_METADATA_KEYS, QUICK_GELU,
+                                    is_openai_state_dict)
 from plugins.utils import add_prefix
 
 from .base import CLIPBackboneBase
@@ -63,15 +62,21 @@ class OpenCLIPBackbone(CLIPBackboneBase):
     with ``with_proj=True`` (512 / 768); ``p`` = 16 (ViT-B-16), 32
     (ViT-B-32), 14 (ViT-L-14).
 
+    The activation is part of the architecture, as in open_clip: OpenAI's
+    weights were trained with QuickGELU and need ``model_name=
+    'ViT-B-16-quickgelu'`` (or ``quick_gelu=True``); LAION's open_clip
+    releases run GELU (``'ViT-B-16'``).  An OpenAI-layout file loaded into
+    a GELU backbone fails, naming the file and the key to set.
+
     Args:
         model_name (str): open_clip architecture, e.g. ``'ViT-B-16'``,
             ``'ViT-B-32'``, ``'ViT-L-14'``, ``'ViT-B-16-quickgelu'``,
             ``'ViT-Tiny-16-test'``. Default: ``'ViT-B-16'``.
+        quick_gelu (bool, optional): override the config's activation
+            (QuickGELU for OpenAI's weights). Default: None, the config's.
         pretrained (str, optional): local ``open_clip_model.safetensors``,
             ``open_clip_pytorch_model.bin`` or OpenAI ``.pt`` archive (read
-            without executing code; OpenAI-layout weights always run with
-            QuickGELU, whatever ``model_name`` says, see
-            :func:`plugins.models.weights.match_openai_activation`).
+            without executing code), loaded by :meth:`init_weights`.
         pretrained_tag (str, optional): the open_clip release the weights
             are (e.g. ``'laion2b_s34b_b79k'``, ``'laion2b_s32b_b82k'``);
             only picks
@@ -96,6 +101,7 @@ class OpenCLIPBackbone(CLIPBackboneBase):
     """
 
     default_pos_embed_interp = 'open_clip'
+    activation_is_configurable = True
 
     def __init__(self,
                  model_name: str = 'ViT-B-16',
@@ -103,9 +109,13 @@ class OpenCLIPBackbone(CLIPBackboneBase):
                  pretrained_tag: Optional[str] = None,
                  mean: Optional[Sequence[float]] = None,
                  std: Optional[Sequence[float]] = None,
+                 quick_gelu: Optional[bool] = None,
                  **kwargs):
         clip = create_model(
-            model_name, pretrained_tag=pretrained_tag, vision_only=True)
+            model_name,
+            pretrained_tag=pretrained_tag,
+            vision_only=True,
+            quick_gelu=quick_gelu)
         visual = clip.visual
         if not isinstance(visual, VisionTransformer):
             raise TypeError(
@@ -120,9 +130,9 @@ class OpenCLIPBackbone(CLIPBackboneBase):
                              'are not supported')
         stats = preprocess_cfg(clip)
         del clip  # the text tower is not kept
-        # set before the base loads the weights (convert_pretrained logs it);
         # a plain attribute may precede nn.Module.__init__
         self.model_name = model_name
+        self.quick_gelu = quick_gelu
         super().__init__(
             self.make_tower(visual),
             mean=mean or stats['mean'],
@@ -135,11 +145,15 @@ class OpenCLIPBackbone(CLIPBackboneBase):
         ``nn.Module.__init__``: read only plain attributes)."""
         return OpenCLIPViTTower(visual)
 
+    def activation_fix(self, activation: str) -> str:
+        """``model.backbone.model_name='ViT-B-16-quickgelu'`` or
+        ``model.backbone.quick_gelu=True`` (for error messages)."""
+        return activation_fix(
+            self.model_name,
+            activation == QUICK_GELU,
+            name_key='model.backbone.model_name',
+            flag_key='model.backbone.quick_gelu')
+
     def convert_pretrained(
             self, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        match_openai_activation(
-            self.visual,
-            state,
-            name=f'{type(self).__name__}({self.model_name})',
-            log=MMLogger.get_current_instance())
         return visual_state_dict(state)

@@ -91,8 +91,9 @@ def test_train_last_n_blocks_trains_exactly_the_last_two():
 def test_weights_round_trip(tiny_biomedclip_files, fmt):
     model, files = tiny_biomedclip_files
     backbone = BiomedCLIPBackbone(TINY, pretrained=str(files[fmt])).eval()
+    backbone.init_weights()  # the runner's call before training
     ref = {'visual.' + k: v for k, v in model.visual.state_dict().items()}
-    assert set(backbone.state_dict()) == set(ref)
+    assert set(backbone.state_dict()) == set(ref) | {'activation'}
     for key, value in ref.items():
         assert torch.equal(backbone.state_dict()[key], value), key
     x = randn_images(160, 160)
@@ -108,6 +109,7 @@ def test_weights_from_biomedclip_folder(tiny_biomedclip_files):
     model, files = tiny_biomedclip_files
     folder = files['bin'].parent  # holds open_clip_pytorch_model.bin
     backbone = BiomedCLIPBackbone(TINY, pretrained=str(folder))
+    backbone.init_weights()
     assert torch.equal(backbone.visual.head.proj.weight,
                        model.visual.head.proj.weight)
 
@@ -117,7 +119,8 @@ def test_wrong_layout_lists_keys(tmp_path, tiny_biomedclip_files):
     # a bare timm state dict lacks open_clip's 'trunk.' / 'head.' nesting
     torch.save(model.visual.trunk.state_dict(), tmp_path / 'timm.bin')
     with pytest.raises(StateDictMismatchError) as info:
-        BiomedCLIPBackbone(TINY, pretrained=str(tmp_path / 'timm.bin'))
+        BiomedCLIPBackbone(
+            TINY, pretrained=str(tmp_path / 'timm.bin')).init_weights()
     msg = str(info.value)
     assert 'missing keys: [visual.head.proj.weight, visual.trunk.' in msg
     assert 'unexpected keys: [visual.blocks.0.' in msg

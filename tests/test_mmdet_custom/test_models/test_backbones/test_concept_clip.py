@@ -25,6 +25,13 @@ folders = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(folders)
 
 
+def _loaded(backbone):
+    """The backbone after the runner's ``init_weights()`` (which reads
+    ``pretrained``)."""
+    backbone.init_weights()
+    return backbone
+
+
 def _trunk_map(trunk, x, index):
     return trunk.forward_intermediates(
         x, indices=[index], norm=True, intermediates_only=True)[-1]
@@ -45,7 +52,7 @@ def hf_folder(concept_clip, tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def tiny(hf_folder):
-    return ConceptCLIPBackbone(TINY, pretrained=str(hf_folder)).eval()
+    return _loaded(ConceptCLIPBackbone(TINY, pretrained=str(hf_folder))).eval()
 
 
 def test_parity_with_the_timm_trunk_at_its_size(tiny):
@@ -100,8 +107,8 @@ def test_padding_equals_explicit_zero_padding(tiny):
 
 
 def test_with_proj_uses_image_proj(tiny, concept_clip, hf_folder):
-    model = ConceptCLIPBackbone(
-        TINY, pretrained=str(hf_folder), with_proj=True).eval()
+    model = _loaded(ConceptCLIPBackbone(
+        TINY, pretrained=str(hf_folder), with_proj=True)).eval()
     x = randn_images(112, 112)
     with torch.no_grad():
         out = model(x)[0]
@@ -155,7 +162,8 @@ def test_weights_from_the_hf_folder_match_every_key(tiny, concept_clip):
         for k, v in concept_clip.state_dict().items()
         if k.startswith(('visual.', 'image_proj.'))
     }
-    assert set(state) == set(ref)  # strict load: nothing missing/extra
+    # strict load: nothing missing/extra (+ the backbone's activation record)
+    assert set(state) == set(ref) | {'activation'}
     for key in ref:
         torch.testing.assert_close(state[key], ref[key], rtol=0, atol=0)
 
@@ -167,8 +175,8 @@ def test_backbone_weights_round_trip(tiny, tmp_path, fmt):
         save_safetensors(tiny.state_dict(), path)
     else:
         torch.save({'state_dict': tiny.state_dict()}, path)
-    model = ConceptCLIPBackbone(TINY, pretrained=str(path))
-    assert set(model.state_dict()) == set(tiny.state_dict())
+    model = _loaded(ConceptCLIPBackbone(TINY, pretrained=str(path)))
+    assert set(model.state_dict()) == set(tiny.state_dict())  # both record
     torch.testing.assert_close(model.image_proj[0].weight, tiny.image_proj[0].weight)
 
 
@@ -176,12 +184,12 @@ def test_detector_checkpoint_with_prefix(tiny, tmp_path):
     det = {'backbone.' + k: v for k, v in tiny.state_dict().items()}
     det['neck.conv.weight'] = torch.zeros(1)
     torch.save({'state_dict': det}, tmp_path / 'det.pth')
-    model = ConceptCLIPBackbone(
+    model = _loaded(ConceptCLIPBackbone(
         TINY,
         init_cfg=dict(
             type='Pretrained',
             checkpoint=str(tmp_path / 'det.pth'),
-            prefix='backbone.'))
+            prefix='backbone.')))
     torch.testing.assert_close(model.trunk.pos_embed, tiny.trunk.pos_embed)
 
 
@@ -192,15 +200,15 @@ def test_wrong_layout_lists_keys_and_key_rules(tiny, tmp_path):
     }
     save_safetensors(wrong, tmp_path / 'model.safetensors')
     with pytest.raises(StateDictMismatchError) as info:
-        ConceptCLIPBackbone(TINY, pretrained=str(tmp_path))
+        _loaded(ConceptCLIPBackbone(TINY, pretrained=str(tmp_path)))
     msg = str(info.value)
     assert 'missing keys: [visual.trunk.' in msg
     assert 'unexpected keys: [vision_model.' in msg
     assert info.value.missing and info.value.unexpected
-    model = ConceptCLIPBackbone(
+    model = _loaded(ConceptCLIPBackbone(
         TINY,
         pretrained=str(tmp_path),
-        key_rules=[(r'^vision_model\.', 'visual.trunk.')])
+        key_rules=[(r'^vision_model\.', 'visual.trunk.')]))
     torch.testing.assert_close(model.trunk.pos_embed, tiny.trunk.pos_embed)
 
 
@@ -250,8 +258,8 @@ def test_real_layout_folder_loads_the_image_tower_and_image_proj(
     ref = folders.reference_outputs(layout, state, x)
     maps = {}
     for with_proj in (False, True):
-        model = ConceptCLIPBackbone(
-            TINY, pretrained=str(folder), with_proj=with_proj).eval()
+        model = _loaded(ConceptCLIPBackbone(
+            TINY, pretrained=str(folder), with_proj=with_proj)).eval()
         with torch.no_grad():
             maps[with_proj] = model(x)[0]
     as_map = (lambda t: t.transpose(1, 2).reshape(2, 64, 8, 8))
@@ -264,18 +272,16 @@ def test_real_layout_folder_loads_the_image_tower_and_image_proj(
                                state['image_proj.2.weight'])
 
 
-def test_missing_folder_fails_before_building(tmp_path, monkeypatch):
-    import plugins.mmdet_custom.models.backbones.concept_clip as bb
-
-    def never(*args, **kwargs):
-        raise AssertionError('the tower was built before the path check')
-
-    monkeypatch.setattr(bb, 'ConceptCLIP', never)
+def test_missing_folder_fails_at_init_weights_naming_it(tmp_path):
+    """Building never reads the pretrained folder (testing a trained
+    checkpoint does not need it); init_weights (training) fails at once,
+    naming the path."""
     missing = tmp_path / 'weights' / 'ConceptCLIP'
+    model = ConceptCLIPBackbone(TINY, pretrained=str(missing))
     with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):
-        ConceptCLIPBackbone(TINY, pretrained=str(missing))
+        model.init_weights()
     with pytest.raises(FileNotFoundError, match='model.safetensors'):
-        ConceptCLIPBackbone(TINY, pretrained=str(tmp_path))
+        ConceptCLIPBackbone(TINY, pretrained=str(tmp_path)).init_weights()
 
 
 def test_folder_config_json_must_describe_the_same_tower(
@@ -288,4 +294,4 @@ def test_folder_config_json_must_describe_the_same_tower(
     with pytest.raises(ValueError,
                        match=r'vision_cfg.image_size = \(224, 224\) there, '
                        r'\(112, 112\) here'):
-        ConceptCLIPBackbone(TINY, pretrained=str(folder))
+        ConceptCLIPBackbone(TINY, pretrained=str(folder)).init_weights()

@@ -4,12 +4,19 @@ import torch
 from mmdet.registry import MODELS
 
 from plugins.mmdet_custom.models.backbones import OpenCLIPBackbone
-from plugins.models import OPEN_CLIP_TINY_MODEL_NAME
+from plugins.models import OPEN_CLIP_TINY_MODEL_NAME, create_model
 from plugins.models.normalization import OPENAI_CLIP_MEAN
 from plugins.utils import StateDictMismatchError
 from tests.helpers import randn_images
 
 TINY_OPEN_CLIP = OPEN_CLIP_TINY_MODEL_NAME
+
+
+def _loaded(backbone):
+    """The backbone after the runner's ``init_weights()`` (which reads
+    ``pretrained``)."""
+    backbone.init_weights()
+    return backbone
 
 
 @pytest.fixture(scope='module')
@@ -137,16 +144,24 @@ def test_pos_embed_gets_gradients_when_trained():
 @pytest.mark.parametrize('fmt', ['safetensors', 'bin', 'openai'])
 def test_weights_round_trip_every_format(tiny_clip_files, fmt, caplog):
     model, files = tiny_clip_files
-    backbone = OpenCLIPBackbone(TINY_OPEN_CLIP, pretrained=str(files[fmt]))
+    # OpenAI's files need the activation they were trained with
+    quick = fmt == 'openai'
+    backbone = OpenCLIPBackbone(TINY_OPEN_CLIP, pretrained=str(files[fmt]),
+                                quick_gelu=quick or None)
+    untouched = {k: v.clone() for k, v in backbone.state_dict().items()}
+    _loaded(backbone)
     ref = {'visual.' + k: v for k, v in model.visual.state_dict().items()}
     state = backbone.state_dict()
-    assert set(state) == set(ref)  # every key matched (strict load)
+    assert set(state) == set(ref) | {'activation'}  # strict load
+    assert not torch.equal(untouched['visual.proj'], state['visual.proj'])
     atol = 1e-3 if fmt == 'openai' else 0  # OpenAI archives are fp16
     for key in ref:
         torch.testing.assert_close(state[key], ref[key], rtol=0, atol=atol)
     x = randn_images(224, 224)
+    reference = create_model(TINY_OPEN_CLIP, quick_gelu=quick).eval()
+    reference.load_state_dict(model.state_dict())
     with torch.no_grad():
-        expected = _upstream_map(model.visual, x, 3)
+        expected = _upstream_map(reference.visual, x, 3)
         torch.testing.assert_close(
             backbone.eval()(x)[0],
             expected,
@@ -156,19 +171,19 @@ def test_weights_round_trip_every_format(tiny_clip_files, fmt, caplog):
 
 def test_weights_from_folder_and_init_cfg_prefix(tiny_clip_files, tmp_path):
     model, files = tiny_clip_files
-    folder_model = OpenCLIPBackbone(
-        TINY_OPEN_CLIP, pretrained=str(files['bin'].parent))
+    folder_model = _loaded(OpenCLIPBackbone(
+        TINY_OPEN_CLIP, pretrained=str(files['bin'].parent)))
     torch.testing.assert_close(folder_model.visual.proj, model.visual.proj)
     # a detector checkpoint: weights under 'backbone.'
     det = {'backbone.' + k: v for k, v in folder_model.state_dict().items()}
     det['neck.conv.weight'] = torch.zeros(1)
     torch.save({'state_dict': det, 'meta': {}}, tmp_path / 'det.pth')
-    from_det = OpenCLIPBackbone(
+    from_det = _loaded(OpenCLIPBackbone(
         TINY_OPEN_CLIP,
         init_cfg=dict(
             type='Pretrained',
             checkpoint=str(tmp_path / 'det.pth'),
-            prefix='backbone.'))
+            prefix='backbone.')))
     torch.testing.assert_close(from_det.visual.proj, model.visual.proj)
 
 
@@ -180,8 +195,8 @@ def test_wrong_layout_error_lists_keys(tmp_path, tiny_clip_files):
     }
     torch.save(timm_like, tmp_path / 'wrong.bin')
     with pytest.raises(StateDictMismatchError) as info:
-        OpenCLIPBackbone(
-            TINY_OPEN_CLIP, pretrained=str(tmp_path / 'wrong.bin'))
+        _loaded(OpenCLIPBackbone(
+            TINY_OPEN_CLIP, pretrained=str(tmp_path / 'wrong.bin')))
     msg = str(info.value)
     assert 'missing keys: [visual.transformer.resblocks.0.' in msg
     assert 'unexpected keys: [blocks.0.' in msg
@@ -192,13 +207,17 @@ def test_wrong_layout_error_lists_keys(tmp_path, tiny_clip_files):
 def test_other_architecture_reports_shape_mismatch(tiny_clip_files):
     _, files = tiny_clip_files
     with pytest.raises(StateDictMismatchError, match='shape-mismatched'):
-        OpenCLIPBackbone('ViT-B-32', pretrained=str(files['safetensors']))
+        _loaded(OpenCLIPBackbone('ViT-B-32',
+                                 pretrained=str(files['safetensors'])))
 
 
 def test_missing_weights_file_names_path(tmp_path):
+    # building reads nothing (tools/test.py never needs the file) ...
+    backbone = OpenCLIPBackbone(
+        TINY_OPEN_CLIP, pretrained=str(tmp_path / 'nope.safetensors'))
+    # ... init_weights (training) fails at once, naming it
     with pytest.raises(FileNotFoundError, match='nope.safetensors'):
-        OpenCLIPBackbone(
-            TINY_OPEN_CLIP, pretrained=str(tmp_path / 'nope.safetensors'))
+        backbone.init_weights()
 
 
 def test_bad_inputs(tiny):

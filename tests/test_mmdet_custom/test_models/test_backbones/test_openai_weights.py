@@ -1,16 +1,19 @@
 """OpenAI-layout CLIP weights through the shipped SurgeryCLIP DINO configs.
 
 A user sets only ``model.backbone.pretrained`` to OpenAI's ``ViT-B-16.pt``
-(the configs name ``model_name='ViT-B-16'``, GELU) and must get CLIP
-Surgery's features, which run with QuickGELU.  The archive here is a random
-ViT-B/16 CLIP written in OpenAI's layout (checked against
-``tests/data/openai_clip_vit_b16_layout.json``); the reference is an
-independent CLIP Surgery computation on the archive's raw tensors, written
-from the facts in ``tests/data/clip_surgery_facts.json``.
+(the configs name ``model_name='ViT-B-16-quickgelu'``: OpenAI's weights run
+QuickGELU, and the activation is in the config) and must get CLIP Surgery's
+features.  The archive here is a random ViT-B/16 CLIP written in OpenAI's
+layout (checked against ``tests/data/openai_clip_vit_b16_layout.json``); the
+reference is an independent CLIP Surgery computation on the archive's raw
+tensors, written from the facts in ``tests/data/clip_surgery_facts.json``.
+The detector trained from it stands alone: with the archive deleted it
+builds from the shipped config and its checkpoint reproduces the backbone.
 """
 import copy
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -19,8 +22,9 @@ import torch.nn.functional as F
 from mmengine.config import Config
 from mmengine.logging import MMLogger
 
-import plugins  # noqa: F401  (registers the backbones)
+import plugins.mmdet_custom  # noqa: F401  (registers the backbones)
 from plugins.models import create_model
+from plugins.models.weights import ActivationMismatchError
 from plugins.models.testing import write_openai_archive
 from plugins.utils import safe_load
 
@@ -140,8 +144,8 @@ def test_configs_share_the_openai_ready_backbone():
     cfgs = [_backbone_cfg(c) for c in CONFIGS]
     assert cfgs[0] == cfgs[1]
     assert cfgs[0]['type'] == 'SurgeryCLIPBackbone'
-    # the configs keep open_clip's name; nothing says "quickgelu"
-    assert cfgs[0]['model_name'] == 'ViT-B-16'
+    # the activation of OpenAI's weights is in the config (open_clip's name)
+    assert cfgs[0]['model_name'] == 'ViT-B-16-quickgelu'
     assert cfgs[0]['surgery_depth'] == SURGERY_DEPTH
     assert 'pos_embed_interp' not in cfgs[0]  # the backbone's default
 
@@ -168,6 +172,7 @@ def config_backbone(openai_vitb16):
     logger.addHandler(handler)
     try:
         backbone = MODELS.build(cfg).eval()
+        backbone.init_weights()  # as the runner does before training
     finally:
         logger.removeHandler(handler)
     n_quick = sum(isinstance(m, QuickGELU) for m in backbone.modules())
@@ -175,12 +180,29 @@ def config_backbone(openai_vitb16):
     return backbone, handler.records, n_quick, n_gelu
 
 
-def test_config_backbone_runs_quick_gelu_and_says_so_once(config_backbone):
+def test_config_backbone_runs_quick_gelu_and_says_the_file_once(
+        config_backbone, openai_vitb16):
     _, records, n_quick, n_gelu = config_backbone
     assert (n_quick, n_gelu) == (12, 0)
-    said = [r for r in records if 'QuickGELU' in r.getMessage()]
+    said = [r for r in records if str(openai_vitb16[0]) in r.getMessage()]
     assert len(said) == 1, [r.getMessage() for r in said]
     assert said[0].levelno == logging.INFO
+    # every image-tower tensor of the archive (152 for ViT-B/16)
+    assert 'loaded 152 tensors' in said[0].getMessage()
+    assert not [r for r in records if r.levelno >= logging.WARNING]
+
+
+def test_gelu_config_refuses_the_openai_file_naming_the_fix(openai_vitb16):
+    from mmdet.registry import MODELS
+    path, _ = openai_vitb16
+    cfg = dict(_backbone_cfg(CONFIGS[0]), model_name='ViT-B-16',
+               pretrained=str(path))
+    backbone = MODELS.build(cfg)
+    with pytest.raises(ActivationMismatchError) as info:
+        backbone.init_weights()
+    msg = str(info.value)
+    assert str(path) in msg and 'OpenAI CLIP layout' in msg
+    assert "model.backbone.model_name='ViT-B-16-quickgelu'" in msg
 
 
 @pytest.mark.parametrize('size', [224, 320])
@@ -202,3 +224,50 @@ def test_config_backbone_matches_clip_surgery(config_backbone, openai_vitb16,
     assert err < 1e-4, f'{size}x{size}: max |ours - CLIP Surgery| = {err:.2e}'
     # the activation is what this test is about: GELU is measurably off
     assert (ours - ref_gelu).abs().max().item() > 1e-3
+
+
+# ---------------------------------------------------------------------------
+# The trained detector stands alone
+# ---------------------------------------------------------------------------
+def test_shipped_detector_trained_from_the_archive_stands_alone(
+        openai_vitb16, tmp_path):
+    """configs/dino/dino-4scale_surgeryclip-vitb16_deformneck_8xb2-12e_coco.py
+    trained from an OpenAI-layout ``ViT-B-16.pt``: with the file deleted the
+    detector builds from the config, and the checkpoint alone reproduces the
+    backbone, with ``pretrained`` as trained and with ``pretrained=None``."""
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    from mmengine.runner.checkpoint import (get_state_dict, load_checkpoint,
+                                            save_checkpoint, weights_to_cpu)
+    register_all_modules(init_default_scope=True)
+    archive, _ = openai_vitb16
+    path = tmp_path / 'ViT-B-16.pt'
+    shutil.copy(archive, path)
+    cfg = Config.fromfile(str(ROOT / CONFIGS[0]))
+    model_cfg = copy.deepcopy(cfg.model)
+    model_cfg.backbone.pretrained = str(path)
+    torch.manual_seed(0)
+    detector = MODELS.build(copy.deepcopy(model_cfg))
+    detector.init_weights()  # the runner, before training
+    with torch.no_grad():  # "training": the frozen backbone's last block
+        for p in detector.backbone.blocks[-2].parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    images = torch.randn(1, 3, 224, 224,
+                         generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        (trained, ) = detector.eval().backbone(images)
+    ckpt = tmp_path / 'epoch_12.pth'
+    save_checkpoint(dict(meta=dict(epoch=12),
+                         state_dict=weights_to_cpu(get_state_dict(detector))),
+                    str(ckpt))
+    del detector
+    path.unlink()  # a machine without the training-time weights file
+    for pretrained in (str(path), None):
+        model_cfg.backbone.pretrained = pretrained
+        fresh = MODELS.build(copy.deepcopy(model_cfg))
+        load_checkpoint(fresh, str(ckpt), map_location='cpu', strict=True)
+        with torch.no_grad():
+            (got, ) = fresh.eval().backbone(images)
+        err = (got - trained).abs().max().item()
+        assert err <= 1e-6, f'pretrained={pretrained}: {err}'
+        del fresh

@@ -4,7 +4,7 @@ import pytest
 import torch
 from mmengine.config import Config
 
-import plugins  # noqa: F401  (registers the neck)
+import plugins.mmdet_custom  # noqa: F401  (registers the wing)
 from mmdet.registry import MODELS
 from plugins.mmdet_custom.models.necks import DeformableCrossAttentionNeck
 
