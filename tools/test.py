@@ -5,6 +5,13 @@ mmdet 3.x's command line::
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out FILE.pkl]
         [--show-dir DIR] [--show] [--wait-time S] [--tta]
         [--cfg-options k=v ...] [--launcher {none,pytorch,slurm,mpi}]
+        [--allow-partial]
+
+The checkpoint must fit the config's model exactly: one that leaves model
+weights unset (another architecture's checkpoint, a bare backbone file) is
+refused, naming how many keys are missing/unexpected and a few of them
+(mmengine alone would log them and evaluate a randomly initialised model).
+``--allow-partial`` loads only the matching weights instead.
 
 ``--show-dir`` writes one image per test image with the predicted boxes and
 labels drawn by mmdet's visualizer (``work_dir/<timestamp>/<show-dir>``).
@@ -20,6 +27,8 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 # and registers every plugin.
 import plugins  # noqa: E402,F401,I001
 from mmengine.config import Config  # noqa: E402
+from plugins.mmdet_custom.apis import (  # noqa: E402
+    CheckpointMismatchError, load_model_checkpoint)
 from plugins.mmdet_custom.engine.runner.cli import (  # noqa: E402
     add_common_args, build_runner, load_config)
 
@@ -41,6 +50,10 @@ def parse_args(argv=None):
         '--wait-time', type=float, default=2, help='the interval of show (s)')
     parser.add_argument('--tta', action='store_true',
                         help='test-time augmentation (config key tta_model)')
+    parser.add_argument(
+        '--allow-partial', action='store_true',
+        help='accept a checkpoint that does not set every model weight '
+        '(load the matching keys, leave the rest as built)')
     return parser.parse_args(argv)
 
 
@@ -63,7 +76,9 @@ def build_config(args) -> Config:
     cfg = load_config(args)
     if not osp.isfile(args.checkpoint):
         raise FileNotFoundError(f'checkpoint not found: {args.checkpoint}')
-    cfg.load_from = args.checkpoint
+    # Loaded by main() with a strict key check, not by the runner (which
+    # would only log missing/unexpected keys).
+    cfg.load_from = None
     if args.show or args.show_dir:
         enable_visualization(cfg, args)
     if args.tta:
@@ -88,7 +103,14 @@ def _with_dump(evaluator, out):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    build_runner(build_config(args)).test()
+    runner = build_runner(build_config(args))
+    try:
+        load_model_checkpoint(runner.model, args.checkpoint,
+                              allow_partial=args.allow_partial)
+    except CheckpointMismatchError as err:
+        sys.exit(f'tools/test.py: refusing {args.checkpoint} for '
+                 f'{args.config}:\n{err}')
+    runner.test()
 
 
 if __name__ == '__main__':
