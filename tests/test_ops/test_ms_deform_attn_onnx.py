@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from plugins.ops import ms_deform_attn
-from plugins.ops.ms_deform_attn.gather import (export_decompositions,
-                                               ms_deform_attn_gather)
+from plugins.ops.ms_deform_attn.export import export_decompositions
+from plugins.ops.ms_deform_attn.gather import ms_deform_attn_gather
 
 pytestmark = pytest.mark.usefixtures('kernel_loaded')
 

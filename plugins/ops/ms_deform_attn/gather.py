@@ -13,13 +13,10 @@ Python loop over levels, no shape read from a tensor's values.  That makes it
   ``level_start_index`` enter as tensors, so one graph serves every input
   size.
 
-:func:`export_decompositions` maps the registered op
-``torch.ops.plugins.ms_deform_attn`` to this function, for
-``ExportedProgram.run_decompositions`` (see
-``plugins/mmdet_custom/apis/export.py``).
+:func:`plugins.ops.ms_deform_attn.export.export_decompositions` maps the
+registered op ``torch.ops.plugins.ms_deform_attn`` to this function, for
+``ExportedProgram.run_decompositions``.
 """
-from typing import Callable, Dict
-
 import torch
 
 
@@ -96,22 +93,3 @@ def ms_deform_attn_gather(value: torch.Tensor,
     out = out.view(N, M, Lq, D).permute(0, 2, 1, 3).reshape(N, Lq, M * D)
     return out.to(value.dtype)
 
-
-def export_decompositions() -> Dict[object, Callable]:
-    """``{torch.ops.plugins.ms_deform_attn.default: ms_deform_attn_gather}``.
-
-    For ``ExportedProgram.run_decompositions``: it rewrites every call of
-    our registered op in an exported program into the gather form above
-    (standard ATen ops only), which the ONNX exporter turns into standard
-    ONNX operators.  Loads the CPU kernel library first, since the op (and
-    its schema) exists only once it is loaded.
-
-    Raises:
-        RuntimeError: the compiled op library cannot be loaded.
-    """
-    from . import loader
-    if not loader.load('cpu'):
-        raise RuntimeError(f'plugins::ms_deform_attn is not available, so a '
-                           f'program holding it cannot be rewritten: '
-                           f'{loader.status("cpu")}')
-    return {torch.ops.plugins.ms_deform_attn.default: ms_deform_attn_gather}
