@@ -108,8 +108,10 @@ def main(argv=None) -> None:
         load_model_checkpoint(runner.model, args.checkpoint,
                               allow_partial=args.allow_partial)
     except CheckpointMismatchError as err:
-        sys.exit(f'tools/test.py: refusing {args.checkpoint} for '
-                 f'{args.config}:\n{err}')
+        # exit 2 with the reason, as for a bad command line: nothing ran
+        print(f'tools/test.py: error: refusing {args.checkpoint} for '
+              f'{args.config}:\n{err}', file=sys.stderr)
+        sys.exit(2)
     runner.test()
 
 
