@@ -266,10 +266,13 @@ class ViTTower:
         src_grid = tuple(int(g) for g in self.grid_size)
         if grid == src_grid:
             return pos
-        needs_graph = torch.is_grad_enabled() and pos.requires_grad
+        # torch.compile / torch.export trace fake tensors (no data pointer)
+        # and must put the resampling into the graph: no cache then.
+        needs_graph = torch.compiler.is_compiling() or (
+            torch.is_grad_enabled() and pos.requires_grad)
         key = (grid, pos.device, pos.dtype)
-        stamp = (pos._version, pos.data_ptr())
         if not needs_graph:
+            stamp = (pos._version, pos.data_ptr())
             hit = self._pos_cache.get(key)
             if hit is not None and hit[0] == stamp:
                 return hit[1]

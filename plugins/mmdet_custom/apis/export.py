@@ -117,7 +117,11 @@ class DetectorExportModule(nn.Module):
             meta = dict(img_shape=(height, width), ori_shape=(height, width),
                         batch_input_shape=(height, width),
                         pad_shape=(height, width), scale_factor=(1.0, 1.0))
-            sample = DetDataSample(metainfo=meta)
+            sample = DetDataSample()
+            # set_field, not DetDataSample(metainfo=...): that deep-copies
+            # the metainfo, and symbolic sizes cannot be deep-copied.
+            for key, value in meta.items():
+                sample.set_field(value, key, field_type='metainfo')
             if self.texts is not None:
                 sample.text = self.texts
             samples.append(sample)
@@ -163,10 +167,107 @@ def _naming_failures(model: nn.Module):
             'export wrapper or the detector\'s predict glue)'
         raise ExportError(f'cannot export {type(model).__name__}: tracing '
                           f'failed in module {where}: '
-                          f'{type(err).__name__}: {err}') from err
+                          f'{type(err).__name__}: {_short(err)}') from err
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _short(err: Exception, limit: int = 1500) -> str:
+    """The gist of a (possibly huge) tracing error: its first lines and the
+    user-code line torch.export blames."""
+    text = str(err)
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    head = ' '.join(lines[:2])
+    blame = ''
+    if 'The following call raised this error:' in text:
+        tail = text.split('The following call raised this error:', 1)[1]
+        blame = ' | raised at: ' + ' '.join(
+            ln.strip() for ln in tail.strip().splitlines()[:2])
+    return (head[:limit] + blame)
+
+
+@contextlib.contextmanager
+def _export_settings(model: nn.Module):
+    """Switch off what has no place in a static graph, for the trace only:
+    the backbones' NaN/Inf input check (``check_finite``, a data-dependent
+    branch that raises)."""
+    changed = [m for m in model.modules()
+               if getattr(m, 'check_finite', False) is True]
+    for m in changed:
+        m.check_finite = False
+    try:
+        yield
+    finally:
+        for m in changed:
+            m.check_finite = True
+
+
+def _shape_as_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    # torch._shape_as_tensor writes sizes into memory, which fake tensors do
+    # not have; torch.tensor of (symbolic) ints traces to scalar_tensor +
+    # stack, i.e. the same values computed in the graph.
+    return torch.tensor(tuple(tensor.shape), dtype=torch.long,
+                        device=tensor.device)
+
+
+@contextlib.contextmanager
+def _traceable_detr(detector: nn.Module):
+    """Let mmdet 3.3's DETR family trace with torch.export, for the trace
+    only, without changing what it computes.
+
+    mmdet builds ``spatial_shapes`` (the levels' ``(H, W)``) as a tensor with
+    ``torch._shape_as_tensor`` and later iterates over that tensor to get
+    ``H`` and ``W`` back as loop bounds (``torch.linspace(..., H)``) in
+    ``DeformableDetrTransformerEncoder.get_encoder_reference_points`` and
+    ``DeformableDETR.gen_encoder_output_proposals``: reading sizes back from
+    a tensor's values is data-dependent, which ``torch.export`` cannot
+    trace.  Here the two functions get the same sizes as Python (or
+    symbolic) ints, recorded from the feature maps in ``pre_transformer``,
+    and ``torch._shape_as_tensor`` is computed in the graph.
+    """
+    sizes: List[tuple] = []
+    saved = []
+
+    def patch(owner, name, fn):
+        saved.append((owner, name, owner.__dict__.get(name, _MISSING)))
+        setattr(owner, name, fn)
+
+    if hasattr(detector, 'pre_transformer'):
+        pre_transformer = detector.pre_transformer
+
+        def recording_pre_transformer(mlvl_feats, *args, **kwargs):
+            sizes[:] = [tuple(f.shape[-2:]) for f in mlvl_feats]
+            return pre_transformer(mlvl_feats, *args, **kwargs)
+        patch(detector, 'pre_transformer', recording_pre_transformer)
+    if hasattr(detector, 'gen_encoder_output_proposals'):
+        proposals = detector.gen_encoder_output_proposals
+
+        def gen_encoder_output_proposals(memory, memory_mask, spatial_shapes):
+            return proposals(memory, memory_mask, list(sizes))
+        patch(detector, 'gen_encoder_output_proposals',
+              gen_encoder_output_proposals)
+    encoder = getattr(detector, 'encoder', None)
+    if hasattr(encoder, 'get_encoder_reference_points'):
+        reference_points = encoder.get_encoder_reference_points
+
+        def get_encoder_reference_points(spatial_shapes, valid_ratios,
+                                         device):
+            return reference_points(list(sizes), valid_ratios, device)
+        patch(encoder, 'get_encoder_reference_points',
+              get_encoder_reference_points)
+    patch(torch, '_shape_as_tensor', _shape_as_tensor)
+    try:
+        yield
+    finally:
+        for owner, name, old in reversed(saved):
+            if old is _MISSING:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, old)
+
+
+_MISSING = object()
 
 
 def _dynamic_shapes(divisor: int, size: Tuple[int, int],
@@ -205,7 +306,8 @@ def trace_detector(module: DetectorExportModule,
         divisor = pad_size_divisor(module.detector)
         dynamic_shapes = _dynamic_shapes(divisor, tuple(example.shape[-2:]),
                                          max_side)
-    with torch.no_grad(), _naming_failures(module):
+    with torch.no_grad(), _export_settings(module), \
+            _traceable_detr(module.detector), _naming_failures(module):
         return torch.export.export(module, (example,),
                                    dynamic_shapes=dynamic_shapes,
                                    strict=False)
