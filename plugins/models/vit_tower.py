@@ -262,9 +262,12 @@ class ViTTower:
         if source is None:
             return None
         pos, num_prefix = source
-        grid = (int(grid[0]), int(grid[1]))
+        # symbolic sizes (torch.export, dynamic H/W) stay symbolic
+        grid = tuple(g if isinstance(g, torch.SymInt) else int(g)
+                     for g in grid[:2])
         src_grid = tuple(int(g) for g in self.grid_size)
-        if grid == src_grid:
+        if not any(isinstance(g, torch.SymInt) for g in grid) and \
+                grid == src_grid:
             return pos
         # torch.compile / torch.export trace fake tensors (no data pointer)
         # and must put the resampling into the graph: no cache then.

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 FORMATS = ('onnx', 'aoti')
+MAX_SIDE = 2048  # the largest H or W a dynamic program accepts
 INPUT_NAME = 'images'
 OUTPUT_NAMES = ('boxes', 'scores', 'labels')
 
@@ -270,28 +271,48 @@ def _traceable_detr(detector: nn.Module):
 _MISSING = object()
 
 
-def _dynamic_shapes(divisor: int, size: Tuple[int, int],
-                    max_side: int) -> dict:
+def _dynamic_shapes(divisor: int, low: int, max_side: int) -> dict:
     # H and W are multiples of the pad divisor; their factors are the
     # free symbols.
     from torch.export import Dim
-    hmul = Dim('h_blocks', min=1, max=max(size[0], max_side) // divisor)
-    wmul = Dim('w_blocks', min=1, max=max(size[1], max_side) // divisor)
+    hmul = Dim('h_blocks', min=low // divisor, max=max_side // divisor)
+    wmul = Dim('w_blocks', min=low // divisor, max=max_side // divisor)
     return {'images': {2: divisor * hmul, 3: divisor * wmul}}
+
+
+def min_dynamic_side(detector: nn.Module, divisor: int,
+                     limit: int = 4096) -> int:
+    """The smallest side (a multiple of ``divisor``) at which every feature
+    level of ``detector`` is at least 2 pixels.
+
+    torch.export specialises sizes of 1 (they may broadcast): a program
+    traced with dynamic H/W assumes every level is at least 2 wide, so that
+    is the smallest input it accepts."""
+    side = divisor
+    while side <= limit:
+        with torch.no_grad():
+            feats = detector.extract_feat(torch.zeros(1, 3, side, side))
+        if min(min(f.shape[-2:]) for f in feats) >= 2:
+            return side
+        side += divisor
+    raise ExportError(f'no input side up to {limit} gives feature maps of '
+                      'at least 2x2')
 
 
 def trace_detector(module: DetectorExportModule,
                    example: torch.Tensor,
                    dynamic: bool = False,
-                   max_side: int = 2048) -> torch.export.ExportedProgram:
+                   max_side: int = None) -> torch.export.ExportedProgram:
     """``torch.export`` the module at the example's shape.
 
     Args:
         module (DetectorExportModule): the wrapped detector.
         example (Tensor): ``(N, 3, H, W)`` example input.
         dynamic (bool): make H and W symbolic (multiples of the pad
-            divisor, up to ``max_side``). Default: False.
+            divisor, from :func:`min_dynamic_side` up to ``max_side``; the
+            example is enlarged to the minimum if smaller). Default: False.
         max_side (int): the largest side a dynamic program accepts.
+            Default: ``MAX_SIDE`` (2048).
 
     Raises:
         ExportError: tracing failed; names the module.
@@ -304,13 +325,37 @@ def trace_detector(module: DetectorExportModule,
     dynamic_shapes = None
     if dynamic:
         divisor = pad_size_divisor(module.detector)
-        dynamic_shapes = _dynamic_shapes(divisor, tuple(example.shape[-2:]),
-                                         max_side)
+        low = min_dynamic_side(module.detector, divisor)
+        max_side = max_side or MAX_SIDE
+        H, W = (max(s, low) for s in example.shape[-2:])
+        if (H, W) != tuple(example.shape[-2:]):
+            example = torch.rand(example.shape[0], 3, H, W) * 255
+        dynamic_shapes = _dynamic_shapes(divisor, low, max_side)
     with torch.no_grad(), _export_settings(module), \
             _traceable_detr(module.detector), _naming_failures(module):
-        return torch.export.export(module, (example,),
-                                   dynamic_shapes=dynamic_shapes,
-                                   strict=False)
+        program = torch.export.export(module, (example,),
+                                      dynamic_shapes=dynamic_shapes,
+                                      strict=False)
+    if dynamic:
+        _check_other_size(program, example, divisor)
+    return program
+
+
+def _check_other_size(program, example: torch.Tensor, divisor: int) -> None:
+    """Run a dynamic program at another size: torch.export may have kept
+    guards that pin H/W to the example (runtime asserts), which would make
+    the program fail (or, in ONNX, silently misbehave) at other sizes."""
+    H, W = example.shape[-2:]
+    other = torch.rand(example.shape[0], 3, H + divisor, W + 2 * divisor)
+    try:
+        with torch.no_grad():
+            program.module()(other * 255)
+    except Exception as err:  # noqa: BLE001 -- reported with its cause
+        raise ExportError(
+            'dynamic H/W: the traced program only runs at the traced size '
+            f'{H}x{W}, not at {H + divisor}x{W + 2 * divisor} '
+            f'({type(err).__name__}: {_short(err, 300)}); export a fixed '
+            'size instead (no --dynamic), see docs/inference.md') from err
 
 
 def to_onnx(program: torch.export.ExportedProgram, out: str,
@@ -467,7 +512,9 @@ def export_detector(config: str,
         model=type(detector).__name__,
         input=dict(name=INPUT_NAME, shape=[batch_size, 3, *size],
                    dtype='float32', channels='RGB', value_range=[0, 255],
-                   dynamic_hw=bool(dynamic),
+                   dynamic_hw=(dict(min=min_dynamic_side(detector, divisor),
+                                    max=MAX_SIDE, multiple_of=divisor)
+                               if dynamic else False),
                    note='resized and padded to H x W; the whole input is '
                         'treated as image (no padding mask)'),
         size=list(size),
