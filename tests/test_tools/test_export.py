@@ -119,6 +119,10 @@ torch.save({'boxes': boxes, 'scores': scores, 'labels': labels}, sys.argv[3])
 '''
 
 
+# AOTInductor compiles C++ for minutes: 375 s measured for this test on the
+# shared 2-core machine at load average 8-10 (2026-12-07); `slow` still runs
+# in `make test` (pytest.ini).
+@pytest.mark.slow
 def test_aoti_package_matches_eager_in_a_fresh_process(
         repo_root, demo_checkpoint, eager, tmp_path):
     out = tmp_path / 'demo.pt2'
@@ -173,6 +177,6 @@ def test_untraceable_model_names_the_module(eager, monkeypatch):
             return forward(inputs)
         return forward(inputs)
     monkeypatch.setattr(neck, 'forward', data_dependent)
-    with pytest.raises(ExportError, match=r'module neck '
+    with pytest.raises(ExportError, match=r'module detector\.neck '
                        r'\(DeformableCrossAttentionNeck\)'):
         trace_detector(eager, _image(SIZE))
