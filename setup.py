@@ -87,6 +87,7 @@ setup(
         'mmdet': pinned('mmengine', 'mmdet', 'mmcv', 'pycocotools'),
         'llava': pinned('deepspeed'),
         'dev': pinned('pytest', 'pycocotools'),
+        'export': pinned('onnx', 'onnxscript', 'onnx-ir', 'onnxruntime'),
     },
     ext_modules=ext_modules,
     cmdclass=cmdclass,

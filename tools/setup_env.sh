@@ -67,10 +67,10 @@ main() {
     done_stamp mmcv
   else echo "cached"; fi
 
-  step "4/6 mmengine, mmdet, open_clip, timm, transformers, deepspeed, test tools"
+  step "4/6 mmengine, mmdet, open_clip, timm, transformers, deepspeed, export and test tools"
   if ! stamp deps; then
     pipi mmengine mmdet open_clip_torch timm transformers tokenizers safetensors \
-         deepspeed pycocotools pytest
+         deepspeed pycocotools pytest onnx onnxscript onnx-ir onnxruntime
     done_stamp deps
   else echo "cached"; fi
 

@@ -210,12 +210,14 @@ class MultiScaleDeformableCrossAttentionAlignment(nn.Module):
         return (pos + self.level_embed[level])[None]
 
     # -- queries -------------------------------------------------------------
-    def _queries(self, tokens, pos, shapes, batch: int):
-        """``(query, query_pos, grid_hw_list)`` for the configured mode."""
+    def _queries(self, tokens, pos, sizes, batch: int):
+        """``(query, query_pos, grid_hw_list)`` for the configured mode;
+        ``sizes`` are the maps' ``(h, w)`` as Python (or symbolic) ints, not
+        read back from the shapes tensor, so that torch.export can trace."""
         level = self.query_level
-        h, w = (int(s) for s in shapes[level])
+        h, w = sizes[level]
         if self.query_mode == 'all':
-            grids = [tuple(int(v) for v in s) for s in shapes]
+            grids = [tuple(s) for s in sizes]
             return torch.cat(tokens, 1), torch.cat(pos, 1), grids
         if self.query_mode == 'level':
             return tokens[level], pos[level], [(h, w)]
@@ -238,7 +240,8 @@ class MultiScaleDeformableCrossAttentionAlignment(nn.Module):
         batch = maps[0].shape[0]
         tokens, pos, shapes, starts = self._flatten_levels(maps)
         value = torch.cat(tokens, 1)
-        query, query_pos, grids = self._queries(tokens, pos, shapes, batch)
+        sizes = [tuple(m.shape[-2:]) for m in maps]
+        query, query_pos, grids = self._queries(tokens, pos, sizes, batch)
         ref = self._reference_points(grids, batch, value.device).to(
             value.dtype)
         for layer in self.layers:

@@ -548,14 +548,20 @@ class ViTTower(nn.Module):
         if source is None:
             return None
         pos, num_prefix = source
-        grid = (int(grid[0]), int(grid[1]))
+        # symbolic sizes (torch.export, dynamic H/W) stay symbolic
+        grid = tuple(g if isinstance(g, torch.SymInt) else int(g)
+                     for g in grid[:2])
         src_grid = tuple(int(g) for g in self.grid_size)
-        if grid == src_grid:
+        if not any(isinstance(g, torch.SymInt) for g in grid) and \
+                grid == src_grid:
             return pos
-        needs_graph = torch.is_grad_enabled() and pos.requires_grad
+        # torch.compile / torch.export trace fake tensors (no data pointer)
+        # and must put the resampling into the graph: no cache then.
+        needs_graph = torch.compiler.is_compiling() or (
+            torch.is_grad_enabled() and pos.requires_grad)
         key = (grid, pos.device, pos.dtype)
-        stamp = (pos._version, pos.data_ptr())
         if not needs_graph:
+            stamp = (pos._version, pos.data_ptr())
             hit = self._pos_cache.get(key)
             if hit is not None and hit[0] == stamp:
                 return hit[1]

@@ -105,7 +105,10 @@ def resample_pos_embed(pos_embed: torch.Tensor,
         Tensor: same rank as ``pos_embed``, with ``num_prefix_tokens + h * w``
         tokens.
     """
-    new_grid = tuple(int(s) for s in new_grid)
+    # Symbolic sizes (torch.export with dynamic H/W) stay symbolic: int()
+    # would fix the exported program to the example's grid.
+    new_grid = tuple(s if isinstance(s, torch.SymInt) else int(s)
+                     for s in new_grid)
     old_grid = tuple(int(s) for s in old_grid)
     original = pos_embed
     squeeze = pos_embed.dim() == 2
@@ -121,8 +124,10 @@ def resample_pos_embed(pos_embed: torch.Tensor,
             f'({pos_embed.shape[1]} - {num_prefix_tokens} prefix) but the '
             f'source grid {old_grid[0]}x{old_grid[1]} needs '
             f'{old_grid[0] * old_grid[1]}')
-    if new_grid == old_grid:
-        return original
+    if not any(isinstance(s, torch.SymInt) for s in new_grid) and \
+            new_grid == old_grid:
+        return original  # (traced with symbolic sizes: interpolating to
+        # the same size is the identity, and no size is baked in)
 
     prefix = pos_embed[:, :num_prefix_tokens]
     spatial = pos_embed[:, num_prefix_tokens:]

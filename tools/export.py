@@ -1,0 +1,80 @@
+"""Export a trained detector to ONNX or an AOTInductor package.
+
+    python tools/export.py CONFIG CHECKPOINT --format onnx|aoti --out FILE
+        [--size H W] [--dynamic] [--batch-size N] [--texts "a . b"]
+        [--cfg-options k=v ...] [--allow-partial]
+
+The exported program takes ``images`` float32 ``(N, 3, H, W)``, RGB 0-255,
+resized and padded to ``H x W``, and returns ``boxes (N, K, 4)`` (xyxy,
+input pixels), ``scores (N, K)`` and ``labels (N, K)`` int64.  ``FILE.json``
+records the input size, the class names and the pad divisor.  See
+docs/inference.md ("Export").  A thin command line over
+:func:`plugins.mmdet_custom.apis.export_detector`.
+"""
+import argparse
+import json
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+import plugins  # noqa: E402,F401,I001  (hub offline, registries)
+from mmengine.config import DictAction  # noqa: E402
+
+from plugins.mmdet_custom.apis.export import (  # noqa: E402
+    FORMATS, ExportError, export_detector)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description='Export a detector (config + checkpoint) to ONNX or '
+                    'an AOTInductor .pt2 package')
+    parser.add_argument('config', help='config file')
+    parser.add_argument('checkpoint', help='trained checkpoint')
+    parser.add_argument('--format', required=True, choices=FORMATS,
+                        help='onnx (ONNX Runtime, TensorRT) or aoti '
+                             '(AOTInductor .pt2 package)')
+    parser.add_argument('--out', required=True,
+                        help='output file (.onnx / .pt2); FILE.json gets '
+                             'the metadata')
+    parser.add_argument('--size', type=int, nargs=2, metavar=('H', 'W'),
+                        help='input size (multiples of the pad divisor); '
+                             "default: the test pipeline's resize scale")
+    parser.add_argument('--dynamic', action='store_true',
+                        help='symbolic height and width (multiples of the '
+                             'pad divisor)')
+    parser.add_argument('--batch-size', type=int, default=1,
+                        help='N of the exported program (fixed; default 1)')
+    parser.add_argument('--texts',
+                        help='GroundingDINO: the class prompt fixed into the '
+                             'export (default: the class names)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, e.g. '
+                             'model.backbone.pretrained=None')
+    parser.add_argument('--allow-partial', action='store_true',
+                        help='accept a checkpoint that does not set every '
+                             'weight (left as built)')
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    # Cheap checks first: a wrong path fails before the model is built.
+    for what, path in (('config', args.config),
+                       ('checkpoint', args.checkpoint)):
+        if not osp.isfile(path):
+            sys.exit(f'tools/export.py: {what} not found: {path}')
+    try:
+        meta = export_detector(args.config, args.checkpoint, args.format,
+                               args.out, size=args.size, dynamic=args.dynamic,
+                               batch_size=args.batch_size, texts=args.texts,
+                               cfg_options=args.cfg_options,
+                               allow_partial=args.allow_partial)
+    except ExportError as err:
+        sys.exit(f'tools/export.py: {err}')
+    print(json.dumps(meta, indent=2))
+    print(f'wrote {args.out} and {args.out}.json')
+
+
+if __name__ == '__main__':
+    main()
