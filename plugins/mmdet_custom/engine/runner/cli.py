@@ -25,29 +25,41 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
 
 
+def _outside_quotes(text: str):
+    """``(index, char, depth)`` of each character of ``text`` outside
+    quotes (``depth``: open ``(``/``[`` after it), and whether a quote is
+    left open."""
+    chars, depth, quote = [], 0, None
+    for i, char in enumerate(text):
+        if quote:
+            quote = None if char == quote else quote
+            continue
+        if char in '\'"':
+            quote = char
+            continue
+        if char in '([':
+            depth += 1
+        elif char in ')]':
+            depth -= 1
+        chars.append((i, char, depth))
+    return chars, quote is not None
+
+
 def _split_top_level(text: str) -> list:
     """``text`` cut at the commas outside brackets and quotes.
 
     Raises:
         ValueError: unbalanced brackets or quotes.
     """
-    parts, depth, quote, start = [], 0, None, 0
-    for i, char in enumerate(text):
-        if quote:
-            quote = None if char == quote else quote
-        elif char in '\'"':
-            quote = char
-        elif char in '([':
-            depth += 1
-        elif char in ')]':
-            depth -= 1
-            if depth < 0:
-                break
-        elif char == ',' and depth == 0:
+    chars, open_quote = _outside_quotes(text)
+    depths = [depth for _, _, depth in chars]
+    if open_quote or (depths and (min(depths) < 0 or depths[-1] != 0)):
+        raise ValueError(f'unbalanced brackets or quotes in {text!r}')
+    parts, start = [], 0
+    for i, char, depth in chars:
+        if char == ',' and depth == 0:
             parts.append(text[start:i])
             start = i + 1
-    if quote or depth != 0:
-        raise ValueError(f'unbalanced brackets or quotes in {text!r}')
     parts.append(text[start:])
     return parts
 
@@ -57,18 +69,9 @@ def _is_one_bracket(text: str) -> bool:
     closes at its last character, as in ``[1, 2]`` but not ``(1), (2)``)."""
     if text[:1] not in '([' or text[-1:] != {'(': ')', '[': ']'}[text[:1]]:
         return False
-    depth, quote = 0, None
-    for i, char in enumerate(text):
-        if quote:
-            quote = None if char == quote else quote
-        elif char in '\'"':
-            quote = char
-        elif char in '([':
-            depth += 1
-        elif char in ')]':
-            depth -= 1
-            if depth == 0:
-                return i == len(text) - 1
+    for i, char, depth in _outside_quotes(text)[0]:
+        if char in ')]' and depth == 0:
+            return i == len(text) - 1
     return False
 
 
