@@ -10,15 +10,14 @@ dict (every file through :func:`plugins.utils.safe_load`),
 ``config.json`` with the config the model is built from.  Loading into the
 model is :func:`plugins.models.concept_clip.load_concept_clip_weights`.
 """
-import json
 import os
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import torch
 
-from plugins.utils import (rename_keys, safe_load, safe_load_sharded,
-                           strip_prefix)
+from plugins.utils import (read_json_object, rename_keys, safe_load,
+                           safe_load_sharded, strip_prefix)
 
 from .weights import find_weights_file
 
@@ -76,13 +75,7 @@ def read_folder_config(path: Union[str, os.PathLike]) -> Optional[dict]:
     file = folder_of(path) / 'config.json'
     if not file.is_file():
         return None
-    try:
-        data = json.loads(file.read_text())
-    except ValueError as err:
-        raise ValueError(f'{file}: not valid JSON ({err})') from err
-    if not isinstance(data, dict):
-        raise ValueError(f'{file}: expected a JSON object, got '
-                         f'{type(data).__name__}')
+    data = read_json_object(file)
     keys = ('embed_dim', 'vision_cfg', 'text_cfg')
     for part in [data] + [v for v in data.values() if isinstance(v, dict)]:
         if any(k in part for k in keys):

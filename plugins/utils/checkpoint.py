@@ -14,7 +14,6 @@ Loading a checkpoint must never run code from it.  Three formats are read:
   :mod:`plugins.utils.torchscript_archive`.
 """
 import argparse
-import json
 import os
 import pickle
 import re
@@ -25,6 +24,7 @@ from typing import Any, Dict, Iterable, Optional, Union
 
 import torch
 
+from .json_file import read_json_object
 from .pickle_scan import pickle_global_names
 from .state_dict import unwrap_state_dict
 from .torchscript_archive import (is_torchscript_archive,
@@ -318,19 +318,12 @@ def read_shard_index(path: PathLike) -> Dict[str, str]:
     """
     path = Path(path)
     _check_file(path)
-    try:
-        data = json.loads(path.read_text())
-    except UnicodeDecodeError as err:
-        raise CheckpointError(f'{path}: not a text (JSON) file ({err})'
-                              ) from err
-    except json.JSONDecodeError as err:
-        raise CheckpointError(
-            f'{path}: not valid JSON ({err.msg} at line {err.lineno} column '
-            f'{err.colno}); a shard index is {{"metadata": {{...}}, '
-            '"weight_map": {"tensor name": "shard file", ...}}') from err
-    if not isinstance(data, dict):
-        raise CheckpointError(f'{path}: expected a JSON object with a '
-                              f'"weight_map", got a {type(data).__name__}')
+    data = read_json_object(
+        path,
+        error=CheckpointError,
+        expected='with a "weight_map"',
+        hint=('a shard index is {"metadata": {...}, "weight_map": '
+              '{"tensor name": "shard file", ...}}'))
     weight_map = data.get('weight_map')
     if not isinstance(weight_map, dict) or not weight_map:
         what = ('has no "weight_map" key (keys: '

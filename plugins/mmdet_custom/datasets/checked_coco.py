@@ -8,7 +8,6 @@ word, and a broken file fails deep inside pycocotools or later (``need at
 least one array to concatenate``).  :class:`CheckedCocoDataset` is
 ``CocoDataset`` plus those checks; every shipped detection config uses it.
 """
-import json
 import logging
 import math
 import os.path as osp
@@ -22,6 +21,8 @@ from PIL import Image
 from mmdet.datasets import CocoDataset
 from mmdet.datasets.api_wrappers import COCO
 from mmdet.registry import DATASETS
+
+from plugins.utils import read_json_object
 
 #: What a COCO detection file must hold, per entry.
 IMAGE_KEYS = ('id', 'file_name', 'width', 'height')
@@ -76,20 +77,12 @@ def read_coco_json(path: str, name: Optional[str] = None,
             id and annotation id for a box).
     """
     name = name or path
-    try:
-        with open(path, 'rb') as f:
-            data = json.load(f)
-    except UnicodeDecodeError as err:
-        raise ValueError(f'{name}: not a JSON text file ({err})') from err
-    except json.JSONDecodeError as err:
-        raise ValueError(
-            f'{name}: not valid JSON ({err.msg} at line {err.lineno} column '
-            f'{err.colno}); a COCO annotation file is one object with '
-            '"images", "annotations" and "categories" lists') from err
-    if not isinstance(data, dict):
-        raise ValueError(f'{name}: expected a JSON object with "images", '
-                         '"annotations" and "categories", got a '
-                         f'{type(data).__name__}')
+    data = read_json_object(
+        path,
+        name=name,
+        expected='with "images", "annotations" and "categories"',
+        hint=('a COCO annotation file is one object with "images", '
+              '"annotations" and "categories" lists'))
     required = ['images', 'categories']
     if need_annotations:
         required.insert(1, 'annotations')
