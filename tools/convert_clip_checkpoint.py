@@ -74,10 +74,10 @@ def parse_args(argv=None):
 
 
 def convert(args) -> dict:
-    from plugins.models.weights import (OPENAI_METADATA_KEYS,
-                                        convert_to_open_clip,
+    from plugins.models.weights import (convert_to_open_clip,
                                         find_weights_file,
-                                        is_openai_state_dict)
+                                        is_openai_state_dict,
+                                        strip_openai_metadata)
     from plugins.utils import (add_prefix, check_state_dict, rename_keys,
                                safe_load, select_prefix)
 
@@ -108,10 +108,7 @@ def convert(args) -> dict:
                 hint='adjust with --strip-prefix/--add-prefix/'
                 '--rename, or choose another --model-name')
     else:
-        state = {
-            k: v
-            for k, v in state.items() if k not in OPENAI_METADATA_KEYS
-        }
+        state = strip_openai_metadata(state)
     dtype = DTYPES[args.dtype]
     if dtype is not None:
         state = {

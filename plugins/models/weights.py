@@ -91,6 +91,17 @@ def is_openai_state_dict(state: Mapping[str, torch.Tensor]) -> bool:
                          or 'visual.layer1.0.conv1.weight' in state)
 
 
+
+def strip_openai_metadata(
+        state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """``state`` without OpenAI's 0-dim metadata tensors
+    (:data:`OPENAI_METADATA_KEYS`) when it is an OpenAI file
+    (:func:`is_openai_state_dict`; check its activation first: the
+    metadata is what tells the layout); other state dicts unchanged."""
+    if not is_openai_state_dict(state):
+        return dict(state)
+    return {k: v for k, v in state.items() if k not in OPENAI_METADATA_KEYS}
+
 #: Activation names (open_clip's config key ``quick_gelu`` picks one).
 QUICK_GELU = 'quick_gelu'
 GELU = 'gelu'
@@ -205,11 +216,8 @@ def convert_to_open_clip(state: Mapping[str, torch.Tensor],
         state: flat state dict (see :func:`plugins.utils.safe_load`).
         model: an open_clip ``CLIP`` / ``CustomTextCLIP``.
     """
-    state = dict(state)
-    if is_openai_state_dict(state):
-        # the loaders check the activation first (check_activation)
-        for key in OPENAI_METADATA_KEYS:
-            state.pop(key, None)
+    # the loaders check the activation first (check_activation)
+    state = strip_openai_metadata(state)
     state = convert_state_dict(model, state)
     if 'positional_embedding' in state and not hasattr(model,
                                                        'positional_embedding'):

@@ -8,8 +8,7 @@ from open_clip.transformer import VisionTransformer
 from plugins.models import activation_fix, create_model
 from plugins.models.normalization import preprocess_cfg
 from plugins.models.vit_tower import OpenCLIPViTTower
-from plugins.models.weights import (OPENAI_METADATA_KEYS, QUICK_GELU,
-                                    is_openai_state_dict)
+from plugins.models.weights import QUICK_GELU, strip_openai_metadata
 from plugins.utils import add_prefix
 
 from .base import CLIPBackboneBase
@@ -34,11 +33,7 @@ def visual_state_dict(state: Dict[str, torch.Tensor],
     check reports it.  A checkpoint with no ``visual.*`` key is taken as a
     bare image-tower state dict and prefixed.
     """
-    if is_openai_state_dict(state):
-        state = {
-            k: v
-            for k, v in state.items() if k not in OPENAI_METADATA_KEYS
-        }
+    state = strip_openai_metadata(state)
     if any(k.startswith(prefix) for k in state):
         return {
             k: v
