@@ -187,8 +187,8 @@ def init_detector(config: Union[str, Config],
                         f'got {type(config).__name__}')
     if cfg_options:
         config.merge_from_dict(cfg_options)
-    import plugins
-    plugins.register_all_modules()
+    # the wing (plugins.mmdet_custom, this package's parent) registered
+    # everything when it was imported
     init_default_scope(config.get('default_scope', 'mmdet'))
     from mmdet.registry import MODELS
 
