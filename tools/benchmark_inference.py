@@ -85,10 +85,9 @@ def random_checkpoint(config: str, out: Path, cfg_options: dict) -> Path:
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
 
-    import plugins
+    import plugins.mmdet_custom  # noqa: F401  (registers the wing)
     cfg = Config.fromfile(config)
     cfg.merge_from_dict(cfg_options)
-    plugins.register_all_modules()
     init_default_scope(cfg.get('default_scope', 'mmdet'))
     from mmdet.registry import MODELS
     torch.manual_seed(0)
@@ -141,7 +140,7 @@ def run(args) -> dict:
     import torch
     from PIL import Image
 
-    import plugins  # noqa: F401  (registries, hub off)
+    import plugins.mmdet_custom  # noqa: F401  (registers the wing)
     from plugins.mmdet_custom.apis import init_detector, run_inference
     from plugins.mmdet_custom.apis.export import (DetectorExportModule,
                                                   to_aoti, to_onnx,

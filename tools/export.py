@@ -18,7 +18,7 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-import plugins  # noqa: E402,F401,I001  (hub offline, registries)
+import plugins.mmdet_custom  # noqa: E402,F401,I001  (registers the wing)
 from mmengine.config import DictAction  # noqa: E402
 
 from plugins.mmdet_custom.apis.export import (  # noqa: E402

@@ -23,9 +23,8 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-# First: importing plugins puts the Hugging Face hub offline (unless
-# PLUGINS_ALLOW_HUB=1 or HF_HUB_OFFLINE is set) before anything loads it.
-import plugins  # noqa: E402,F401,I001
+# Importing the mmdet wing registers every plugin.
+import plugins.mmdet_custom  # noqa: E402,F401,I001
 from mmengine.config import DictAction  # noqa: E402
 
 

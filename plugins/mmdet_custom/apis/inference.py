@@ -188,7 +188,10 @@ def init_detector(config: Union[str, Config],
     if cfg_options:
         config.merge_from_dict(cfg_options)
     # the wing (plugins.mmdet_custom, this package's parent) registered
-    # everything when it was imported
+    # everything when it was imported; a missing local text-encoder
+    # folder fails here, before the model is built (no hub retry)
+    from ..engine.runner.cli import check_local_model_folders
+    check_local_model_folders(config)
     init_default_scope(config.get('default_scope', 'mmdet'))
     from mmdet.registry import MODELS
 
