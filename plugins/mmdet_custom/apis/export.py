@@ -193,7 +193,12 @@ def _export_settings(model: nn.Module):
     """Switch off what has no place in a static graph, for the trace only:
     the backbones' NaN/Inf input check (``check_finite``, a data-dependent
     branch that raises)."""
-    changed = [m for m in model.modules()
+    # the backbones keep their tower unregistered (attach_tower), so look
+    # at each module's `tower` too
+    owners = list(model.modules())
+    owners += [m.tower for m in owners
+               if isinstance(getattr(m, 'tower', None), nn.Module)]
+    changed = [m for m in owners
                if getattr(m, 'check_finite', False) is True]
     for m in changed:
         m.check_finite = False
@@ -476,7 +481,7 @@ def export_detector(config: str,
             raise FileNotFoundError(f'{what} not found: {path}')
     if batch_size < 1:
         raise ValueError(f'batch_size must be >= 1, got {batch_size}')
-    from .inference import init_detector, model_class_names
+    from .inference import init_detector
     detector = init_detector(config, checkpoint, device='cpu',
                              cfg_options=cfg_options,
                              allow_partial=allow_partial)
@@ -487,7 +492,8 @@ def export_detector(config: str,
     if size[0] % divisor or size[1] % divisor:
         raise ValueError(f'--size {size[0]} {size[1]}: H and W must be '
                          f'multiples of the pad divisor ({divisor})')
-    classes = list(model_class_names(detector))
+    # init_detector sets dataset_meta (the test dataset's classes first)
+    classes = list((detector.dataset_meta or {}).get('classes') or ())
     if texts is None and _is_grounding(detector):
         if not classes:
             raise ValueError(f'{config}: GroundingDINO needs a text prompt '
