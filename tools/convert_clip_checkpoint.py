@@ -7,6 +7,12 @@ OpenAI CLIP TorchScript archives (``ViT-B-32.pt``), optionally renames
 keys, and writes a flat safetensors state dict.  With ``--model-name`` the
 keys are mapped to that open_clip model's layout and checked strictly.
 
+OpenAI's files say by their layout that they were trained with QuickGELU;
+the conversion drops the metadata tensors that say it, so the output
+records it in its header (``activation``), where the loaders read it: a
+converted OpenAI file is refused by a GELU model as the original is.  With
+``--model-name`` a model of the other activation is refused at once.
+
 Usage::
 
     python tools/convert_clip_checkpoint.py IN OUT.safetensors \\
@@ -19,6 +25,7 @@ Usage::
 import argparse
 import sys
 from pathlib import Path
+from typing import Optional, Tuple
 
 import torch
 
@@ -73,17 +80,23 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def convert(args) -> dict:
-    from plugins.models.weights import (convert_to_open_clip,
+def convert(args) -> Tuple[dict, Optional[str]]:
+    """``(state, activation)``: the converted state dict and the activation
+    its source says it was trained with (None: not said)."""
+    from plugins.models.weights import (check_activation,
+                                        convert_to_open_clip,
                                         find_weights_file,
                                         is_openai_state_dict,
-                                        strip_openai_metadata)
+                                        recorded_activation,
+                                        strip_openai_metadata,
+                                        weights_layout)
     from plugins.utils import (add_prefix, check_state_dict, rename_keys,
                                safe_load, select_prefix)
 
     path = find_weights_file(args.input)
     state = safe_load(path, key=args.key)
     layout = 'OpenAI' if is_openai_state_dict(state) else 'open_clip/other'
+    said, activation = weights_layout(state, recorded_activation(path))
     if args.strip_prefix:
         state = select_prefix(state, args.strip_prefix)
     if args.rename:
@@ -96,8 +109,13 @@ def convert(args) -> dict:
     if args.add_prefix:
         state = add_prefix(state, args.add_prefix)
     if args.model_name:
-        from plugins.models import create_model
+        from plugins.models import activation_fix, create_model
         model = create_model(args.model_name, device='meta')
+        if activation is not None:
+            check_activation(
+                model, activation, said, source=str(path),
+                fix=activation_fix(args.model_name, activation == 'quick_gelu',
+                                   name_key='--model-name', flag_key=None))
         state = convert_to_open_clip(state, model)
         if not args.no_strict:
             check_state_dict(
@@ -115,11 +133,14 @@ def convert(args) -> dict:
             k: v.to(dtype) if v.is_floating_point() else v
             for k, v in state.items()
         }
-    print(f'{path}: {len(state)} tensors ({layout} layout)')
-    return state
+    print(f'{path}: {len(state)} tensors ({layout} layout'
+          + (f', trained with {activation})' if activation else ')'))
+    return state, activation
 
 
 def main(argv=None) -> int:
+    from plugins.models.weights import (ACTIVATION_METADATA_KEY,
+                                        ActivationMismatchError)
     from plugins.utils import (CheckpointError, StateDictMismatchError,
                                save_safetensors)
     args = parse_args(argv)
@@ -129,15 +150,17 @@ def main(argv=None) -> int:
             f'error: output must end in .safetensors: {out}', file=sys.stderr)
         return 2
     try:
-        state = convert(args)
+        state, activation = convert(args)
     except (CheckpointError, StateDictMismatchError, FileNotFoundError,
-            KeyError) as err:
+            KeyError, ActivationMismatchError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 1
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {'format': 'pt', 'source': Path(args.input).name}
     if args.model_name:
         meta['model_name'] = args.model_name
+    if activation is not None:
+        meta[ACTIVATION_METADATA_KEY] = activation
     save_safetensors(state, out, metadata=meta)
     print(f'wrote {out}')
     return 0

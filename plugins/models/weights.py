@@ -143,19 +143,49 @@ def open_clip_activation(model: nn.Module) -> Optional[str]:
     return next(iter(names), None)
 
 
-def weights_layout(state: Mapping[str, torch.Tensor]) -> Tuple[str,
-                                                               Optional[str]]:
+#: safetensors header entry in which ``tools/convert_clip_checkpoint.py``
+#: records the activation an OpenAI file said (the conversion drops the
+#: metadata tensors that said it).
+ACTIVATION_METADATA_KEY = 'activation'
+
+
+def recorded_activation(path: Union[str, os.PathLike]) -> Optional[str]:
+    """The activation a ``.safetensors`` file's header records
+    (:data:`ACTIVATION_METADATA_KEY`), else None (other formats, or no
+    record).  Reads the header only."""
+    path = Path(path)
+    if path.suffix != '.safetensors' or not path.is_file():
+        return None
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), framework='pt') as f:
+            meta = f.metadata() or {}
+    except Exception as err:  # a corrupt header: safe_load names it later
+        logger.debug(f'{path}: no readable safetensors header ({err})')
+        return None
+    return meta.get(ACTIVATION_METADATA_KEY)
+
+
+def weights_layout(state: Mapping[str, torch.Tensor],
+                   recorded: Optional[str] = None) -> Tuple[str,
+                                                            Optional[str]]:
     """What a checkpoint's layout says: ``(layout, activation)``.
 
     OpenAI's CLIP layout (:func:`is_openai_state_dict`) says QuickGELU:
     OpenAI trained every CLIP with it (``x * sigmoid(1.702 x)``; open_clip
     builds OpenAI checkpoints with ``quick_gelu=True`` and its ``openai``
     release tags say so).  open_clip's own layout does not say (its GELU
-    and QuickGELU releases share every key), so the activation is None.
+    and QuickGELU releases share every key), so the activation is None,
+    unless the file records it (``recorded``, see
+    :func:`recorded_activation`: an OpenAI file converted by
+    ``tools/convert_clip_checkpoint.py``).
     """
     if is_openai_state_dict(state):
         return ('OpenAI CLIP layout (0-dim ' + '/'.join(OPENAI_METADATA_KEYS)
                 + ' entries), trained with QuickGELU'), QUICK_GELU
+    if recorded is not None:
+        return (f"a converted file recording {recorded} (safetensors "
+                f"metadata '{ACTIVATION_METADATA_KEY}')"), recorded
     return 'open_clip layout (activation not recorded)', None
 
 
@@ -268,13 +298,15 @@ def load_open_clip_weights(model: nn.Module,
             QuickGELU) and a GELU model (see :func:`check_activation`).
     """
     name: Optional[str] = None
+    recorded = None
     if isinstance(source, Mapping):
         state = dict(source)
     else:
         path = find_weights_file(source)
         name = str(path)
         state = safe_load(path)
-    layout, seen = weights_layout(state)
+        recorded = recorded_activation(path)
+    layout, seen = weights_layout(state, recorded)
     check_activation(model, seen, layout, source=name, fix=fix)
     state = convert_to_open_clip(state, model)
     if strict:

@@ -228,14 +228,17 @@ def _convert(*argv):
 
 
 @pytest.mark.parametrize('fmt', ['bin', 'openai'])
-def test_converter_writes_loadable_safetensors(saved, tmp_path, fmt):
+def test_converter_writes_loadable_safetensors(saved, tiny_quickgelu,
+                                               tmp_path, fmt):
     model, files = saved
+    # OpenAI's files need the QuickGELU config (see the refusal below)
+    name = tiny_quickgelu if fmt == 'openai' else TINY
     out = tmp_path / 'out.safetensors'
-    assert _convert(files[fmt], out, '--model-name', TINY, '--dtype',
+    assert _convert(files[fmt], out, '--model-name', name, '--dtype',
                     'float32') == 0
     state = safe_load(out)
     assert all(v.dtype != torch.float16 for v in state.values())
-    target = create_model(TINY)
+    target = create_model(name)
     load_open_clip_weights(target, out)
     torch.testing.assert_close(
         target.visual.proj,
@@ -263,3 +266,42 @@ def test_converter_refuses_unsafe_and_missing(tmp_path, capsys):
     assert _convert(tmp_path / 'none.bin', tmp_path / 'o.safetensors') == 1
     assert 'none.bin' in capsys.readouterr().err
     assert _convert(tmp_path / 'none.bin', tmp_path / 'o.bin') == 2
+
+
+def test_converter_refuses_an_openai_file_for_a_gelu_model(saved, tmp_path,
+                                                           capsys):
+    _, files = saved
+    out = tmp_path / 'out.safetensors'
+    assert _convert(files['openai'], out, '--model-name', TINY) == 1
+    err = capsys.readouterr().err
+    assert str(files['openai']) in err and 'OpenAI CLIP layout' in err
+    assert 'quick_gelu' in err and '--model-name' in err
+    assert not out.exists()
+
+
+def test_converted_openai_file_keeps_its_activation(saved, tiny_quickgelu,
+                                                    tmp_path):
+    """The conversion drops OpenAI's metadata tensors; the header records
+    what they said, so the converted file is refused where the original
+    is, and loads where the original loads."""
+    from safetensors import safe_open
+    model, files = saved
+    out = tmp_path / 'converted.safetensors'
+    assert _convert(files['openai'], out) == 0
+    with safe_open(str(out), framework='pt') as f:
+        assert f.metadata()['activation'] == 'quick_gelu'
+    assert not is_openai_state_dict(safe_load(out))
+    with pytest.raises(ActivationMismatchError,
+                       match=r"converted\.safetensors: a converted file "
+                       r"recording quick_gelu .*configured with gelu"):
+        load_open_clip_weights(create_model(TINY), out)
+    target = create_model(tiny_quickgelu)
+    load_open_clip_weights(target, out)
+    torch.testing.assert_close(target.visual.proj, model.visual.proj,
+                               rtol=0, atol=1e-3)
+    # an open_clip file says nothing and records nothing
+    plain = tmp_path / 'plain.safetensors'
+    assert _convert(files['bin'], plain) == 0
+    with safe_open(str(plain), framework='pt') as f:
+        assert 'activation' not in f.metadata()
+    load_open_clip_weights(create_model(TINY), plain)

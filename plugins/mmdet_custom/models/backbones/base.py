@@ -30,7 +30,8 @@ from mmengine.model import BaseModule
 
 from plugins.models.vit_tower import Grid, ViTTower, attach_tower
 from plugins.models.weights import (activation_name, check_activation,
-                                    find_weights_file, weights_layout)
+                                    find_weights_file, recorded_activation,
+                                    weights_layout)
 from plugins.utils import check_state_dict, safe_load, select_prefix
 
 StateDict = Dict[str, torch.Tensor]
@@ -280,7 +281,8 @@ class CLIPBackboneBase(BaseModule):
         path, state = self.read_pretrained(path)
         if prefix:
             state = select_prefix(state, prefix)
-        self.check_weights_activation(state, str(path))
+        self.check_weights_activation(state, str(path),
+                                      recorded=recorded_activation(path))
         state = self.convert_pretrained(state)
         # buffers the module rebuilds itself (non-persistent) are not
         # loaded; the activation record is the configured one (checked)
@@ -297,16 +299,19 @@ class CLIPBackboneBase(BaseModule):
             f'{path}')
 
     def check_weights_activation(self, state: StateDict,
-                                 source: str) -> None:
+                                 source: str,
+                                 recorded: Optional[str] = None) -> None:
         """Refuse weights whose layout or record says another activation
         than this backbone's (see
-        :func:`plugins.models.weights.check_activation`)."""
+        :func:`plugins.models.weights.check_activation`); ``recorded``: what
+        the file's header records (see
+        :func:`plugins.models.weights.recorded_activation`)."""
         if ACTIVATION_KEY in state:
             seen = decode_activation(state.pop(ACTIVATION_KEY))
             layout = (f'a checkpoint of a backbone that ran {seen} '
                       f'(its `{ACTIVATION_KEY}` entry)')
         else:
-            layout, seen = weights_layout(state)
+            layout, seen = weights_layout(state, recorded)
         check_activation(
             self,
             seen,

@@ -169,6 +169,24 @@ def test_weights_round_trip_every_format(tiny_clip_files, fmt, caplog):
             atol=0.05 if fmt == 'openai' else 0)
 
 
+def test_converted_openai_file_needs_quick_gelu_too(tiny_clip_files,
+                                                    tmp_path):
+    """tools/convert_clip_checkpoint.py drops OpenAI's metadata tensors and
+    records their activation in the header; the backbone reads it."""
+    from plugins.models.weights import ActivationMismatchError
+    from tools.convert_clip_checkpoint import main as convert
+    model, files = tiny_clip_files
+    out = tmp_path / 'converted.safetensors'
+    assert convert([str(files['openai']), str(out)]) == 0
+    with pytest.raises(ActivationMismatchError,
+                       match='converted file recording quick_gelu'):
+        _loaded(OpenCLIPBackbone(TINY_OPEN_CLIP, pretrained=str(out)))
+    backbone = _loaded(OpenCLIPBackbone(TINY_OPEN_CLIP, pretrained=str(out),
+                                        quick_gelu=True))
+    torch.testing.assert_close(backbone.visual.proj, model.visual.proj,
+                               rtol=0, atol=1e-3)
+
+
 def test_weights_from_folder_and_init_cfg_prefix(tiny_clip_files, tmp_path):
     model, files = tiny_clip_files
     folder_model = _loaded(OpenCLIPBackbone(
