@@ -280,6 +280,29 @@ def test_apply_without_open_groundingdino_names_pythonpath():
         ogd.apply('models_that_do_not_exist.backbone')
 
 
+def test_apply_names_the_host_import_failure(tmp_path, monkeypatch):
+    """Open-GroundingDino found but failing on import (its ms_deform_attn.py
+    raises a plain Exception without its compiled op, seen in a real
+    checkout on a CPU machine): named, with the host's message, and no
+    PYTHONPATH advice."""
+    pkg = tmp_path / 'ogdx'
+    pkg.mkdir()
+    (pkg / '__init__.py').write_text('')
+    (pkg / 'backbone.py').write_text(
+        "raise Exception('Wont work without MultiScaleDeformableAttention')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        with pytest.raises(ImportError) as info:
+            ogd.apply('ogdx.backbone')
+    finally:
+        for name in [n for n in sys.modules if n.startswith('ogdx')]:
+            del sys.modules[name]
+    message = str(info.value)
+    assert 'cannot import ogdx.backbone (Exception: Wont work without ' \
+        'MultiScaleDeformableAttention)' in message
+    assert 'PYTHONPATH' not in message and 'Drop-in steps' in message
+
+
 @pytest.mark.slow  # a fresh interpreter: ~10 s of imports
 def test_works_without_mmdet_or_mmengine(repo_root):
     """Open-GroundingDino environments have no OpenMMLab packages: the

@@ -47,15 +47,24 @@ def apply(host_module: str = HOST_MODULE) -> Dict[str, List[str]]:
         replaced]}`` (empty when already applied).
 
     Raises:
-        ImportError: Open-GroundingDino is not importable (run from its
-            checkout or put it on ``PYTHONPATH``).
+        ImportError: Open-GroundingDino is not importable: not found (run
+            from its checkout or put it on ``PYTHONPATH``), or failing on
+            import (e.g. without its compiled ``MultiScaleDeformableAttention``
+            op, which its ``ms_deform_attn.py`` requires and which builds only
+            with CUDA); the message names the module and the error.
     """
     try:
         host = importlib.import_module(host_module)
-    except ImportError as err:
-        raise ImportError(
-            f'cannot import {host_module} ({err}); run from the '
-            'Open-GroundingDino checkout or add it to PYTHONPATH') from err
+    except Exception as err:  # noqa: BLE001 -- re-raised, naming the module
+        top = host_module.split('.')[0]
+        not_found = isinstance(err, ImportError) and err.name and \
+            host_module.startswith(err.name) and err.name.split('.')[0] == top
+        fix = ('run from the Open-GroundingDino checkout or add it to '
+               'PYTHONPATH' if not_found else
+               'Open-GroundingDino itself fails to import here; see '
+               '"Drop-in steps" in docs/integrations/open_groundingdino.md')
+        raise ImportError(f'cannot import {host_module} '
+                          f'({type(err).__name__}: {err}); {fix}') from err
     original = host.build_backbone
     if getattr(original, '_surgeryclip_wrapper', False):
         return {'patched': []}

@@ -209,37 +209,73 @@ def _show_plugin_logs() -> None:
 def _import_optional(name: str):
     try:
         return importlib.import_module(name)
-    except ImportError as err:
+    except Exception as err:  # noqa: BLE001 -- re-raised, naming the module
         # Only a missing module of PSALM itself is optional; a missing
         # dependency (detectron2, ...) must surface.
-        if err.name and (err.name == name or name.startswith(err.name + '.')):
+        if isinstance(err, ImportError) and err.name and (
+                err.name == name or name.startswith(err.name + '.')):
             return None
         hint = _pins_hint() if _about_transformers(err) else ''
-        raise ImportError(f'{name} failed to import: {err}{hint}') from err
+        raise ImportError(f'{name} failed to import: {err}'
+                          f'{_root_cause_note(err)}{hint}') from err
 
 
 #: The transformers release PSALM pins (its pyproject.toml).
 PSALM_TRANSFORMERS = '4.36.2'
 
 
-def _about_transformers(err: BaseException) -> bool:
-    """Whether an import failure comes from transformers: a name missing
-    from it (``cannot import name 'is_torch_tpu_available' from
-    'transformers.utils'``), a module of it missing, or an error raised
-    inside its code.  Other failures (a missing ``addict``, a compiled op)
-    get no transformers hint."""
-    name = getattr(err, 'name', None) or ''
-    if name == 'transformers' or name.startswith('transformers.'):
-        return True
-    if "'transformers" in str(err) or '"transformers' in str(err):
-        return True
-    tb = err.__traceback__
+def _root_cause(err: BaseException) -> BaseException:
+    """The innermost exception of ``err``'s chain: transformers' lazy
+    imports wrap a dependency's failure in ``RuntimeError('Failed to import
+    transformers.X ...')`` (e.g. bitsandbytes 0.41 importing ``triton.ops``,
+    which the triton of recent torch releases lacks)."""
+    seen = set()
+    while id(err) not in seen:
+        seen.add(id(err))
+        nxt = err.__cause__ or (None if err.__suppress_context__
+                                else err.__context__)
+        if nxt is None:
+            break
+        err = nxt
+    return err
+
+
+def _innermost_file(err: BaseException) -> str:
+    tb, last = err.__traceback__, None
     while tb is not None:
-        parts = tb.tb_frame.f_code.co_filename.replace('\\', '/').split('/')
-        if 'transformers' in parts[:-1]:
-            return True
-        tb = tb.tb_next
-    return False
+        last, tb = tb, tb.tb_next
+    if last is None:
+        return ''
+    return f'{last.tb_frame.f_code.co_filename}:{last.tb_lineno}'
+
+
+def _root_cause_note(err: BaseException) -> str:
+    """``; root cause: ...`` naming where the innermost error was raised,
+    when ``err`` wraps another one."""
+    root = _root_cause(err)
+    if root is err:
+        return ''
+    where = _innermost_file(root)
+    return (f'; root cause: {type(root).__name__}: {root}'
+            + (f' (raised in {where})' if where else ''))
+
+
+def _about_transformers(err: BaseException) -> bool:
+    """Whether an import failure comes from transformers, judged by its root
+    cause (:func:`_root_cause`): a name or module missing from transformers
+    (``cannot import name 'is_torch_tpu_available' from
+    'transformers.utils'``), or an error raised inside transformers' code.
+    Failures of other packages get no transformers hint, even when
+    transformers' lazy import wraps them (a missing ``addict`` or
+    ``triton.ops``, numpy 2 under deepspeed 0.9.5, a compiled op)."""
+    root = _root_cause(err)
+    name = getattr(root, 'name', None) or ''
+    if isinstance(root, ImportError) and name:
+        return name == 'transformers' or name.startswith('transformers.')
+    if "'transformers" in str(root) or '"transformers' in str(root):
+        return True
+    where = _innermost_file(root).replace('\\', '/').split('/')
+    return 'transformers' in where[:-1]
 
 
 def _pins_hint() -> str:
