@@ -21,6 +21,10 @@ from plugins.mmdet_custom.apis.export import (DetectorExportModule,
 from tools import export as export_tool
 
 CONFIG = 'configs/_demo_/dino-4scale_surgeryclip-tiny_deformneck-s16-128_toy.py'
+GROUNDING = ('configs/_demo_/grounding_dino-4scale_surgeryclip-tiny_'
+             'deformneck-s16-128_toy.py')
+PROMPT = 'red shape . blue shape . circle'
+NAMES = ['red shape', 'blue shape', 'circle']
 SIZE = (128, 128)  # a multiple of the demo's pad divisor (32)
 
 
@@ -185,3 +189,65 @@ def test_untraceable_model_names_the_module(eager, monkeypatch):
     with pytest.raises(ExportError, match=r'module detector\.neck '
                        r'\(DeformableCrossAttentionNeck\)'):
         trace_detector(eager, _image(SIZE))
+
+
+@pytest.fixture(scope='module')
+def grounding(repo_root, tmp_path_factory):
+    """The demo GroundingDINO (tiny local BERT) with random weights:
+    ``(config, checkpoint, cfg_options)``."""
+    from tools.benchmark_inference import random_checkpoint
+    from tools.make_tiny_bert import make_tiny_bert
+    tmp = tmp_path_factory.mktemp('grounding')
+    options = {'model.language_model.name': str(make_tiny_bert(tmp / 'bert'))}
+    config = str(repo_root / GROUNDING)
+    return config, random_checkpoint(config, tmp / 'gd.pth', options), options
+
+
+def test_grounding_export_module_is_the_test_path(grounding):
+    """With the prompt fixed (text features computed once, kept as
+    buffers), the exported function predicts what GroundingDINO's own
+    predict gives for that prompt."""
+    from mmdet.structures import DetDataSample
+    config, ckpt, options = grounding
+    detector = init_detector(config, str(ckpt), cfg_options=options)
+    module = DetectorExportModule(detector, texts=PROMPT).eval()
+    assert module.text_embedded.shape[:2] == module.text_masks.shape[:2]
+    rgb = _image(SIZE, seed=6)
+    meta = dict(img_shape=SIZE, ori_shape=SIZE, scale_factor=(1.0, 1.0))
+    data = detector.data_preprocessor(
+        dict(inputs=[rgb[0].flip(0)],
+             data_samples=[DetDataSample(metainfo=meta, text=tuple(NAMES),
+                                         custom_entities=True)]))
+    with torch.no_grad():
+        want = detector.predict(data['inputs'], data['data_samples'],
+                                rescale=False)[0].pred_instances
+        got = module(rgb)
+    assert set(want.labels.tolist()) <= {0, 1, 2}
+    _assert_same_detections([g[0:1] for g in got],
+                            [want.bboxes[None], want.scores[None],
+                             want.labels[None]], 'grounding predict')
+
+
+# 194 s on the shared 2-core machine at load average ~8 (2026-12-08)
+@pytest.mark.slow
+def test_grounding_onnx_matches_eager(grounding, tmp_path):
+    """GroundingDINO with its prompt fixed at export: ONNX Runtime
+    reproduces eager PyTorch (--verify's comparison, and a second image)."""
+    config, ckpt, options = grounding
+    out = tmp_path / 'gd.onnx'
+    meta = export_detector(config, str(ckpt), 'onnx', str(out), size=SIZE,
+                           texts=PROMPT, cfg_options=options, verify=True)
+    assert meta['verify']['ok'], meta['verify']
+    assert meta['texts'] == NAMES and meta['model'] == 'GroundingDINO'
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert 'GridSample' not in ops
+    session = ort.InferenceSession(str(out),
+                                   providers=['CPUExecutionProvider'])
+    eager = DetectorExportModule(
+        init_detector(config, str(ckpt), cfg_options=options),
+        texts=PROMPT).eval()
+    image = _image(SIZE, seed=7)
+    with torch.no_grad():
+        want = eager(image)
+    got = session.run(None, {'images': image.numpy()})
+    _assert_same_detections(got, want, 'grounding onnx')

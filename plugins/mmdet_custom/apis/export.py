@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .predictor import parse_text_prompt
+
 FORMATS = ('onnx', 'aoti')
 MAX_SIDE = 2048  # the largest H or W a dynamic program accepts
 INPUT_NAME = 'images'
@@ -100,7 +102,8 @@ class DetectorExportModule(nn.Module):
         detector (nn.Module): an mmdet DETR-family detector in eval mode
             (DINO, Deformable-DETR, GroundingDINO).
         texts (str | Sequence[str], optional): GroundingDINO's class prompt
-            (``'a . b . c'`` or the class names); None for closed-set
+            (``'a . b . c'`` or the class names; each name is one class, as
+            ``tools/infer.py --texts`` prompts); None for closed-set
             detectors.
 
     Shapes:
@@ -120,11 +123,13 @@ class DetectorExportModule(nn.Module):
             self.register_buffer('std', std.detach().clone().view(1, -1, 1, 1),
                                  persistent=False)
         self.wants_bgr = wants_bgr
-        self.texts = texts
+        # the class names, as tools/infer.py prompts (custom entities: each
+        # name is one class, no noun-phrase parsing)
+        self.texts = None if texts is None else parse_text_prompt(texts)
         self.num_dets = max_per_img(detector)
         self._text_keys: List[str] = []
-        if texts is not None:
-            self._fix_text(texts)
+        if self.texts is not None:
+            self._fix_text(self.texts)
 
     def _fix_text(self, texts) -> None:
         """Run the text encoder on the prompt once and keep its outputs."""
@@ -132,10 +137,12 @@ class DetectorExportModule(nn.Module):
         if not hasattr(detector, 'language_model'):
             raise ExportError(f'{type(detector).__name__} takes no text '
                               'prompt (texts is only for GroundingDINO)')
-        # the caption predict() hands to the language model
-        _, caption, _, _ = detector.get_tokens_positive_and_prompts(
-            texts, False)
-        self._caption = caption
+        # what predict() derives from the prompt: the class -> token map,
+        # the caption for the language model, the entities (string work
+        # and, in create_positive_map_label_to_token, a torch.nonzero read
+        # back into Python lists: data-dependent under torch.export)
+        self._prompt = detector.get_tokens_positive_and_prompts(texts, True)
+        caption = self._caption = self._prompt[1]
         with torch.no_grad():
             text_dict = detector.language_model([caption])
         for key, value in text_dict.items():
@@ -148,8 +155,17 @@ class DetectorExportModule(nn.Module):
 
     @contextlib.contextmanager
     def _fixed_text(self):
-        """``language_model`` returns the stored text features."""
+        """``language_model`` returns the stored text features and
+        ``get_tokens_positive_and_prompts`` the stored prompt analysis."""
         lm = self.detector.language_model
+
+        def fixed_prompt(texts, custom_entities, *args, **kwargs):
+            if tuple(texts) != self.texts or not custom_entities:
+                raise ExportError(
+                    f'the export fixed the prompt {self.texts!r}; predict '
+                    f'asked for {texts!r} (custom_entities='
+                    f'{custom_entities})')
+            return self._prompt
 
         def fixed(captions):
             if list(captions) != [self._caption] * len(captions):
@@ -160,7 +176,9 @@ class DetectorExportModule(nn.Module):
             return {k: getattr(self, f'text_{k}').expand(
                 n, *getattr(self, f'text_{k}').shape[1:])
                 for k in self._text_keys}
-        with _patched(lm, 'forward', fixed):
+        with _patched(lm, 'forward', fixed), _patched(
+                self.detector, 'get_tokens_positive_and_prompts',
+                fixed_prompt):
             yield
 
     def _data_samples(self, batch: int, height, width) -> list:
@@ -177,6 +195,7 @@ class DetectorExportModule(nn.Module):
                 sample.set_field(value, key, field_type='metainfo')
             if self.texts is not None:
                 sample.text = self.texts
+                sample.custom_entities = True
             samples.append(sample)
         return samples
 
@@ -188,7 +207,8 @@ class DetectorExportModule(nn.Module):
             x = (x - self.mean) / self.std
         samples = self._data_samples(N, H, W)
         if self.texts is None:
-            results = self.detector.predict(x, samples, rescale=False)
+            instances = [r.pred_instances for r in self.detector.predict(
+                x, samples, rescale=False)]
         else:
             with self._fixed_text(), _stop_after_head_predict(
                     self.detector) as caught:
@@ -196,10 +216,10 @@ class DetectorExportModule(nn.Module):
                     self.detector.predict(x, samples, rescale=False)
                 except _HeadPredicted:
                     pass
-            results = caught[0]
-        boxes = torch.stack([r.pred_instances.bboxes for r in results])
-        scores = torch.stack([r.pred_instances.scores for r in results])
-        labels = torch.stack([r.pred_instances.labels for r in results])
+            instances = caught[0]
+        boxes = torch.stack([r.bboxes for r in instances])
+        scores = torch.stack([r.scores for r in instances])
+        labels = torch.stack([r.labels for r in instances])
         return boxes, scores, labels.long()
 
 
@@ -516,30 +536,24 @@ BOX_TOL, SCORE_TOL = 1e-2, 1e-4
 
 def _match_one(wb, ws, wl, gb, gs, gl, box_tol, score_tol) -> List[int]:
     """A one-to-one assignment of eager detections (``w*``) to exported ones
-    (``g*``): ``partner[i] = j`` or -1.  Candidates have the same label,
-    boxes within ``box_tol`` and scores within ``score_tol``; Kuhn's
-    augmenting paths find a complete assignment where greedy pairing of
-    near-identical candidates could miss one."""
-    close = ((ws[:, None] - gs[None, :]).abs() <= score_tol) & \
-        (wl[:, None] == gl[None, :]) & \
-        ((wb[:, None, :] - gb[None, :, :]).abs().amax(-1) <= box_tol)
-    cands = [torch.nonzero(row).flatten().tolist() for row in close]
-    owner = [-1] * len(gs)
-
-    def augment(i, seen):
-        for j in cands[i]:
-            if j in seen:
-                continue
-            seen.add(j)
-            if owner[j] < 0 or augment(owner[j], seen):
-                owner[j] = i
-                return True
-        return False
-    for i in range(len(ws)):
-        augment(i, set())
+    (``g*``): ``partner[i] = j`` or -1.  Allowed pairs have the same label,
+    boxes within ``box_tol`` and scores within ``score_tol``; among them
+    the assignment of least total (normalised) difference, so that the
+    reported differences are those of the same detection where several
+    are alike (a random-weight DINO gives many queries the same clipped
+    box and label)."""
+    from scipy.optimize import linear_sum_assignment
+    score_gap = (ws[:, None] - gs[None, :]).abs()
+    box_gap = (wb[:, None, :] - gb[None, :, :]).abs().amax(-1)
+    allowed = (score_gap <= score_tol) & (box_gap <= box_tol) & \
+        (wl[:, None] == gl[None, :])
+    cost = score_gap / score_tol + box_gap / box_tol
+    forbidden = 10.0 * (len(ws) + 1) * 2  # more than any allowed total
+    cost = torch.where(allowed, cost, torch.full_like(cost, forbidden))
+    rows, cols = linear_sum_assignment(cost.numpy())
     partner = [-1] * len(ws)
-    for j, i in enumerate(owner):
-        if i >= 0:
+    for i, j in zip(rows.tolist(), cols.tolist()):
+        if allowed[i, j]:
             partner[i] = j
     return partner
 
@@ -561,9 +575,9 @@ def compare_detections(got: Sequence, want: Sequence,
     runtimes may order near-tied scores differently (a random-weight DINO
     has many): each eager detection is therefore matched one-to-one to an
     exported one with the same label, box within ``box_tol`` px and score
-    within ``score_tol``.  Because both lists are sorted by score, a match
-    at another position can only swap detections whose scores lie within
-    ``score_tol`` of each other.  Unmatched detections are allowed only at
+    within ``score_tol``; and position by position the scores must agree
+    within ``score_tol`` too, so that a match at another position can only
+    swap detections whose scores lie within ``score_tol`` of each other.  Unmatched detections are allowed only at
     the top-K boundary: scores within ``score_tol`` of the other side's
     K-th score (a near-tie at rank K puts a different detection in the
     list).
@@ -594,6 +608,14 @@ def compare_detections(got: Sequence, want: Sequence,
                       (scores - wscores).abs().max()) if scores.numel()
                   else 0.0,
                   labels_equal_by_position=int((labels == wlabels).sum()))
+    if report['max_score_by_position'] > score_tol:
+        # sorted lists that match within score_tol also agree position by
+        # position: a larger gap is a detection moved past scores that are
+        # not tied with its own (or a list not sorted by score)
+        n, k = divmod(int((scores - wscores).abs().argmax()), scores.shape[1])
+        problems.append(f'image {n}, position {k}: score {float(scores[n, k]):.6f}, '
+                        f'eager {float(wscores[n, k]):.6f} (more than '
+                        f'{score_tol} apart)')
     for n in range(scores.shape[0]):
         partner = _match_one(wboxes[n], wscores[n], wlabels[n], boxes[n],
                              scores[n], labels[n], box_tol, score_tol)
@@ -760,7 +782,7 @@ def export_detector(config: str,
                      scores='float32 (N, K)', labels='int64 (N, K)'),
         max_per_img=module.num_dets,
         class_names=classes,
-        texts=texts,
+        texts=None if module.texts is None else list(module.texts),
         torch=torch.__version__,
         seconds=dict(trace=round(t_trace, 1), write=round(t_write, 1)),
         load_average=_load_average())

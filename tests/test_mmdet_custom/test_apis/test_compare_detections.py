@@ -49,7 +49,7 @@ def test_a_swap_of_distinct_scores_fails():
     for t in got:
         t[0, [1, 2]] = t[0, [2, 1]]
     report = compare_detections(got, want)
-    assert not report['ok'] and 'no counterpart' in report['problems'][0]
+    assert not report['ok'] and 'position 1' in report['problems'][0]
 
 
 def test_a_box_off_by_more_than_the_tolerance_fails():
