@@ -80,8 +80,8 @@ def test_export_module_is_the_test_path(eager):
         got = eager(rgb)
     K = detector.bbox_head.test_cfg['max_per_img']
     assert got[0].shape == (1, K, 4) and got[2].dtype == torch.int64
-    _assert_same_detections([g[0] for g in got],
-                            (want.bboxes, want.scores, want.labels), 'predict')
+    _assert_same_detections(got, (want.bboxes[None], want.scores[None],
+                                  want.labels[None]), 'predict')
 
 
 def test_onnx_matches_eager(repo_root, demo_checkpoint, eager, tmp_path):
@@ -223,9 +223,8 @@ def test_grounding_export_module_is_the_test_path(grounding):
                                 rescale=False)[0].pred_instances
         got = module(rgb)
     assert set(want.labels.tolist()) <= {0, 1, 2}
-    _assert_same_detections([g[0:1] for g in got],
-                            [want.bboxes[None], want.scores[None],
-                             want.labels[None]], 'grounding predict')
+    _assert_same_detections(got, [want.bboxes[None], want.scores[None],
+                                  want.labels[None]], 'grounding predict')
 
 
 # 194 s on the shared 2-core machine at load average ~8 (2026-12-08)
