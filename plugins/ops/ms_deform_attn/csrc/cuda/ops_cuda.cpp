@@ -1,4 +1,4 @@
-// CUDA kernels of the plugins:: ops (schemas: registration.py), plus two small
+// CUDA kernels of the plugins:: ops (schemas live in _C_cpu), plus two small
 // ops: the compiled architectures (for `python -m plugins.ops.info`) and
 // the flag of levels the kernels skipped as inconsistent.
 #include <torch/library.h>
