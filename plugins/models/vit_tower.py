@@ -501,7 +501,11 @@ class ViTTower(nn.Module):
                 the ``window_size`` / ``global_blocks`` that fit.
         """
         budget = self.attention_budget
-        if budget is None:
+        if budget is None or any(isinstance(g, torch.SymInt)
+                                 for g in grid[:2]):
+            # a symbolic grid (torch.export with dynamic H/W): int() below
+            # would pin the exported program to the example's size; the
+            # budget guards eager allocations, not a traced program
             return
         es = torch.empty((), dtype=dtype).element_size()
         heads, prefix = self.num_heads, self.num_prefix_tokens

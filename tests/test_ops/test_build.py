@@ -73,6 +73,42 @@ def test_nothing_is_loaded_on_import():
     assert out == '{} False'
 
 
+_FRESH_CALL = r"""
+import sys, torch
+import plugins.ops
+from plugins.ops.ms_deform_attn import loader
+op = torch.ops.plugins.ms_deform_attn.default  # the schema, from the import
+assert not loader._state, loader._state
+assert not torch._C._dispatch_has_kernel_for_dispatch_key(
+    'plugins::ms_deform_attn', 'CPU'), 'a CPU kernel before the first call'
+out = op(*torch.load(sys.argv[1]))
+assert torch._C._dispatch_has_kernel_for_dispatch_key(
+    'plugins::ms_deform_attn', 'CPU')
+torch.save(out, sys.argv[2])
+print(op._schema, loader.status('cpu')['source'])
+"""
+
+
+def test_import_registers_the_op_and_its_first_call_loads_the_kernel(
+        inputs, kernel_loaded, repo_root, tmp_path):
+    """What an AOTInductor package needs of a fresh process: after ``import
+    plugins.ops`` the op resolves by name (its schema), and calling it
+    directly loads the compiled kernel (here a cached build: a dlopen) and
+    runs it (issue 24: aoti_load_package with import plugins.ops only)."""
+    args = inputs(dtype=torch.float32)
+    torch.save(args, tmp_path / 'args.pt')
+    result = subprocess.run(
+        [sys.executable, '-c', _FRESH_CALL, str(tmp_path / 'args.pt'),
+         str(tmp_path / 'out.pt')], cwd=repo_root, capture_output=True,
+        text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    schema, source = result.stdout.strip().splitlines()[-1].rsplit(' ', 1)
+    assert schema.startswith('plugins::ms_deform_attn(Tensor value')
+    assert source in ('installed', 'cache', 'jit')
+    torch.testing.assert_close(torch.load(tmp_path / 'out.pt'),
+                               ms_deform_attn_reference(*args))
+
+
 def test_fallback_to_reference_warns_once(inputs, monkeypatch):
     monkeypatch.setattr(loader, '_state', {'cpu': dict(source='none',
                                                        reason='test')})

@@ -32,8 +32,11 @@ import os.path as osp
 import time
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 from torch import nn
+
+from .predictor import parse_text_prompt
 
 FORMATS = ('onnx', 'aoti')
 MAX_SIDE = 2048  # the largest H or W a dynamic program accepts
@@ -81,14 +84,26 @@ class DetectorExportModule(nn.Module):
 
     Normalises like the data preprocessor, builds each image's metadata
     (``img_shape = batch_input_shape = (H, W)``, no rescale: boxes stay in
-    input pixels) and runs the detector's own ``predict``.  GroundingDINO
-    gets its text prompt here, fixed for the exported program.
+    input pixels) and runs the detector's own ``predict``.
+
+    GroundingDINO gets its text prompt here, fixed for the exported
+    program: the text encoder (tokenizer and BERT) runs once, eagerly, on
+    the prompt, and its outputs (token embeddings, masks, position ids) are
+    buffers of this module that ``language_model`` returns inside
+    ``forward``; so the exported program holds no tokenizer and no BERT
+    (the tokenizer is Python string code; the sub-sentence masks come from
+    a loop over ``torch.nonzero`` of the token ids), only what the image
+    path does with the text features.  Its ``predict`` stops after the
+    head's: the per-detection label naming that follows
+    (``if labels >= len(entity)``, a branch on each label's value) is for
+    visualisation only, and the exported outputs are label indices.
 
     Args:
         detector (nn.Module): an mmdet DETR-family detector in eval mode
             (DINO, Deformable-DETR, GroundingDINO).
         texts (str | Sequence[str], optional): GroundingDINO's class prompt
-            (``'a . b . c'`` or the class names); None for closed-set
+            (``'a . b . c'`` or the class names; each name is one class, as
+            ``tools/infer.py --texts`` prompts); None for closed-set
             detectors.
 
     Shapes:
@@ -108,8 +123,63 @@ class DetectorExportModule(nn.Module):
             self.register_buffer('std', std.detach().clone().view(1, -1, 1, 1),
                                  persistent=False)
         self.wants_bgr = wants_bgr
-        self.texts = texts
+        # the class names, as tools/infer.py prompts (custom entities: each
+        # name is one class, no noun-phrase parsing)
+        self.texts = None if texts is None else parse_text_prompt(texts)
         self.num_dets = max_per_img(detector)
+        self._text_keys: List[str] = []
+        if self.texts is not None:
+            self._fix_text(self.texts)
+
+    def _fix_text(self, texts) -> None:
+        """Run the text encoder on the prompt once and keep its outputs."""
+        detector = self.detector
+        if not hasattr(detector, 'language_model'):
+            raise ExportError(f'{type(detector).__name__} takes no text '
+                              'prompt (texts is only for GroundingDINO)')
+        # what predict() derives from the prompt: the class -> token map,
+        # the caption for the language model, the entities (string work
+        # and, in create_positive_map_label_to_token, a torch.nonzero read
+        # back into Python lists: data-dependent under torch.export)
+        self._prompt = detector.get_tokens_positive_and_prompts(texts, True)
+        caption = self._caption = self._prompt[1]
+        with torch.no_grad():
+            text_dict = detector.language_model([caption])
+        for key, value in text_dict.items():
+            if not isinstance(value, torch.Tensor):
+                raise ExportError(f'{type(detector.language_model).__name__}'
+                                  f' returned a non-tensor {key!r}')
+            self.register_buffer(f'text_{key}', value.detach().clone(),
+                                 persistent=False)
+            self._text_keys.append(key)
+
+    @contextlib.contextmanager
+    def _fixed_text(self):
+        """``language_model`` returns the stored text features and
+        ``get_tokens_positive_and_prompts`` the stored prompt analysis."""
+        lm = self.detector.language_model
+
+        def fixed_prompt(texts, custom_entities, *args, **kwargs):
+            if tuple(texts) != self.texts or not custom_entities:
+                raise ExportError(
+                    f'the export fixed the prompt {self.texts!r}; predict '
+                    f'asked for {texts!r} (custom_entities='
+                    f'{custom_entities})')
+            return self._prompt
+
+        def fixed(captions):
+            if list(captions) != [self._caption] * len(captions):
+                raise ExportError(
+                    f'the export fixed the prompt {self._caption!r}; '
+                    f'predict asked for {list(captions)!r}')
+            n = len(captions)
+            return {k: getattr(self, f'text_{k}').expand(
+                n, *getattr(self, f'text_{k}').shape[1:])
+                for k in self._text_keys}
+        with _patched(lm, 'forward', fixed), _patched(
+                self.detector, 'get_tokens_positive_and_prompts',
+                fixed_prompt):
+            yield
 
     def _data_samples(self, batch: int, height, width) -> list:
         from mmdet.structures import DetDataSample
@@ -125,6 +195,7 @@ class DetectorExportModule(nn.Module):
                 sample.set_field(value, key, field_type='metainfo')
             if self.texts is not None:
                 sample.text = self.texts
+                sample.custom_entities = True
             samples.append(sample)
         return samples
 
@@ -135,11 +206,57 @@ class DetectorExportModule(nn.Module):
         if self.normalize:
             x = (x - self.mean) / self.std
         samples = self._data_samples(N, H, W)
-        results = self.detector.predict(x, samples, rescale=False)
-        boxes = torch.stack([r.pred_instances.bboxes for r in results])
-        scores = torch.stack([r.pred_instances.scores for r in results])
-        labels = torch.stack([r.pred_instances.labels for r in results])
+        if self.texts is None:
+            instances = [r.pred_instances for r in self.detector.predict(
+                x, samples, rescale=False)]
+        else:
+            with self._fixed_text(), _stop_after_head_predict(
+                    self.detector) as caught:
+                try:
+                    self.detector.predict(x, samples, rescale=False)
+                except _HeadPredicted:
+                    pass
+            instances = caught[0]
+        boxes = torch.stack([r.bboxes for r in instances])
+        scores = torch.stack([r.scores for r in instances])
+        labels = torch.stack([r.labels for r in instances])
         return boxes, scores, labels.long()
+
+
+@contextlib.contextmanager
+def _patched(owner, name: str, value):
+    """``owner.name = value`` inside, the attribute as it was after (an
+    instance attribute restored, a class attribute uncovered again)."""
+    old = owner.__dict__.get(name, _MISSING)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        if old is _MISSING:
+            delattr(owner, name)
+        else:
+            setattr(owner, name, old)
+
+
+class _HeadPredicted(Exception):
+    """Raised after the head's predict (see _stop_after_head_predict)."""
+
+
+@contextlib.contextmanager
+def _stop_after_head_predict(detector: nn.Module):
+    """Inside: ``detector.bbox_head.predict`` appends its results to the
+    yielded list and raises :class:`_HeadPredicted`, so the caller's
+    ``predict`` ends there (GroundingDINO: what follows names labels by
+    their values, which does not trace)."""
+    head = detector.bbox_head
+    predict = head.predict
+    caught: list = []
+
+    def predict_then_stop(*args, **kwargs):
+        caught.append(predict(*args, **kwargs))
+        raise _HeadPredicted()
+    with _patched(head, 'predict', predict_then_stop):
+        yield caught
 
 
 @contextlib.contextmanager
@@ -233,11 +350,10 @@ def _traceable_detr(detector: nn.Module):
     and ``torch._shape_as_tensor`` is computed in the graph.
     """
     sizes: List[tuple] = []
-    saved = []
+    stack = contextlib.ExitStack()
 
     def patch(owner, name, fn):
-        saved.append((owner, name, owner.__dict__.get(name, _MISSING)))
-        setattr(owner, name, fn)
+        stack.enter_context(_patched(owner, name, fn))
 
     if hasattr(detector, 'pre_transformer'):
         pre_transformer = detector.pre_transformer
@@ -263,14 +379,8 @@ def _traceable_detr(detector: nn.Module):
         patch(encoder, 'get_encoder_reference_points',
               get_encoder_reference_points)
     patch(torch, '_shape_as_tensor', _shape_as_tensor)
-    try:
+    with stack:
         yield
-    finally:
-        for owner, name, old in reversed(saved):
-            if old is _MISSING:
-                delattr(owner, name)
-            else:
-                setattr(owner, name, old)
 
 
 _MISSING = object()
@@ -419,6 +529,134 @@ def to_aoti(program: torch.export.ExportedProgram, out: str) -> None:
     aoti_compile_and_package(program, package_path=out)
 
 
+#: Agreement an exported program must reach with eager PyTorch (issue 24):
+#: boxes in input pixels, scores absolute.
+BOX_TOL, SCORE_TOL = 1e-2, 1e-4
+
+
+def _match_one(wb, ws, wl, gb, gs, gl, box_tol, score_tol) -> List[int]:
+    """A one-to-one assignment of eager detections (``w*``) to exported ones
+    (``g*``): ``partner[i] = j`` or -1.  Allowed pairs have the same label,
+    boxes within ``box_tol`` and scores within ``score_tol``; among them
+    the assignment of least total (normalised) difference, so that the
+    reported differences are those of the same detection where several
+    are alike (a random-weight DINO gives many queries the same clipped
+    box and label)."""
+    from scipy.optimize import linear_sum_assignment
+    score_gap = (ws[:, None] - gs[None, :]).abs()
+    box_gap = (wb[:, None, :] - gb[None, :, :]).abs().amax(-1)
+    allowed = (score_gap <= score_tol) & (box_gap <= box_tol) & \
+        (wl[:, None] == gl[None, :])
+    cost = score_gap / score_tol + box_gap / box_tol
+    forbidden = 10.0 * (len(ws) + 1) * 2  # more than any allowed total
+    cost = torch.where(allowed, cost, torch.full_like(cost, forbidden))
+    rows, cols = linear_sum_assignment(cost.numpy())
+    partner = [-1] * len(ws)
+    for i, j in zip(rows.tolist(), cols.tolist()):
+        if allowed[i, j]:
+            partner[i] = j
+    return partner
+
+
+def _as_tensor(x) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu()
+    return torch.from_numpy(np.asarray(x))
+
+
+def compare_detections(got: Sequence, want: Sequence,
+                       box_tol: float = BOX_TOL,
+                       score_tol: float = SCORE_TOL) -> Dict:
+    """Whether an exported program reproduces eager PyTorch's top-K.
+
+    ``got`` and ``want`` are ``(boxes (N, K, 4), scores (N, K), labels (N,
+    K))`` (tensors or arrays), each image's K detections sorted by score.
+    A detection is its (box, label, score).  Position by position, two
+    runtimes may order near-tied scores differently (a random-weight DINO
+    has many): each eager detection is therefore matched one-to-one to an
+    exported one with the same label, box within ``box_tol`` px and score
+    within ``score_tol``; and position by position the scores must agree
+    within ``score_tol`` too, so that a match at another position can only
+    swap detections whose scores lie within ``score_tol`` of each other.  Unmatched detections are allowed only at
+    the top-K boundary: scores within ``score_tol`` of the other side's
+    K-th score (a near-tie at rank K puts a different detection in the
+    list).
+
+    Returns:
+        dict: ``ok``; ``problems`` (why not, first few); ``max_box_px`` and
+        ``max_score`` over matched pairs; ``max_score_by_position``;
+        ``labels_equal_by_position`` / ``detections``; ``matched``;
+        ``moved`` (matched at another position); ``boundary_unmatched``.
+    """
+    boxes, scores, labels = (_as_tensor(x) for x in got)
+    wboxes, wscores, wlabels = (_as_tensor(x) for x in want)
+    problems: List[str] = []
+    if boxes.shape != wboxes.shape or scores.shape != wscores.shape or \
+            labels.shape != wlabels.shape:
+        return dict(ok=False, problems=[
+            f'shapes differ: exported boxes/scores/labels '
+            f'{tuple(boxes.shape)}/{tuple(scores.shape)}/'
+            f'{tuple(labels.shape)}, eager {tuple(wboxes.shape)}/'
+            f'{tuple(wscores.shape)}/{tuple(wlabels.shape)}'])
+    if labels.dtype != torch.int64:
+        problems.append(f'labels are {labels.dtype}, not int64')
+    boxes, scores, wboxes, wscores = (t.double() for t in
+                                      (boxes, scores, wboxes, wscores))
+    report = dict(detections=int(scores.numel()), matched=0, moved=0,
+                  boundary_unmatched=0, max_box_px=0.0, max_score=0.0,
+                  max_score_by_position=float(
+                      (scores - wscores).abs().max()) if scores.numel()
+                  else 0.0,
+                  labels_equal_by_position=int((labels == wlabels).sum()))
+    if report['max_score_by_position'] > score_tol:
+        # sorted lists that match within score_tol also agree position by
+        # position: a larger gap is a detection moved past scores that are
+        # not tied with its own (or a list not sorted by score)
+        n, k = divmod(int((scores - wscores).abs().argmax()), scores.shape[1])
+        problems.append(f'image {n}, position {k}: score {float(scores[n, k]):.6f}, '
+                        f'eager {float(wscores[n, k]):.6f} (more than '
+                        f'{score_tol} apart)')
+    for n in range(scores.shape[0]):
+        partner = _match_one(wboxes[n], wscores[n], wlabels[n], boxes[n],
+                             scores[n], labels[n], box_tol, score_tol)
+        taken = {j for j in partner if j >= 0}
+        # An eager detection missing from the exported top-K scored at most
+        # the exported K-th score there (and vice versa), so within
+        # score_tol of it.
+        kth = dict(eager=float(scores[n, -1]), exported=float(wscores[n, -1]))
+        for i, j in enumerate(partner):
+            if j < 0:
+                continue
+            report['matched'] += 1
+            report['moved'] += int(i != j)
+            report['max_box_px'] = max(report['max_box_px'], float(
+                (boxes[n, j] - wboxes[n, i]).abs().max()))
+            report['max_score'] = max(report['max_score'], float(
+                (scores[n, j] - wscores[n, i]).abs()))
+        sides = (('eager', wboxes, wscores, wlabels,
+                  [i for i, j in enumerate(partner) if j < 0]),
+                 ('exported', boxes, scores, labels,
+                  [j for j in range(scores.shape[1]) if j not in taken]))
+        for side, b, sc, lb, unmatched in sides:
+            for k in unmatched:
+                score = float(sc[n, k])
+                if score - kth[side] <= score_tol:
+                    report['boundary_unmatched'] += 1
+                    continue
+                problems.append(
+                    f'image {n}: {side} detection #{k} (score {score:.6f}, '
+                    f'label {int(lb[n, k])}, box '
+                    f'{[round(v, 3) for v in b[n, k].tolist()]}) has no '
+                    f'counterpart with the same label, a box within '
+                    f'{box_tol} px and a score within {score_tol}, and is '
+                    f'not at the top-K boundary (the other side\'s K-th '
+                    f'score is {kth[side]:.6f})')
+    report['ok'] = not problems
+    report['problems'] = problems[:5] + (
+        [f'... {len(problems) - 5} more'] if len(problems) > 5 else [])
+    return report
+
+
 def default_input_size(cfg, divisor: int) -> Tuple[int, int]:
     """The largest ``(H, W)`` the config's test pipeline produces (its
     ``Resize`` scale, ``(w, h)`` in mmdet), padded up to ``divisor``."""
@@ -445,7 +683,9 @@ def export_detector(config: str,
                     batch_size: int = 1,
                     texts: Optional[str] = None,
                     cfg_options: Optional[dict] = None,
-                    allow_partial: bool = False) -> Dict:
+                    allow_partial: bool = False,
+                    verify: bool = False,
+                    verify_seed: int = 0) -> Dict:
     """Export a trained detector (config + checkpoint) to ONNX or AOTI.
 
     Args:
@@ -463,6 +703,12 @@ def export_detector(config: str,
             names).
         cfg_options (dict, optional): config overrides.
         allow_partial (bool): see :func:`init_detector`.
+        verify (bool): run the written file (ONNX Runtime, or the package
+            loaded by ``torch._inductor.aoti_load_package``) and eager
+            PyTorch on one random image and compare them
+            (:func:`compare_detections`); the report goes into the
+            metadata as ``verify``. Default: False.
+        verify_seed (int): seed of that image. Default: 0.
 
     Returns:
         dict: the metadata written to the JSON file.
@@ -501,6 +747,12 @@ def export_detector(config: str,
         texts = ' . '.join(classes)
     module = DetectorExportModule(detector, texts=texts).eval()
     example = torch.rand(batch_size, 3, *size) * 255
+    if verify:  # eager first: nothing of the trace may touch it
+        image = verify_image(batch_size, size, verify_seed)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            want = module(image)
+        t_eager = time.perf_counter() - t0
     t0 = time.perf_counter()
     program = trace_detector(module, example, dynamic=dynamic)
     t_trace = time.perf_counter() - t0
@@ -510,6 +762,7 @@ def export_detector(config: str,
         to_onnx(program, out)
     else:
         to_aoti(program, out)
+    t_write = time.perf_counter() - t0
     meta = dict(
         format=fmt,
         file=osp.basename(out),
@@ -529,13 +782,51 @@ def export_detector(config: str,
                      scores='float32 (N, K)', labels='int64 (N, K)'),
         max_per_img=module.num_dets,
         class_names=classes,
-        texts=texts,
+        texts=None if module.texts is None else list(module.texts),
         torch=torch.__version__,
-        seconds=dict(trace=round(t_trace, 1),
-                     write=round(time.perf_counter() - t0, 1)))
+        seconds=dict(trace=round(t_trace, 1), write=round(t_write, 1)),
+        load_average=_load_average())
+    if verify:
+        t0 = time.perf_counter()
+        got = run_exported(out, fmt, image)
+        meta['verify'] = dict(
+            compare_detections(got, want), seed=verify_seed,
+            box_tol=BOX_TOL, score_tol=SCORE_TOL,
+            seconds=dict(eager=round(t_eager, 2),
+                         exported_load_and_run=round(
+                             time.perf_counter() - t0, 2)))
     with open(out + '.json', 'w') as f:
         json.dump(meta, f, indent=2)
     return meta
+
+
+def verify_image(batch_size: int, size: Sequence[int],
+                 seed: int = 0) -> torch.Tensor:
+    """The ``(N, 3, H, W)`` float32 0-255 image that ``verify`` runs."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(batch_size, 3, *size, generator=g) * 255
+
+
+def run_exported(path: str, fmt: str, images: torch.Tensor) -> list:
+    """Run an exported file on ``images``: ONNX in ONNX Runtime (CPU), a
+    ``.pt2`` package loaded by ``torch._inductor.aoti_load_package`` (what
+    a deployment does after ``import plugins.ops``)."""
+    if fmt == 'onnx':
+        import onnxruntime as ort
+        session = ort.InferenceSession(path,
+                                       providers=['CPUExecutionProvider'])
+        return session.run(None, {INPUT_NAME: images.numpy()})
+    import plugins.ops  # noqa: F401  (the op's schema)
+    runner = torch._inductor.aoti_load_package(path)
+    with torch.no_grad():
+        return runner(images)
+
+
+def _load_average() -> Optional[List[float]]:
+    try:
+        return [round(x, 1) for x in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def _is_grounding(detector: nn.Module) -> bool:

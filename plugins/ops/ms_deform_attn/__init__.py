@@ -1,7 +1,9 @@
-"""Multi-scale deformable attention: compiled CPU/CUDA kernels registered as
-``torch.ops.plugins.ms_deform_attn``, a loader that finds or builds them on
-first use, the pure-PyTorch reference, and the op's export forms (a gather
-implementation for ONNX, the loader of AOTInductor packages)."""
+"""Multi-scale deformable attention: the op ``torch.ops.plugins.ms_deform_attn``
+(its schema is registered on import; its compiled CPU/CUDA kernels are found
+or built by a loader on first use), the pure-PyTorch reference, and the op's
+export forms (a gather implementation for ONNX, the loader of AOTInductor
+packages)."""
+from . import registration  # noqa: F401  (op schemas: registries only)
 from .export import aoti_load_package, export_decompositions
 from .function import ms_deform_attn
 from .gather import ms_deform_attn_gather

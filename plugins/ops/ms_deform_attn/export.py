@@ -8,8 +8,12 @@ fake kernel gives its shapes).  From there:
   ATen ops, so standard ONNX operators, no ``GridSample``) with
   ``ExportedProgram.run_decompositions``;
 * **AOTInductor**: the node stays our op, and the compiled package calls our
-  kernel through the dispatcher, so the process that loads the package
-  needs the op library loaded first: :func:`aoti_load_package` does that.
+  kernel through the dispatcher.  The package resolves the op by name when
+  it is loaded: ``import plugins.ops`` registers the schema, and the first
+  call loads the kernel library (``registration.py``), so
+  ``torch._inductor.aoti_load_package`` works as is;
+  :func:`aoti_load_package` also loads the library before the package (the
+  first call then pays no load, and a missing kernel fails at load time).
 """
 from typing import Callable, Dict
 
@@ -43,10 +47,11 @@ def export_decompositions() -> Dict[object, Callable]:
 def aoti_load_package(path: str, device_index: int = -1):
     """``torch._inductor.aoti_load_package`` for packages that call our op.
 
-    An AOTInductor package resolves ``plugins::ms_deform_attn`` by name when
-    it is loaded, so the op library must be registered in this process
-    before; this loads the CPU library (and the CUDA one when a GPU is
-    present) and then the package.
+    ``import plugins.ops`` is all that ``torch._inductor.aoti_load_package``
+    needs (the op's schema; its kernel library loads on the first call).
+    This loads the CPU library (and the CUDA one when a GPU is present)
+    first, so that a missing or unbuildable kernel fails here, naming why,
+    rather than at the first call, and then the package.
 
     Args:
         path (str): the ``.pt2`` package.

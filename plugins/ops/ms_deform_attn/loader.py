@@ -1,8 +1,9 @@
 """Find, build and load the compiled ``ms_deform_attn`` kernels.
 
-Two shared libraries: ``_C_cpu`` defines the op schemas (``plugins::``) and
-the CPU kernel, ``_C_cuda`` adds the CUDA kernel.  Each is looked up, on
-first use of the op (never at ``import plugins``), in this order:
+Two shared libraries: ``_C_cpu`` adds the CPU kernels of the ``plugins::``
+ops (whose schemas ``registration.py`` defines on ``import plugins.ops``),
+``_C_cuda`` the CUDA kernels.  Each is looked up on first use of the op
+(never on import), in this order:
 
 1. the extension built by ``pip install .`` inside this package folder;
 2. the cache ``$PLUGINS_CACHE_DIR/ops/<key>/`` written by
@@ -210,7 +211,7 @@ def _try_load(kind: str, compile: bool) -> dict:
 def load(kind: str, compile: bool = True) -> bool:
     """Load the ``kind`` (``'cpu'`` or ``'cuda'``) library; True on success.
 
-    ``'cuda'`` needs ``'cpu'`` (which defines the op schemas).  With
+    ``'cuda'`` loads ``'cpu'`` first (CPU tensors of a CUDA model).  With
     ``compile=False`` only an installed or cached build is loaded.  The
     outcome is remembered, so this is cheap after the first call.
     """
@@ -220,14 +221,12 @@ def load(kind: str, compile: bool = True) -> bool:
         if kind in _state:
             return _state[kind]['source'] != 'none'
         if kind == 'cuda' and not load('cpu', compile):
-            _state[kind] = dict(source='none', reason='the CPU library (op '
-                                'schemas) is not available')
+            _state[kind] = dict(source='none', reason='the CPU library is '
+                                'not available')
             return False
-        state = _try_load(kind, compile)
-        if kind == 'cpu' and state['source'] != 'none':
-            from . import registration  # noqa: F401  (fake + autograd)
-        _state[kind] = state
-        return state['source'] != 'none'
+        from . import registration  # noqa: F401  (the schemas, before kernels)
+        _state[kind] = _try_load(kind, compile)
+        return _state[kind]['source'] != 'none'
 
 
 def warn_fallback(kind: str) -> None:
