@@ -145,8 +145,8 @@ def run(args) -> dict:
     import plugins.mmdet_custom  # noqa: F401  (registers the wing)
     from plugins.mmdet_custom.apis import init_detector, run_inference
     from plugins.mmdet_custom.apis.export import (DetectorExportModule,
-                                                  to_aoti, to_onnx,
-                                                  trace_detector)
+                                                  onnx_session, to_aoti,
+                                                  to_onnx, trace_detector)
     from plugins.ops import aoti_load_package
 
     torch.set_num_threads(args.threads)
@@ -201,14 +201,9 @@ def run(args) -> dict:
             outs['aoti'] = runner(image)
         runners['aoti'] = lambda: runner(image)
     if 'onnx' in args.paths and not cuda:
-        import onnxruntime as ort
         t0 = time.perf_counter()
         to_onnx(program, str(work / 'model.onnx'))
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = args.threads
-        so.inter_op_num_threads = 1
-        session = ort.InferenceSession(str(work / 'model.onnx'), so,
-                                       providers=['CPUExecutionProvider'])
+        session = onnx_session(str(work / 'model.onnx'), args.threads)
         setup_s['onnx'] = time.perf_counter() - t0
         feed = {'images': image.cpu().numpy()}
         outs['onnx'] = [torch.from_numpy(x) for x in session.run(None, feed)]

@@ -17,7 +17,7 @@ import plugins.mmdet_custom  # noqa: F401  (registers the wing)
 from plugins.mmdet_custom.apis import init_detector
 from plugins.mmdet_custom.apis.export import (DetectorExportModule,
                                               ExportError, compare_detections,
-                                              export_detector)
+                                              export_detector, onnx_session)
 from tools import export as export_tool
 
 CONFIG = 'configs/_demo_/dino-4scale_surgeryclip-tiny_deformneck-s16-128_toy.py'
@@ -97,8 +97,7 @@ def test_onnx_matches_eager(repo_root, demo_checkpoint, eager, tmp_path):
     ops = {(n.domain or 'ai.onnx', n.op_type) for n in model.graph.node}
     assert {d for d, _ in ops} == {'ai.onnx'}  # no custom-op library
     assert ('ai.onnx', 'GridSample') not in ops
-    session = ort.InferenceSession(str(out),
-                                   providers=['CPUExecutionProvider'])
+    session = onnx_session(str(out))
     assert [i.name for i in session.get_inputs()] == ['images']
     assert [o.name for o in session.get_outputs()] == ['boxes', 'scores',
                                                        'labels']
@@ -240,8 +239,7 @@ def test_grounding_onnx_matches_eager(grounding, tmp_path):
     assert meta['texts'] == NAMES and meta['model'] == 'GroundingDINO'
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}
     assert 'GridSample' not in ops
-    session = ort.InferenceSession(str(out),
-                                   providers=['CPUExecutionProvider'])
+    session = onnx_session(str(out))
     eager = DetectorExportModule(
         init_detector(config, str(ckpt), cfg_options=options),
         texts=PROMPT).eval()

@@ -807,15 +807,40 @@ def verify_image(batch_size: int, size: Sequence[int],
     return torch.rand(batch_size, 3, *size, generator=g) * 255
 
 
+def onnx_session(path: str, threads: Optional[int] = None):
+    """An ONNX Runtime CPU session for an exported detector, as
+    ``--verify``, the tests and ``tools/benchmark_inference.py`` run it.
+
+    Graph optimisations at ``ORT_ENABLE_EXTENDED`` (every fusion), not the
+    default ``ORT_ENABLE_ALL``: on the ViT-B/16 DINO at 512x512 the extra
+    layout rewrites of ``ALL`` moved one of 300 top-K scores by 1.7e-3
+    (a detection near the K-th score then dropped out), while
+    ``EXTENDED``, ``BASIC`` and no optimisation reproduce eager PyTorch's
+    300 detections (docs/inference.md, "The full ViT-B/16 config").
+
+    Args:
+        path (str): the ``.onnx`` file.
+        threads (int, optional): intra-op threads (inter-op: 1). Default:
+            ONNX Runtime's.
+    """
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.graph_optimization_level = \
+        ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return ort.InferenceSession(
+        str(path), options, providers=['CPUExecutionProvider'])
+
+
 def run_exported(path: str, fmt: str, images: torch.Tensor) -> list:
-    """Run an exported file on ``images``: ONNX in ONNX Runtime (CPU), a
-    ``.pt2`` package loaded by ``torch._inductor.aoti_load_package`` (what
-    a deployment does after ``import plugins.ops``)."""
+    """Run an exported file on ``images``: ONNX in ONNX Runtime (CPU, see
+    :func:`onnx_session`), a ``.pt2`` package loaded by
+    ``torch._inductor.aoti_load_package`` (what a deployment does after
+    ``import plugins.ops``)."""
     if fmt == 'onnx':
-        import onnxruntime as ort
-        session = ort.InferenceSession(path,
-                                       providers=['CPUExecutionProvider'])
-        return session.run(None, {INPUT_NAME: images.numpy()})
+        return onnx_session(path).run(None, {INPUT_NAME: images.numpy()})
     import plugins.ops  # noqa: F401  (the op's schema)
     runner = torch._inductor.aoti_load_package(path)
     with torch.no_grad():
