@@ -88,8 +88,10 @@ def _plain_call(index: int, fn: Callable[[torch.Tensor], torch.Tensor],
 class BlockHook:
     """A per-block hook of :func:`run_blocks` (override what you need).
 
-    One hook object serves one forward (it may keep state, e.g. CLIP
-    Surgery's second path).
+    Per block the loop runs every hook's :meth:`before_block`, every hook's
+    :meth:`branch`, the block (unless a hook's :meth:`skip_block` says
+    so), then every hook's :meth:`after_block`.  One hook object serves
+    one forward (it may keep state, e.g. CLIP Surgery's second path).
     """
 
     def before_block(self, index: int, x: torch.Tensor) -> torch.Tensor:
