@@ -146,17 +146,23 @@ class SurgeryPath(BlockHook):
     def skip_block(self, index: int, final: bool) -> bool:
         return final and not self.keep_original and index >= self.start
 
-    def after_block(self, index: int, x_in: torch.Tensor,
-                    x_out: Optional[torch.Tensor],
-                    call: BlockCaller) -> torch.Tensor:
+    def branch(self, index: int, x_in: torch.Tensor,
+               call: BlockCaller) -> None:
+        # before the block (see BlockHook.branch): the order in which the
+        # backward pass sums the gradients meeting in x_in and the block's
+        # weights is then the one the recorded demo numbers were made with
         if index < self.start:
-            return x_out
+            return
         branch = call(index,
                       functools.partial(surgery_branch, self.blocks[index]),
                       x_in)
         self.x_sur = x_in + branch if self.x_sur is None else \
             self.x_sur + branch
-        return self.x_sur
+
+    def after_block(self, index: int, x_in: torch.Tensor,
+                    x_out: Optional[torch.Tensor],
+                    call: BlockCaller) -> torch.Tensor:
+        return x_out if index < self.start else self.x_sur
 
 
 def surgery_forward(

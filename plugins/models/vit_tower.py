@@ -88,13 +88,29 @@ def _plain_call(index: int, fn: Callable[[torch.Tensor], torch.Tensor],
 class BlockHook:
     """A per-block hook of :func:`run_blocks` (override what you need).
 
-    One hook object serves one forward (it may keep state, e.g. CLIP
-    Surgery's second path).
+    Per block the loop runs every hook's :meth:`before_block`, every hook's
+    :meth:`branch`, the block (unless a hook's :meth:`skip_block` says
+    so), then every hook's :meth:`after_block`.  One hook object serves
+    one forward (it may keep state, e.g. CLIP Surgery's second path).
     """
 
     def before_block(self, index: int, x: torch.Tensor) -> torch.Tensor:
         """Tokens block ``index`` gets (e.g. with prompts appended)."""
         return x
+
+    def branch(self, index: int, x_in: torch.Tensor,
+               call: BlockCaller) -> None:
+        """Work on block ``index``'s input that runs before the block
+        (CLIP Surgery's value-value branch). ``x_in``: the block's input
+        (after every hook's :meth:`before_block`); ``call``: runs a function
+        of the block the way the block runs.
+
+        Before, not after, the block: autograd runs the backward of the
+        most recently created operations first, so this order decides in
+        which order the gradients that meet in the block's input and its
+        shared weights are summed, and floating-point sums depend on it
+        (``tests/test_models/test_clip_surgery.py`` pins it).
+        """
 
     def skip_block(self, index: int, final: bool) -> bool:
         """Whether block ``index`` need not run (its output unused);
@@ -179,8 +195,11 @@ def run_blocks(blocks: Sequence[nn.Module],
             for hook in hooks:
                 x = hook.before_block(i, x)
             x_in = x
+            for hook in hooks:
+                hook.branch(i, x_in, call)
             final = i == end - 1
-            x = None if any(h.skip_block(i, final) for h in hooks) else                 call(i, block, x)
+            x = None if any(h.skip_block(i, final) for h in hooks) else \
+                call(i, block, x)
             out = x
             for hook in hooks:
                 out = hook.after_block(i, x_in, out, call)

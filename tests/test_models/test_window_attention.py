@@ -201,10 +201,11 @@ def test_surgery_branch_is_windowed_too(open_clip_tower):
     with torch.no_grad():
         surgery_forward(tower.blocks, x, 2, [3], call=record)
     # blocks 0, 2 windowed (2 images x 2 x 3 windows), 1 global; surgery
-    # blocks 2 (block and branch, windowed) and 3 (branch only, windowed)
+    # blocks 2 (branch, then block: BlockHook.branch, both windowed) and 3
+    # (branch only, windowed)
     assert seen == [(0, 'ResidualAttentionBlock', 12),
                     (1, 'ResidualAttentionBlock', 2),
-                    (2, 'ResidualAttentionBlock', 12), (2, 'partial', 12),
+                    (2, 'partial', 12), (2, 'ResidualAttentionBlock', 12),
                     (3, 'partial', 12)]
     full = _windowed(open_clip_tower, 7)
     with torch.no_grad():
