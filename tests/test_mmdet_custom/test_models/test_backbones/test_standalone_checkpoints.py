@@ -26,13 +26,15 @@ from mmengine.runner.checkpoint import (get_state_dict, load_checkpoint,
 
 from plugins.mmdet_custom.models.backbones.base import (ACTIVATION_KEY,
                                                         decode_activation)
-from plugins.models import create_model
+from plugins.models import (BIOMEDCLIP_TINY_MODEL_NAME,
+                            CONCEPT_CLIP_TINY_MODEL_NAME,
+                            OPEN_CLIP_TINY_MODEL_NAME, create_model)
 from plugins.models.testing import save_clip_checkpoint, write_openai_archive
 from plugins.models.weights import ActivationMismatchError
 
-TINY_OPEN_CLIP = 'ViT-Tiny-16-test'  # open_clip ViT, width 64, 4 blocks
-TINY_BIOMEDCLIP = 'BiomedCLIP-Tiny-test'
-TINY_CONCEPT_CLIP = 'ConceptCLIP-Tiny-test'
+TINY_OPEN_CLIP = OPEN_CLIP_TINY_MODEL_NAME  # open_clip ViT, width 64
+TINY_BIOMEDCLIP = BIOMEDCLIP_TINY_MODEL_NAME
+TINY_CONCEPT_CLIP = CONCEPT_CLIP_TINY_MODEL_NAME
 
 _spec = importlib.util.spec_from_file_location(
     'conceptclip_folder',
