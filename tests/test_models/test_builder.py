@@ -87,8 +87,8 @@ def test_concept_section_sets_the_concept_heads(config_copy):
     cfg['concept_cfg'] = dict(proj_type='mlp', init_logit_bias=-3.5)
     path.write_text(json.dumps(cfg))
     model = ConceptCLIP(str(path))
-    assert float(model.concept_logit_bias) == -3.5
-    assert float(model.logit_bias) == -10.0
+    assert model.concept_logit_bias.item() == -3.5
+    assert model.logit_bias.item() == -10.0
     cfg['concept_cfg'] = dict(proj_type='linear')
     path.write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="proj_type 'linear'"):
