@@ -11,7 +11,6 @@ dict (every file through :func:`plugins.utils.safe_load`),
 model is :func:`plugins.models.concept_clip.load_concept_clip_weights`.
 """
 import os
-from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import torch
