@@ -50,8 +50,7 @@ from timm.models.vision_transformer import VisionTransformer as TimmViT
 
 from plugins.utils import check_state_dict
 
-from .open_clip_factory import (CONCEPT_SECTION, HF_CONFIG_DIR,
-                                build_preprocess,
+from .open_clip_factory import (CONCEPT_SECTION, build_preprocess,
                                 build_tokenizer, create_model,
                                 get_model_config, register_model_configs)
 from .concept_clip_weights import (  # noqa: F401 (re-exported)
