@@ -91,3 +91,48 @@ def tiny_biomedclip_files(tmp_path_factory):
         for fmt in ('safetensors', 'bin')
     }
     return model, files
+
+
+@pytest.fixture(scope='session')
+def config_copy(tmp_path_factory):
+    """``config_copy(shipped, name, drop=(), updates=None)``: a shipped model
+    config saved as ``<name>.json`` (without the top-level keys in ``drop``;
+    ``updates`` merged into it, a dict value into the section of that name)
+    and registered with open_clip; returns the file's path.  For testing
+    that builders follow a config's content, not its name."""
+    import json
+
+    import open_clip
+
+    from plugins.models import MODEL_CONFIG_DIR
+    folder = tmp_path_factory.mktemp('model_configs')
+
+    def copy(shipped: str, name: str, drop=(), updates=None) -> Path:
+        cfg = json.loads((MODEL_CONFIG_DIR / f'{shipped}.json').read_text())
+        for key in drop:
+            del cfg[key]
+        for key, value in (updates or {}).items():
+            if isinstance(value, dict):
+                cfg.setdefault(key, {}).update(value)
+            else:
+                cfg[key] = value
+        path = folder / f'{name}.json'
+        path.write_text(json.dumps(cfg))
+        open_clip.add_model_config(path)
+        return path
+
+    return copy
+
+
+@pytest.fixture(scope='session')
+def bert_without_vocab(tmp_path_factory):
+    """``text_cfg`` updates for a tiny BERT text tower whose folder holds a
+    ``config.json`` but no ``vocab.txt`` (as the real BiomedCLIP's)."""
+    import shutil
+
+    from plugins.models import HF_CONFIG_DIR
+    folder = tmp_path_factory.mktemp('bert_without_vocab')
+    shutil.copy(HF_CONFIG_DIR / 'BiomedBERT-tiny-test' / 'config.json',
+                folder / 'config.json')
+    return dict(text_cfg=dict(hf_model_name=str(folder),
+                              hf_tokenizer_name=str(folder)))

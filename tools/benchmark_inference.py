@@ -291,18 +291,6 @@ def markdown(result: dict, command: str) -> str:
     return '\n'.join(lines) + '\n'
 
 
-def write_section(path: Path, text: str) -> None:
-    doc = path.read_text()
-    if SECTION in doc:
-        start = doc.index(SECTION)
-        nxt = doc.find('\n## ', start + len(SECTION))
-        doc = doc[:start] + text + (doc[nxt + 1:] if nxt >= 0 else '')
-        doc = doc.replace(text + '## ', text + '\n## ')
-    else:
-        doc = doc.rstrip('\n') + '\n\n' + text
-    path.write_text(doc)
-
-
 def main(argv=None) -> None:
     args = parse_args(argv)
     result = run(args)
@@ -313,7 +301,8 @@ def main(argv=None) -> None:
     out = Path(args.work_dir) / 'result.json'
     out.write_text(json.dumps(result, indent=2))
     if args.write:
-        write_section(Path(args.write), text)
+        from tools.benchmark_ms_deform_attn import write_section
+        write_section(args.write, SECTION, text)
 
 
 if __name__ == '__main__':

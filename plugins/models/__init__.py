@@ -14,6 +14,7 @@ from .clip_surgery import build_clip_surgery, feature_surgery, similarity_map
 # registers ConceptCLIP's timm trunk names used by the shipped configs
 from .concept_clip import (CONCEPT_CLIP_MODEL_NAME,
                            CONCEPT_CLIP_TINY_MODEL_NAME, build_concept_clip)
+from .builder import build_clip_model, has_bert_text_tower
 from .tokenizer import LocalBertTokenizer
 from .weights import (OPENAI_METADATA_KEYS, WEIGHT_FILE_NAMES,
                       ActivationMismatchError, check_activation,
@@ -31,7 +32,8 @@ __all__ = [
     'CONCEPT_CLIP_MODEL_NAME', 'CONCEPT_CLIP_TINY_MODEL_NAME',
     'build_concept_clip', 'BIOMEDCLIP_MODEL_NAME',
     'BIOMEDCLIP_TINY_MODEL_NAME', 'OPEN_CLIP_TINY_MODEL_NAME',
-    'build_biomedclip', 'HF_CONFIG_DIR', 'MODEL_CONFIG_DIR', 'activation_fix',
+    'build_biomedclip', 'build_clip_model', 'has_bert_text_tower',
+    'HF_CONFIG_DIR', 'MODEL_CONFIG_DIR', 'activation_fix',
     'build_open_clip',
     'build_preprocess', 'build_tokenizer', 'create_model', 'get_model_config',
     'list_shipped_models', 'normalization_stats', 'register_model_configs',

@@ -50,16 +50,16 @@ from timm.models.vision_transformer import VisionTransformer as TimmViT
 
 from plugins.utils import check_state_dict
 
-from .open_clip_factory import (HF_CONFIG_DIR, build_preprocess,
+from .open_clip_factory import (CONCEPT_SECTION, build_preprocess,
                                 build_tokenizer, create_model,
                                 get_model_config, register_model_configs)
 from .concept_clip_weights import (  # noqa: F401 (re-exported)
     CONCEPT_CLIP_WEIGHT_FILE_NAMES, config_differences,
-    convert_concept_clip_state_dict, folder_of, read_concept_clip_weights,
+    convert_concept_clip_state_dict, read_concept_clip_weights,
     read_folder_config)
 from .biomedclip import tiny_vocab_tokenizer
 from .normalization import SIGLIP_MEAN, SIGLIP_STD, resize_and_normalize
-from .weights import find_weights_file
+from .weights import find_weights_file, folder_of
 
 __all__ = [
     'CONCEPT_CLIP_MODEL_NAME', 'CONCEPT_CLIP_TINY_MODEL_NAME',
@@ -175,10 +175,12 @@ class ConceptCLIP(nn.Module):
         device (str): ``'cpu'``, ``'cuda'``, or ``'meta'`` (no weights
             allocated; layout inspection). Default: ``'cpu'``.
         init_concept_logit_scale (float, optional): Default: the config's
-            ``init_logit_scale`` (open_clip's ``log(1 / 0.07)``), as
-            upstream initialises both scales alike.
+            ``concept_cfg.init_logit_scale``, else its ``init_logit_scale``
+            (open_clip's ``log(1 / 0.07)``), as upstream initialises both
+            scales alike.
         init_concept_logit_bias (float, optional): Default: the config's
-            ``init_logit_bias`` (-10).
+            ``concept_cfg.init_logit_bias``, else its ``init_logit_bias``
+            (-10).
 
     Example:
         >>> import torch
@@ -222,10 +224,22 @@ class ConceptCLIP(nn.Module):
         self.logit_bias = clip.logit_bias
         init_scale = float(cfg.get('init_logit_scale', math.log(1 / 0.07)))
         init_bias = float(cfg.get('init_logit_bias', -10.0))
+        # the concept heads' section (what the builder dispatches on);
+        # upstream initialises both scales alike, so they default to the
+        # image-text ones
+        concept_cfg = cfg.get(CONCEPT_SECTION, {})
+        proj_type = concept_cfg.get('proj_type', 'mlp')
+        if proj_type != 'mlp':
+            raise ValueError(
+                f"'{self.model_name}': {CONCEPT_SECTION}.proj_type "
+                f"'{proj_type}' is not built here (only 'mlp', "
+                'see concept_mlp)')
         if init_concept_logit_scale is None:
-            init_concept_logit_scale = init_scale
+            init_concept_logit_scale = concept_cfg.get(
+                'init_logit_scale', init_scale)
         if init_concept_logit_bias is None:
-            init_concept_logit_bias = init_bias
+            init_concept_logit_bias = concept_cfg.get(
+                'init_logit_bias', init_bias)
         with torch.device('meta') if str(device) == 'meta' else nullcontext():
             if self.logit_bias is None:  # configs without init_logit_bias
                 self.logit_bias = nn.Parameter(torch.full((), init_bias))

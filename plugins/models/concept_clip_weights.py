@@ -11,7 +11,6 @@ dict (every file through :func:`plugins.utils.safe_load`),
 model is :func:`plugins.models.concept_clip.load_concept_clip_weights`.
 """
 import os
-from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import torch
@@ -19,7 +18,7 @@ import torch
 from plugins.utils import (read_json_object, rename_keys, safe_load,
                            safe_load_sharded, strip_prefix)
 
-from .weights import find_weights_file
+from .weights import find_weights_file, folder_of
 
 StateDict = Dict[str, torch.Tensor]
 
@@ -48,12 +47,6 @@ ARCHITECTURE_FIELDS = {
     'text_cfg.hf_proj_type': 'mlp',
     'text_cfg.hf_pooler_type': 'mean_pooler',
 }
-
-
-def folder_of(path: Union[str, os.PathLike]) -> Path:
-    """The folder of a weights file (or the folder itself)."""
-    path = Path(path)
-    return path if path.is_dir() else path.parent
 
 
 def read_folder_config(path: Union[str, os.PathLike]) -> Optional[dict]:

@@ -6,9 +6,10 @@ the pretrained release); :func:`preprocess_cfg` reads them, falling back to
 open_clip's own defaults (the OpenAI CLIP statistics) for a tower built some
 other way.  The mmdet backbones, prompt learning, region scoring and the
 Open-GroundingDino adapter take their mean/std from :func:`preprocess_cfg`
-(ConceptCLIP, built outside open_clip's factory, from
-:data:`SIGLIP_MEAN` / :data:`SIGLIP_STD`); the configs' 0-255
-``DetDataPreprocessor`` numbers are these times 255 (a test checks them).
+(ConceptCLIP's are not in open_clip's table of releases: it sets
+:data:`SIGLIP_MEAN` / :data:`SIGLIP_STD` on its tower's
+``preprocess_cfg`` itself); the configs' 0-255 ``DetDataPreprocessor``
+numbers are these times 255 (tests check both, CLIP's and ConceptCLIP's).
 :func:`resize_and_normalize` turns ``[0, 1]`` images into model input for
 ConceptCLIP and prompt learning.
 """

@@ -16,7 +16,7 @@ refused (:func:`plugins.models.weights.check_activation`).
 import difflib
 import logging
 import os
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from copy import deepcopy
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple, Union
@@ -27,7 +27,7 @@ import torch.nn as nn
 from open_clip.transform import PreprocessCfg, image_transform_v2
 
 from .tokenizer import LocalBertTokenizer
-from .weights import load_open_clip_weights
+from .weights import folder_of, load_open_clip_weights
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +35,19 @@ MODEL_CONFIG_DIR = Path(__file__).resolve().parent / 'model_configs'
 HF_CONFIG_DIR = MODEL_CONFIG_DIR / 'hf'
 
 _registered = False
+
+#: Config section of ConceptCLIP's concept heads (``proj_type``: ``'mlp'``;
+#: optional ``init_logit_scale``/``init_logit_bias`` of the concept scores).
+#: A config carrying it is built as :class:`plugins.models.concept_clip.
+#: ConceptCLIP` by :func:`plugins.models.builder.build_clip_model`, whatever
+#: its name.
+CONCEPT_SECTION = 'concept_cfg'
+
+#: Top-level config sections naming a model built here *around* open_clip's
+#: (as open_clip's own ``multimodal_cfg`` names CoCa).  open_clip's model
+#: classes take no such argument, so :func:`create_model` hides them while
+#: open_clip builds (:func:`_open_clip_view`).
+EXTENSION_SECTIONS = (CONCEPT_SECTION, )
 
 
 def register_model_configs() -> None:
@@ -161,6 +174,22 @@ def activation_fix(model_name: str,
         f'quick_gelu={bool(quick_gelu)})'
 
 
+@contextmanager
+def _open_clip_view(model_name: str):
+    """While open_clip builds ``model_name``, its registry entry without
+    :data:`EXTENSION_SECTIONS`: ``open_clip.create_model`` passes every
+    top-level key to the model class (``CustomTextCLIP(**cfg)``), which
+    rejects unknown ones.  Restored afterwards, so the registry keeps what
+    the JSON file says (and :func:`get_model_config` still sees them)."""
+    from open_clip import factory  # the registry has no public setter
+    entry = factory._MODEL_CONFIGS.get(model_name) or {}
+    hidden = {k: entry.pop(k) for k in EXTENSION_SECTIONS if k in entry}
+    try:
+        yield
+    finally:
+        entry.update(hidden)
+
+
 class _DropRandomInitWarning(logging.Filter):
     """Drops open_clip's "No pretrained weights loaded ... initialized
     randomly" warning: :func:`create_model` always builds empty, and its
@@ -234,7 +263,7 @@ def create_model(model_name: str,
     root.addFilter(drop)
     try:
         with torch.device('meta') if str(device) == 'meta' else \
-                nullcontext():
+                nullcontext(), _open_clip_view(model_name):
             return open_clip.create_model(
                 model_name,
                 pretrained=None,
@@ -345,11 +374,9 @@ def build_open_clip(
             strict=strict,
             target=model_name,
             fix=activation_fix(model_name, True))
-        if tokenizer is None:
-            folder = Path(pretrained)
-            folder = folder if folder.is_dir() else folder.parent
-            if (folder / 'vocab.txt').is_file():
-                tokenizer = folder
+        if tokenizer is None and \
+                (folder_of(pretrained) / 'vocab.txt').is_file():
+            tokenizer = folder_of(pretrained)
     model.eval()
     return model, build_preprocess(model), build_tokenizer(
         model_name, tokenizer)

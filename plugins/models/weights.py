@@ -72,6 +72,13 @@ def find_weights_file(path: Union[str, os.PathLike],
     raise FileNotFoundError(f'weights file or folder not found: {path}')
 
 
+def folder_of(path: Union[str, os.PathLike]) -> Path:
+    """The folder of a weights file (or the folder itself): where its
+    ``vocab.txt`` and ``config.json`` sit."""
+    path = Path(path)
+    return path if path.is_dir() else path.parent
+
+
 def is_openai_state_dict(state: Mapping[str, torch.Tensor]) -> bool:
     """True for the layout of OpenAI's CLIP checkpoints.
 

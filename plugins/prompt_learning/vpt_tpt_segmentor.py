@@ -33,15 +33,11 @@ def build_clip(model_name: str = DEFAULT_MODEL_NAME,
                pretrained: Optional[str] = None) -> Tuple[nn.Module, object]:
     """``(model, tokenizer)`` from :mod:`plugins.models`, offline.
 
-    BiomedCLIP configs go through ``build_biomedclip`` (its tokenizer comes
-    from the weights folder's ``vocab.txt``); other open_clip names through
-    ``build_open_clip``.
+    :func:`plugins.models.build_clip_model` chooses the builder from the
+    config's content; BERT text towers (BiomedCLIP) take their tokenizer
+    from the weights folder's ``vocab.txt``.
     """
-    if model_name.startswith('BiomedCLIP'):
-        model, _, tokenizer = models.build_biomedclip(pretrained,
-                                                      model_name=model_name)
-    else:
-        model, _, tokenizer = models.build_open_clip(model_name, pretrained)
+    model, _, tokenizer = models.build_clip_model(model_name, pretrained)
     if tokenizer is None:
         raise ValueError(f'{model_name}: no offline tokenizer; pass '
                          'tokenizer= or a weights folder with vocab.txt')

@@ -19,11 +19,12 @@ def build_region_scorer(model: str = 'ViT-B-32',
     """A :class:`RegionScorer` on a model built offline.
 
     Args:
-        model (str): open_clip config name (shipped or built-in), e.g.
-            ``'ViT-B-32'``, ``'ViT-Tiny-16-test'``; or a ConceptCLIP config
-            name (``'ConceptCLIP'``, ``'ConceptCLIP-Tiny-test'``), built by
-            :func:`plugins.models.concept_clip.build_concept_clip` (its
-            sigmoid head is then used).
+        model (str): config name (shipped, open_clip built-in, alias) or
+            JSON file, e.g. ``'ViT-B-32'``, ``'ViT-Tiny-16-test'``,
+            ``'ConceptCLIP'``; built by
+            :func:`plugins.models.build_clip_model`, which chooses the
+            builder from the config's content (a ``concept_cfg`` section
+            builds ConceptCLIP, whose sigmoid head is then used).
         weights (str, optional): ``open_clip_model.safetensors`` (preferred),
             ``open_clip_pytorch_model.bin`` or a folder holding one (for
             ConceptCLIP: its HF folder); read as data, never executed.
@@ -32,15 +33,9 @@ def build_region_scorer(model: str = 'ViT-B-32',
             (for its normalisation statistics), e.g. ``'laion2b_s34b_b79k'``.
         Other args: see :class:`RegionScorer`.
     """
-    if model.startswith('ConceptCLIP'):
-        from plugins.models.concept_clip import build_concept_clip
-        clip, preprocess, tokenizer = build_concept_clip(weights,
-                                                         config=model,
-                                                         device=device)
-    else:
-        from plugins.models import build_open_clip
-        clip, preprocess, tokenizer = build_open_clip(
-            model, weights, device=device, pretrained_tag=pretrained_tag)
+    from plugins.models import build_clip_model
+    clip, preprocess, tokenizer = build_clip_model(
+        model, weights, device=device, pretrained_tag=pretrained_tag)
     if tokenizer is None:
         raise ValueError(f"model '{model}' has no offline tokenizer; pass "
                          'a model whose vocabulary is available locally')

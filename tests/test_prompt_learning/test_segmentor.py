@@ -145,3 +145,17 @@ def test_pretrained_weights_load_by_path(tmp_path):
     for key, value in weights.items():
         assert torch.equal(state[key], value), key
     assert not any(p.requires_grad for p in loaded.clip_model.parameters())
+
+
+def test_build_clip_follows_the_config_not_the_name(config_copy,
+                                                    bert_without_vocab):
+    """A BERT text tower without a vocab.txt gets the test vocabulary
+    whatever the config is called (not only names starting 'BiomedCLIP')."""
+    from plugins.models import BIOMEDCLIP_TINY_MODEL_NAME
+    from plugins.prompt_learning.vpt_tpt_segmentor import build_clip
+    name = config_copy(BIOMEDCLIP_TINY_MODEL_NAME, 'UltrasoundCLIP-Tiny',
+                       updates=bert_without_vocab).stem
+    model, tokenizer = build_clip(name)
+    assert type(model.text).__name__ == 'HFTextEncoder'
+    ids = tokenizer(['prostate'])
+    assert ids.shape == (1, 256) and ids[0, 0] == 2  # PubMedBERT's [CLS]

@@ -170,3 +170,17 @@ def test_concept_clip_uses_sigmoid_head(image):
     torch.testing.assert_close(scorer.probs(img), expected)
     records = scorer.score(image, BOXES[:2])
     assert set(records[0]) == set(RECORD_FIELDS)
+
+
+def test_builder_follows_the_config_not_the_name(config_copy):
+    """A ConceptCLIP config under another name still gets ConceptCLIP (and
+    its concept heads), chosen by its ``concept_cfg`` section."""
+    from plugins.models.concept_clip import ConceptCLIP
+    from plugins.scoring import build_region_scorer
+    from plugins.models import CONCEPT_CLIP_TINY_MODEL_NAME
+    name = config_copy(CONCEPT_CLIP_TINY_MODEL_NAME, 'DermVision-Tiny').stem
+    scorer = build_region_scorer(name,
+                                 positive_prompts=['a mole'],
+                                 negative_prompts=['skin'])
+    assert isinstance(scorer.model, ConceptCLIP)
+    assert scorer.head == 'sigmoid'

@@ -5,11 +5,12 @@ import torch
 from mmdet.registry import MODELS
 
 from plugins.mmdet_custom.models.backbones import BiomedCLIPBackbone
+from plugins.models import BIOMEDCLIP_TINY_MODEL_NAME
 from plugins.utils import StateDictMismatchError
 from tests.helpers import randn_images
 
 # timm test_vit trunk (64 wide, 6 blocks, 160 px) + 2-layer BERT
-TINY = 'BiomedCLIP-Tiny-test'
+TINY = BIOMEDCLIP_TINY_MODEL_NAME
 
 
 def _trunk_map(trunk, x, index):

@@ -295,3 +295,15 @@ def test_folder_config_json_must_describe_the_same_tower(
                        match=r'vision_cfg.image_size = \(224, 224\) there, '
                        r'\(112, 112\) here'):
         ConceptCLIPBackbone(TINY, pretrained=str(folder)).init_weights()
+
+
+def test_config_normalisation_is_the_backbones(tiny):
+    """The configs' 0-255 DetDataPreprocessor numbers for ConceptCLIP are
+    its statistics x 255 (the configs cannot import them)."""
+    from mmengine.config import Config
+    root = Path(__file__).resolve().parents[4]
+    base = Config.fromfile(root / 'configs/_base_/models/clip_backbones.py')
+    pre = base.conceptclip_data_preprocessor
+    assert pre['mean'] == pytest.approx([m * 255 for m in tiny.mean])
+    assert pre['std'] == pytest.approx([s * 255 for s in tiny.std])
+    assert pre['pad_size_divisor'] == tiny.patch_size

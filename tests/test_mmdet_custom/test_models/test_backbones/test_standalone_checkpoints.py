@@ -26,13 +26,16 @@ from mmengine.runner.checkpoint import (get_state_dict, load_checkpoint,
 
 from plugins.mmdet_custom.models.backbones.base import (ACTIVATION_KEY,
                                                         decode_activation)
-from plugins.models import create_model
+from plugins.models import (BIOMEDCLIP_TINY_MODEL_NAME,
+                            CONCEPT_CLIP_TINY_MODEL_NAME,
+                            OPEN_CLIP_TINY_MODEL_NAME, create_model)
 from plugins.models.testing import save_clip_checkpoint, write_openai_archive
 from plugins.models.weights import ActivationMismatchError
+from tests.helpers import randn_images
 
-TINY_OPEN_CLIP = 'ViT-Tiny-16-test'  # open_clip ViT, width 64, 4 blocks
-TINY_BIOMEDCLIP = 'BiomedCLIP-Tiny-test'
-TINY_CONCEPT_CLIP = 'ConceptCLIP-Tiny-test'
+TINY_OPEN_CLIP = OPEN_CLIP_TINY_MODEL_NAME  # open_clip ViT, width 64
+TINY_BIOMEDCLIP = BIOMEDCLIP_TINY_MODEL_NAME
+TINY_CONCEPT_CLIP = CONCEPT_CLIP_TINY_MODEL_NAME
 
 _spec = importlib.util.spec_from_file_location(
     'conceptclip_folder',
@@ -105,11 +108,6 @@ FAMILIES = {
 }
 
 
-def _images(size: int) -> torch.Tensor:
-    return torch.randn(
-        2, 3, size, size, generator=torch.Generator().manual_seed(size))
-
-
 def _outputs(detector: Detector, x: torch.Tensor):
     with torch.no_grad():
         return detector.eval().backbone(x)
@@ -143,7 +141,7 @@ def test_trained_checkpoint_stands_alone(family, tmp_path):
     cfg, write, size = FAMILIES[family]
     weights = write(tmp_path / 'pretrained')
     cfg = dict(cfg, pretrained=str(weights))
-    x = _images(size)
+    x = randn_images(size, size, seed=size)
 
     built = Detector(cfg)
     before = _outputs(built, x)
@@ -259,8 +257,8 @@ def test_checkpoint_from_before_the_record_loads(family, tmp_path):
     activation (same keys, no ``backbone.activation``) loads strictly; where
     the activation is a choice (open_clip towers) a warning says which one
     runs and what to set for the other."""
-    cfg = FAMILIES[family][0]
-    x = _images(FAMILIES[family][2])
+    cfg, _, size = FAMILIES[family]
+    x = randn_images(size, size, seed=size)
     old = Detector(cfg)
     state = weights_to_cpu(get_state_dict(old))
     del state[f'backbone.{ACTIVATION_KEY}']
