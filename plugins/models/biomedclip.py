@@ -3,12 +3,11 @@ built offline: shipped open_clip config + shipped PubMedBERT config, weights
 and vocabulary from the user's local folder."""
 import logging
 import os
-from pathlib import Path
 from typing import Callable, Optional, Tuple, Union
 
 import torch.nn as nn
 
-from .open_clip_factory import HF_CONFIG_DIR, build_open_clip
+from .open_clip_factory import HF_CONFIG_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -54,16 +53,15 @@ def build_biomedclip(
         tokenizer maps texts to ``LongTensor (N, 256)`` (``[CLS]`` id 2,
         ``[SEP]`` id 3, ``[PAD]`` id 0 with PubMedBERT's vocabulary).
     """
-    model, preprocess, tok = build_open_clip(
+    # the one builder (late import: it imports this module's fallback)
+    from .builder import build_clip_model
+    return build_clip_model(
         model_name,
         path,
         tokenizer=tokenizer,
         precision=precision,
         device=device,
         strict=strict)
-    if tok is None:
-        tok = tiny_vocab_tokenizer(model_name, 'BiomedCLIP')
-    return model, preprocess, tok
 
 
 def tiny_vocab_tokenizer(model_name: str, folder_name: str) -> Callable:

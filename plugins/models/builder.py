@@ -40,6 +40,7 @@ def build_clip_model(
     weights: Optional[Union[str, os.PathLike]] = None,
     *,
     tokenizer: Optional[Union[str, os.PathLike]] = None,
+    precision: str = 'fp32',
     device: str = 'cpu',
     strict: bool = True,
     pretrained_tag: Optional[str] = None
@@ -54,6 +55,8 @@ def build_clip_model(
             chosen builder). None: random weights.
         tokenizer (str, optional): ``vocab.txt`` or a folder with one, for
             BERT text towers; default: the weights folder's.
+        precision (str): open_clip precision (open_clip models only; a
+            ConceptCLIP config builds in float32). Default: ``'fp32'``.
         device (str): Default: ``'cpu'``.
         strict (bool): every key must match. Default: True.
         pretrained_tag (str, optional): open_clip release of the weights,
@@ -68,7 +71,8 @@ def build_clip_model(
     Raises:
         KeyError: no config of that name (the message lists close names and
             the shipped ones).
-        ValueError: ``pretrained_tag`` with a ConceptCLIP config.
+        ValueError: ``pretrained_tag`` or a ``precision`` other than
+            ``'fp32'`` with a ConceptCLIP config.
     """
     name = resolve_config_name(model_name)
     cfg = get_model_config(name)
@@ -78,6 +82,10 @@ def build_clip_model(
                 f"'{name}' is a ConceptCLIP config ({CONCEPT_SECTION}); its "
                 f"statistics are fixed, pretrained_tag='{pretrained_tag}' "
                 'does not apply')
+        if precision != 'fp32':
+            raise ValueError(
+                f"'{name}' is a ConceptCLIP config ({CONCEPT_SECTION}), "
+                f"built in float32; precision='{precision}' is not supported")
         model, preprocess, tok = build_concept_clip(
             weights,
             config=name,
@@ -89,6 +97,7 @@ def build_clip_model(
             name,
             weights,
             tokenizer=tokenizer,
+            precision=precision,
             device=device,
             strict=strict,
             pretrained_tag=pretrained_tag)
